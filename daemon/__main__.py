@@ -1,0 +1,136 @@
+"""The ``moss-voice`` command: parse arguments, load the config, configure logging, run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+import structlog
+
+from daemon import __version__
+from daemon.config_load import load_settings
+from daemon.errors import ConfigError, HardwareError
+from daemon.logs import configure_logging
+
+log = structlog.get_logger()
+
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moss-voice", description="The voice of a service robot.")
+    parser.add_argument("--version", action="version", version=f"moss-voice {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", "-c", metavar="PATH", help="TOML config (default: built-in defaults)")
+    run.add_argument("--once", action="store_true",
+                     help="exit after one finished turn: 0 answered, 1 failed, 3 nobody spoke")
+    run.set_defaults(func=_cmd_run)
+
+    config = sub.add_parser("config", help="work with config files")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser("check", help="validate a config and name every wrong key or value")
+    check.add_argument("path", metavar="PATH")
+    check.set_defaults(func=_cmd_config_check)
+
+    stubs = sub.add_parser("stubs", help="run the loopback stand-ins for FunASR, vLLM and PaddleSpeech")
+    stubs.add_argument("--host", default="127.0.0.1")
+    stubs.add_argument("--asr-port", type=int, default=10095)
+    stubs.add_argument("--llm-port", type=int, default=8000)
+    stubs.add_argument("--tts-port", type=int, default=8092)
+    stubs.add_argument("--asr-flavour", default="cpp-2pass",
+                       choices=("cpp-2pass", "cpp-offline", "python-classic", "python-2026"))
+    stubs.add_argument("--tts-protocol", default="http", choices=("http", "websocket"))
+    stubs.set_defaults(func=_cmd_stubs)
+
+    demo = sub.add_parser("demo", help="one full voice turn against the stand-ins, WAV in, WAV out")
+    demo.add_argument("--workdir", default="out", help="where the question and reply WAVs go (default: out)")
+    demo.add_argument("--question", default=None, help="English question to speak (default: a weather question)")
+    demo.set_defaults(func=_cmd_demo)
+
+    bench = sub.add_parser("bench", help="measurements")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    vad = bench_sub.add_parser("vad", help="both VADs on speech, silence, noise and motor hum")
+    vad.set_defaults(func=_cmd_bench_vad)
+    return parser
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        return _config_failed(args.config, exc)
+    configure_logging(settings.log.level, settings.log.format)
+    from daemon.app import App
+
+    return _run_until_signal(lambda stop: App(settings, once=args.once).run(stop))
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    try:
+        load_settings(args.path)
+    except ConfigError as exc:
+        return _config_failed(args.path, exc)
+    print(f"{args.path}: OK")
+    return 0
+
+
+def _cmd_stubs(args: argparse.Namespace) -> int:
+    configure_logging("info", "auto")
+    from daemon.stubs.runner import run_stubs
+
+    return _run_until_signal(lambda stop: run_stubs(args, stop))
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from daemon.demo import run_demo
+
+    return _run_until_signal(lambda stop: run_demo(args.workdir, question=args.question, stop=stop))
+
+
+def _cmd_bench_vad(args: argparse.Namespace) -> int:
+    from daemon import vad_eval
+
+    return int(vad_eval.main() or 0)
+
+
+def _config_failed(path: str | None, exc: ConfigError) -> int:
+    print(f"{path or 'config'}: {len(exc.problems)} problem(s):", file=sys.stderr)
+    for problem in exc.problems:
+        print(f"  {problem}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _run_until_signal(start: Any) -> int:
+    """asyncio.run with SIGTERM and SIGINT setting a stop event (systemd stops us with SIGTERM)."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        coro: Coroutine[Any, Any, int] = start(stop)
+        try:
+            return await coro
+        except HardwareError as exc:
+            log.error("hardware_error", error=str(exc))
+            return 1
+
+    return asyncio.run(runner())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""The composition root: build the clients, devices and the Assistant from Settings, run, shut down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import httpx
+import structlog
+
+from daemon.clients.asr import FunAsrClient
+from daemon.clients.llm import OpenAiCompatibleLlm
+from daemon.clients.tts import make_tts
+from daemon.config import Settings
+from daemon.devices import open_microphone, open_speaker
+from daemon.earcon import failure_earcon
+from daemon.resampled_tts import ResampledTts
+from hardware.vad import make_vad
+from states.endpointer import EndpointerSettings
+from states.history import Conversation
+from states.model import Assistant, AssistantSettings, Turn
+from states.speech_text import SpeechTextSettings
+
+log = structlog.get_logger()
+
+FALLBACK_OUTPUT_RATE = 24000
+"""PaddleSpeech's csmsc models speak 24 kHz: the rate to assume when the TTS cannot be asked."""
+DRAIN_ON_EXIT_S = 5.0
+
+EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH = 0, 1, 3
+
+
+def assistant_settings(settings: Settings) -> AssistantSettings:
+    v, r = settings.vad, settings.reply
+    return AssistantSettings(
+        endpointer=EndpointerSettings(
+            speech_start_ms=v.speech_start_ms, end_silence_ms=v.end_silence_ms, pre_roll_ms=v.pre_roll_ms,
+            max_utterance_s=v.max_utterance_s, no_speech_timeout_s=v.no_speech_timeout_s,
+        ),
+        speech_text=SpeechTextSettings(
+            min_clause_chars=r.min_clause_chars, first_clause_min_chars=r.first_clause_min_chars,
+            max_clause_chars=r.max_clause_chars, max_reply_chars=r.max_reply_chars,
+        ),
+        earcon=r.earcon,
+    )
+
+
+class App:
+    """Runs the daemon until ``stop`` is set or, with ``once``, until one turn has finished."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        once: bool = False,
+        on_turn_end: Callable[[Turn], Awaitable[None] | None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.once = once
+        self._on_turn_end = on_turn_end
+        self.turns: list[Turn] = []
+        self._turn_done = asyncio.Event()
+
+    async def run(self, stop: asyncio.Event | None = None) -> int:
+        stop = stop or asyncio.Event()
+        s = self.settings
+        started = time.monotonic()
+        async with AsyncExitStack() as stack:
+            llm_http = await stack.enter_async_context(httpx.AsyncClient())
+            tts_http = await stack.enter_async_context(httpx.AsyncClient())
+            llm = OpenAiCompatibleLlm(s.llm, llm_http)
+            tts = make_tts(s.tts, tts_http)
+            asr = FunAsrClient(s.asr)
+            output_rate = s.audio.output_rate or await self._tts_rate(tts)
+            mic = await open_microphone(s.audio.input, block_ms=s.audio.block_ms)
+            stack.push_async_callback(mic.aclose)
+            speaker = await open_speaker(s.audio.output, sample_rate=output_rate, block_ms=s.audio.block_ms)
+            stack.push_async_callback(speaker.aclose)
+            stack.push_async_callback(self._drain, speaker)
+            vad = make_vad(s.vad.engine, threshold=s.vad.silero_threshold,
+                           aggressiveness=s.vad.webrtc_aggressiveness)
+            assistant = Assistant(
+                mic=mic, speaker=speaker, vad=vad, asr=asr, llm=llm,
+                tts=ResampledTts(tts, output_rate),
+                conversation=Conversation(s.llm.system_prompt, max_turns=s.llm.history_turns,
+                                          reset_after_s=s.llm.history_reset_s),
+                settings=assistant_settings(s),
+                earcon=failure_earcon,
+                on_turn_end=self._turn_ended,
+            )
+            stack.push_async_callback(assistant.aclose)
+            log.info("daemon_ready", ms=round((time.monotonic() - started) * 1000), input=s.audio.input,
+                     output=s.audio.output, output_rate=output_rate, vad=s.vad.engine, asr=s.asr.url,
+                     asr_flavour=s.asr.flavour, llm=s.llm.url, model=s.llm.model, tts=s.tts.url)
+            if s.wake.on_start:
+                await assistant.wake()
+            waiters = [asyncio.create_task(stop.wait(), name="stop")]
+            if self.once:
+                waiters.append(asyncio.create_task(self._turn_done.wait(), name="once"))
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
+        return self.exit_code()
+
+    def exit_code(self) -> int:
+        if not self.turns:
+            return EXIT_ANSWERED if not self.once else EXIT_FAILED
+        last = self.turns[-1]
+        if last.outcome == "failed":
+            return EXIT_FAILED
+        if last.outcome == "no_speech":
+            return EXIT_NO_SPEECH
+        return EXIT_ANSWERED
+
+    async def _turn_ended(self, turn: Turn) -> None:
+        self.turns.append(turn)
+        if self._on_turn_end is not None:
+            result = self._on_turn_end(turn)
+            if result is not None:
+                await result
+        self._turn_done.set()
+
+    @staticmethod
+    async def _tts_rate(tts: object) -> int:
+        try:
+            return await tts.sample_rate()  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.warning("tts_samplerate_unavailable", error=str(exc), assumed=FALLBACK_OUTPUT_RATE)
+            return FALLBACK_OUTPUT_RATE
+
+    @staticmethod
+    async def _drain(speaker: object) -> None:
+        """Let the last words (or the failure earcon) play out before the output closes."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(speaker.drain(), DRAIN_ON_EXIT_S)  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Network clients for the remote services: FunASR (asr), vLLM/OpenAI (llm), PaddleSpeech (tts)."""

@@ -1,0 +1,94 @@
+"""The exceptions moss-voice raises, as one tree.
+
+    VoiceDaemonError
+    ├── ConfigError            a wrong key, type or value in the TOML file
+    ├── ServiceError           a remote service failed; ``.service`` is "asr", "llm" or "tts"
+    │   ├── AsrError
+    │   ├── LlmError
+    │   │   ├── LlmAuthError       401: wrong or missing API key (never retried)
+    │   │   └── LlmNotFoundError   404: the model name is not served
+    │   ├── TtsError
+    │   └── ServiceTimeout     (also an AsrError/LlmError/TtsError through its subclasses)
+    └── HardwareError          (defined in hardware.errors, re-exported here)
+
+Clients translate library errors with ``raise AsrError(...) from exc``; nothing from httpx or
+websockets escapes a client. The state machine only needs ``.service`` to log ``turn_failed``.
+"""
+
+from __future__ import annotations
+
+from hardware.errors import HardwareError
+
+__all__ = [
+    "AsrError",
+    "AsrTimeout",
+    "ConfigError",
+    "HardwareError",
+    "LlmAuthError",
+    "LlmError",
+    "LlmNotFoundError",
+    "LlmTimeout",
+    "ServiceError",
+    "ServiceTimeout",
+    "TtsError",
+    "TtsTimeout",
+    "VoiceDaemonError",
+]
+
+
+class VoiceDaemonError(Exception):
+    """Base of every error moss-voice raises on purpose."""
+
+
+class ConfigError(VoiceDaemonError):
+    """The configuration is wrong. ``problems`` lists every wrong key, one line each."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class ServiceError(VoiceDaemonError):
+    """A remote service failed or sent something we cannot use."""
+
+    service: str = "service"
+
+
+class ServiceTimeout(ServiceError):
+    """A remote service did not answer in time."""
+
+
+class AsrError(ServiceError):
+    service = "asr"
+
+
+class LlmError(ServiceError):
+    service = "llm"
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class LlmAuthError(LlmError):
+    """401: the API key is wrong or missing. Retrying cannot help."""
+
+
+class LlmNotFoundError(LlmError):
+    """404: the model name is not served by this server."""
+
+
+class TtsError(ServiceError):
+    service = "tts"
+
+
+class AsrTimeout(AsrError, ServiceTimeout):
+    pass
+
+
+class LlmTimeout(LlmError, ServiceTimeout):
+    pass
+
+
+class TtsTimeout(TtsError, ServiceTimeout):
+    pass

@@ -1,0 +1,1 @@
+"""Loopback stand-ins that speak the FunASR, OpenAI-compatible and PaddleSpeech protocols."""

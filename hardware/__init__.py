@@ -1,0 +1,1 @@
+"""Things on the robot: microphone, speaker, VAD. Vendor libraries are imported lazily."""

@@ -1,0 +1,8 @@
+"""The one exception hardware adapters raise."""
+
+
+class HardwareError(Exception):
+    """A device is missing, cannot be opened, or failed while in use.
+
+    The message names the device (``"microphone 'wav:question.wav'"``) and what went wrong.
+    """

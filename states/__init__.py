@@ -1,0 +1,1 @@
+"""The conversation: a transitions AsyncMachine over ports. No I/O happens here."""

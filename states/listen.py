@@ -1,0 +1,76 @@
+"""LISTENING: read the microphone, find the utterance with the VAD, stream it to the ASR."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from states.endpointer import Endpointer, EndpointerSettings, NoSpeech, SpeechAudio, SpeechEnded, SpeechStarted
+from states.events import Transcript, TurnTimes
+from states.framing import Reframer
+from states.ports import AsrClient, AsrSession, Microphone, Vad
+
+log = structlog.get_logger()
+
+
+async def listen_for_utterance(
+    *,
+    mic: Microphone,
+    vad: Vad,
+    asr: AsrClient,
+    settings: EndpointerSettings,
+    times: TurnTimes,
+    clock: Callable[[], float],
+) -> Transcript | None:
+    """Return what the user said, or None when nobody spoke before the no-speech timeout.
+
+    The ASR connection is opened at once, in parallel with waiting for speech, so its handshake
+    (and TLS) is not on the latency path. Audio before the speech start is never sent, except the
+    pre-roll the endpointer keeps.
+    """
+    vad.reset()
+    endpointer = Endpointer(settings, vad.frame_bytes, mic.sample_rate)
+    frames = Reframer(vad.frame_bytes)
+    opening = asyncio.create_task(asr.open_session(), name="asr-connect")
+    session: AsrSession | None = None
+    try:
+        while True:
+            block = await mic.read()
+            for frame in frames.push(block):
+                for event in endpointer.push(frame, vad.is_speech(frame)):
+                    if isinstance(event, NoSpeech):
+                        log.info("no_speech", waited_s=settings.no_speech_timeout_s)
+                        return None
+                    if isinstance(event, SpeechStarted):
+                        times.speech_start = clock()
+                        log.info("speech_started")
+                        session = await opening
+                        await session.send_audio(event.audio)
+                    elif isinstance(event, SpeechAudio):
+                        assert session is not None
+                        await session.send_audio(event.audio)
+                    elif isinstance(event, SpeechEnded):
+                        assert session is not None
+                        times.speech_end = clock()
+                        log.info("speech_ended", reason=event.reason,
+                                 speech_ms=round((times.speech_end - (times.speech_start or times.speech_end)) * 1000))
+                        transcript = await session.finish()
+                        times.asr_final = clock()
+                        return transcript
+    finally:
+        if session is None:
+            session = _take_result(opening)
+        if session is not None:
+            await session.aclose()
+
+
+def _take_result(task: asyncio.Task[AsrSession]) -> AsrSession | None:
+    """The session if the connect already succeeded; otherwise stop it without waiting."""
+    if not task.done():
+        task.cancel()
+        return None
+    if task.cancelled() or task.exception() is not None:
+        return None  # the error was retrieved, so asyncio does not warn about it
+    return task.result()

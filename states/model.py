@@ -1,0 +1,257 @@
+"""The Assistant: the model the conversation machine runs on. It owns each state's task.
+
+Each active state starts one task (LISTENING: hear the question; THINKING: stream, synthesise and
+play the answer). The task ends by *returning* the next trigger, which the runner fires after
+detaching itself, so a task never cancels itself. Leaving a state cancels its task, except on
+the hand-over from THINKING to SPEAKING (one reply spans both). Nothing here does I/O: the
+ports do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from transitions.core import EventData
+
+from states.endpointer import EndpointerSettings
+from states.events import Transcript, TurnTimes
+from states.history import Conversation
+from states.listen import listen_for_utterance
+from states.machine import HANDOVER_TRIGGERS, State, build_machine
+from states.ports import AsrClient, LlmClient, Microphone, Speaker, TtsClient, Vad
+from states.reply import speak_reply
+from states.speech_text import SpeechText, SpeechTextSettings
+
+log = structlog.get_logger()
+
+Trigger = tuple[str, dict[str, Any]]
+TASK_CANCEL_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class AssistantSettings:
+    endpointer: EndpointerSettings = field(default_factory=EndpointerSettings)
+    speech_text: SpeechTextSettings = field(default_factory=SpeechTextSettings)
+    earcon: bool = True
+
+
+@dataclass
+class Turn:
+    """One wake-to-idle exchange, as ``turn_finished`` reports it."""
+
+    id: str
+    times: TurnTimes = field(default_factory=TurnTimes)
+    transcript: str = ""
+    reply: str = ""
+    outcome: str = "open"
+    """answered | no_speech | failed | interrupted | stopped"""
+    interrupted: bool = False
+    truncated: bool = False
+    finish_reason: str | None = None
+    failed_service: str | None = None
+    failure: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome in ("answered", "no_speech", "interrupted")
+
+
+class Assistant:
+    """The conversation. Build it with its ports, then fire ``wake()``."""
+
+    state: State
+
+    # Triggers: transitions replaces these stubs (model_override=True keeps them typed).
+    async def wake(self, **kwargs: Any) -> bool: raise NotImplementedError
+    async def heard(self, **kwargs: Any) -> bool: raise NotImplementedError
+    async def no_speech(self, **kwargs: Any) -> bool: raise NotImplementedError
+    async def start_speaking(self, **kwargs: Any) -> bool: raise NotImplementedError
+    async def done(self, **kwargs: Any) -> bool: raise NotImplementedError
+    async def fail(self, **kwargs: Any) -> bool: raise NotImplementedError
+    async def barge_in(self, **kwargs: Any) -> bool: raise NotImplementedError
+    async def stop(self, **kwargs: Any) -> bool: raise NotImplementedError
+    async def trigger(self, name: str, **kwargs: Any) -> bool: raise NotImplementedError
+
+    def __init__(
+        self,
+        *,
+        mic: Microphone,
+        speaker: Speaker,
+        vad: Vad,
+        asr: AsrClient,
+        llm: LlmClient,
+        tts: TtsClient,
+        conversation: Conversation,
+        settings: AssistantSettings,
+        earcon: Callable[[int], bytes] | None = None,
+        on_turn_end: Callable[[Turn], Awaitable[None] | None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        new_turn_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
+    ) -> None:
+        self.mic, self.speaker, self.vad = mic, speaker, vad
+        self.asr, self.llm, self.tts = asr, llm, tts
+        self.conversation = conversation
+        self.settings = settings
+        self._earcon = earcon
+        self._on_turn_end = on_turn_end
+        self._clock = clock
+        self._new_turn_id = new_turn_id
+        self._task: asyncio.Task[None] | None = None
+        self.turn: Turn | None = None
+        self.machine = build_machine(self)
+
+    # -- machine callbacks -------------------------------------------------------------------
+
+    async def before_state_change(self, event: EventData) -> None:
+        if event.event.name not in HANDOVER_TRIGGERS:
+            await self._cancel_task()
+
+    async def after_state_change(self, event: EventData) -> None:
+        log.info(
+            "state_changed",
+            src=_name(event.transition.source),
+            dst=_name(event.transition.dest),
+            trigger=event.event.name,
+            turn_id=self.turn.id if self.turn else None,
+        )
+
+    async def on_enter_LISTENING(self, event: EventData) -> None:
+        if self.turn is not None:  # barge-in: the reply that was playing is over
+            self.speaker.flush()
+            await self._end_turn("interrupted", interrupted=True)
+        self.turn = Turn(id=self._new_turn_id())
+        self.turn.times.woke = self._clock()
+        self._spawn(self._listen(self.turn), "listen")
+
+    async def on_enter_THINKING(self, event: EventData) -> None:
+        transcript: Transcript = event.kwargs["transcript"]
+        assert self.turn is not None
+        self._spawn(self._reply(self.turn, transcript.text), "reply")
+
+    async def on_enter_IDLE(self, event: EventData) -> None:
+        name = event.event.name
+        if name == "fail":
+            await self._fail_turn(event.kwargs.get("error"))
+        elif name == "no_speech":
+            await self._end_turn("no_speech")
+        elif name == "stop":
+            self.speaker.flush()
+            await self._end_turn("stopped", interrupted=True)
+        else:
+            await self._end_turn("answered")
+
+    async def handle_error(self, event: EventData) -> None:
+        """An exception inside a callback (a bug, or a port that raised): back to idle."""
+        log.error("machine_error", error=repr(event.error), trigger=event.event.name,
+                  state=_name(self.state), exc_info=event.error)
+        await self._cancel_task()
+        if self.state is not State.IDLE:
+            await self.fail(error=event.error)
+
+    # -- the tasks ---------------------------------------------------------------------------
+
+    async def _listen(self, turn: Turn) -> Trigger:
+        transcript = await listen_for_utterance(
+            mic=self.mic, vad=self.vad, asr=self.asr, settings=self.settings.endpointer,
+            times=turn.times, clock=self._clock,
+        )
+        if transcript is None:
+            return "no_speech", {}
+        turn.transcript = transcript.text.strip()
+        log.info("transcript", text=turn.transcript, asr_final_ms=turn.times.latencies_ms()["asr_final_ms"])
+        if not turn.transcript:
+            log.info("asr_empty")
+            return "no_speech", {}
+        return "heard", {"transcript": transcript}
+
+    async def _reply(self, turn: Turn, question: str) -> Trigger:
+        messages = self.conversation.messages_for(question, self._clock())
+        outcome = await speak_reply(
+            llm=self.llm, tts=self.tts, speaker=self.speaker,
+            text=SpeechText(self.settings.speech_text), messages=messages,
+            times=turn.times, clock=self._clock, on_audible=self._audible,
+        )
+        turn.reply, turn.truncated, turn.finish_reason = outcome.spoken, outcome.truncated, outcome.finish_reason
+        self.conversation.record(question, outcome.spoken, self._clock())
+        return "done", {}
+
+    async def _audible(self) -> None:
+        await self.start_speaking()
+
+    # -- task ownership ----------------------------------------------------------------------
+
+    def _spawn(self, work: Coroutine[Any, Any, Trigger], name: str) -> None:
+        turn_id = self.turn.id if self.turn else None
+
+        async def runner() -> None:
+            structlog.contextvars.bind_contextvars(turn_id=turn_id)
+            try:
+                trigger, kwargs = await work
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                trigger, kwargs = "fail", {"error": exc}
+            if self._task is asyncio.current_task():
+                self._task = None  # detach first: the trigger must not cancel its own caller
+            await self.trigger(trigger, **kwargs)
+
+        self._task = asyncio.create_task(runner(), name=f"{name}-{turn_id}")
+
+    async def _cancel_task(self) -> None:
+        task, self._task = self._task, None
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=TASK_CANCEL_TIMEOUT_S)
+        if not done:
+            log.warning("task_cancel_slow", task=task.get_name(), waited_s=TASK_CANCEL_TIMEOUT_S)
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("task_failed_while_cancelled", task=task.get_name(), error=repr(task.exception()))
+
+    async def aclose(self) -> None:
+        """Stop whatever runs (daemon shutdown). The current turn ends as ``stopped``."""
+        if self.state is not State.IDLE:
+            await self.stop()
+        await self._cancel_task()
+
+    # -- turn bookkeeping --------------------------------------------------------------------
+
+    async def _fail_turn(self, error: BaseException | None) -> None:
+        turn = self.turn
+        if turn is not None:
+            turn.failed_service = getattr(error, "service", None) or "daemon"
+            turn.failure = str(error) or type(error).__name__
+            log.error("turn_failed", turn_id=turn.id, service=turn.failed_service, reason=turn.failure,
+                      error_type=type(error).__name__, transcript=turn.transcript)
+        if self.settings.earcon and self._earcon is not None:
+            await self.speaker.write(self._earcon(self.speaker.sample_rate))
+        await self._end_turn("failed")
+
+    async def _end_turn(self, outcome: str, *, interrupted: bool = False) -> None:
+        turn, self.turn = self.turn, None
+        if turn is None:
+            return
+        turn.outcome, turn.interrupted = outcome, interrupted
+        log.info(
+            "turn_finished",
+            turn_id=turn.id, outcome=outcome, transcript=turn.transcript, reply=turn.reply,
+            interrupted=interrupted, truncated=turn.truncated, finish_reason=turn.finish_reason,
+            **turn.times.latencies_ms(),
+        )
+        if self._on_turn_end is not None:
+            result = self._on_turn_end(turn)
+            if result is not None:
+                await result
+
+
+def _name(state: Any) -> str:
+    """transitions hands over state names ("SPEAKING"); logs use the values ("speaking")."""
+    if isinstance(state, State):
+        return state.value
+    return State[state].value if state in State.__members__ else str(state)

@@ -1,0 +1,105 @@
+"""The ports the conversation needs, as Protocols. Adapters live in hardware/ and daemon/clients/.
+
+Audio everywhere is signed 16-bit little-endian mono PCM (``bytes``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Protocol, runtime_checkable
+
+from states.events import ChatMessage, LlmResult, Transcript
+
+MIC_RATE = 16000
+"""The microphone port always delivers 16 kHz: FunASR and both VADs want it."""
+
+
+@runtime_checkable
+class Microphone(Protocol):
+    """A live audio source on the wall clock, 16 kHz mono int16."""
+
+    sample_rate: int
+
+    async def read(self) -> bytes:
+        """The next block of audio (a whole number of samples), waiting for it in real time."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class Speaker(Protocol):
+    """A sound card on the wall clock. Writes are queued; ``flush`` drops the queue at once."""
+
+    sample_rate: int
+
+    async def write(self, pcm: bytes) -> None:
+        """Queue PCM at ``sample_rate``. May wait while too much is queued (back-pressure)."""
+        ...
+
+    async def drain(self) -> None:
+        """Return when everything queued so far has been played."""
+        ...
+
+    def flush(self) -> None:
+        """Drop everything queued and not yet played (barge-in)."""
+        ...
+
+    async def wait_audible(self) -> float:
+        """Monotonic time at which the first sample queued since the last idle/flush was played."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class Vad(Protocol):
+    """Voice activity detection on fixed-size frames of 16 kHz audio."""
+
+    frame_bytes: int
+
+    def is_speech(self, frame: bytes) -> bool: ...
+
+    def reset(self) -> None: ...
+
+
+class AsrSession(Protocol):
+    """One utterance being recognised: audio in, one transcript out."""
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Any number of bytes (whole samples); the session frames and paces them."""
+        ...
+
+    async def finish(self) -> Transcript:
+        """Send end-of-speech and return the final transcript."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class AsrClient(Protocol):
+    async def open_session(self) -> AsrSession: ...
+
+
+class LlmStream(Protocol):
+    """Text deltas of one streamed chat completion. ``result`` is set once the stream ended."""
+
+    result: LlmResult | None
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+
+class LlmClient(Protocol):
+    def stream_chat(self, messages: Sequence[ChatMessage]) -> AbstractAsyncContextManager[LlmStream]:
+        """Leaving the context before the end closes the connection, which aborts generation."""
+        ...
+
+
+class TtsClient(Protocol):
+    async def sample_rate(self) -> int:
+        """The rate of the PCM ``synthesize`` yields (asked of the server once, then cached)."""
+        ...
+
+    def synthesize(self, text: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """PCM chunks of whole samples for ``text``. Zero audio or a cut stream raises TtsError."""
+        ...

@@ -1,0 +1,145 @@
+"""THINKING and SPEAKING: stream the LLM answer, clause by clause, through the TTS to the speaker.
+
+Three things run at once, so that none waits for another:
+
+    LLM deltas ──► SpeechText (clean, split) ──► clause queue ──► TTS ──► speaker queue ──► sound
+       (producer: never blocked by playback)        (consumer: synthesises clause n+1 while n plays)
+
+The first clause goes to the TTS the moment it is complete. The speaker's own queue is what lets
+synthesis run ahead of playback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+import structlog
+
+from states.events import ChatMessage, TurnTimes
+from states.ports import LlmClient, Speaker, TtsClient
+from states.speech_text import SpeechText
+
+log = structlog.get_logger()
+
+MAX_FAILED_CLAUSES_IN_A_ROW = 2
+"""One bad sentence is skipped; two in a row means the TTS is down and the reply is abandoned."""
+
+
+@dataclass(frozen=True)
+class ReplyOutcome:
+    spoken: str
+    """The text whose audio reached the speaker, clause by clause: what history records."""
+    finish_reason: str | None
+    truncated: bool
+    """The answer was longer than what we speak (reply.max_reply_chars, or the LLM's own length cap)."""
+    failed_clauses: int
+
+
+async def speak_reply(
+    *,
+    llm: LlmClient,
+    tts: TtsClient,
+    speaker: Speaker,
+    text: SpeechText,
+    messages: Sequence[ChatMessage],
+    times: TurnTimes,
+    clock: Callable[[], float],
+    on_audible: Callable[[], Awaitable[None]],
+) -> ReplyOutcome:
+    """Speak the answer to ``messages``. Raises the LLM or TTS error after speaking what arrived.
+
+    ``on_audible`` is awaited once, when the first answer sample has been played.
+    """
+    clauses: asyncio.Queue[str | None] = asyncio.Queue()
+    spoken: list[str] = []
+    llm_error: Exception | None = None
+    finish_reason: str | None = None
+    failed = 0
+
+    async def produce() -> None:
+        nonlocal llm_error, finish_reason
+        times.llm_request = clock()
+        try:
+            async with llm.stream_chat(messages) as stream:
+                async for delta in stream:
+                    if times.llm_first_token is None:
+                        times.llm_first_token = clock()
+                    for clause in text.feed(delta):
+                        clauses.put_nowait(clause)
+                    if text.truncated:
+                        log.info("reply_capped")
+                        break  # leaving the context closes the connection: the server stops generating
+                if not text.truncated and stream.result is not None:
+                    finish_reason = stream.result.finish_reason
+        except Exception as exc:  # kept and raised after the partial answer has been spoken
+            llm_error = exc
+        finally:
+            for clause in text.finish():
+                clauses.put_nowait(clause)
+            clauses.put_nowait(None)
+
+    async def watch_first_audio() -> None:
+        times.first_audio = await speaker.wait_audible()
+        await on_audible()
+
+    async def synthesise(group: asyncio.TaskGroup) -> None:
+        nonlocal failed
+        in_a_row = 0
+        last_error: Exception | None = None
+        while (clause := await clauses.get()) is not None:
+            got_audio = False
+            if times.tts_request is None:
+                times.tts_request = clock()
+            try:
+                async with tts.synthesize(clause) as audio:
+                    async for pcm in audio:
+                        if not pcm:
+                            continue
+                        if times.tts_first_audio is None:
+                            times.tts_first_audio = clock()
+                            group.create_task(watch_first_audio(), name="first-audio")
+                        got_audio = True
+                        await speaker.write(pcm)
+            except Exception as exc:
+                failed += 1
+                in_a_row += 1
+                last_error = exc
+                log.warning("tts_clause_failed", clause=clause, error=str(exc), error_type=type(exc).__name__)
+                if in_a_row >= MAX_FAILED_CLAUSES_IN_A_ROW:
+                    raise
+            else:
+                in_a_row = 0
+            if got_audio:  # a sentence cut short by the TTS was still partly heard
+                spoken.append(clause)
+        await speaker.drain()
+        if last_error is not None and not spoken:
+            raise last_error
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            group.create_task(produce(), name="llm")
+            group.create_task(synthesise(group), name="tts")
+    except ExceptionGroup as group_error:
+        # produce() keeps its own error, so this is the TTS side (or a bug): surface it plainly.
+        raise group_error.exceptions[0] from None
+
+    if llm_error is not None:
+        raise llm_error
+    return ReplyOutcome(
+        spoken=_join(spoken),
+        finish_reason=finish_reason,
+        truncated=text.truncated or finish_reason == "length",
+        failed_clauses=failed,
+    )
+
+
+def _join(clauses: list[str]) -> str:
+    """Join clauses with a space between Latin words, nothing between CJK ones."""
+    out = ""
+    for clause in clauses:
+        if out and out[-1].isascii() and clause[:1].isascii():
+            out += " "
+        out += clause
+    return out
