@@ -22,6 +22,7 @@ from hardware.vad import make_vad
 from states.endpointer import EndpointerSettings
 from states.history import Conversation
 from states.model import Assistant, AssistantSettings, Turn
+from states.ports import Vad
 from states.speech_text import SpeechTextSettings
 
 log = structlog.get_logger()
@@ -41,7 +42,7 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
             max_utterance_s=v.max_utterance_s, no_speech_timeout_s=v.no_speech_timeout_s,
         ),
         speech_text=SpeechTextSettings(
-            min_clause_chars=r.min_clause_chars, first_clause_min_chars=r.first_clause_min_chars,
+            min_clause_weight=r.min_clause_weight, first_clause_min_weight=r.first_clause_min_weight,
             max_clause_chars=r.max_clause_chars, max_reply_chars=r.max_reply_chars,
         ),
         earcon=r.earcon,
@@ -80,8 +81,7 @@ class App:
             speaker = await open_speaker(s.audio.output, sample_rate=output_rate, block_ms=s.audio.block_ms)
             stack.push_async_callback(speaker.aclose)
             stack.push_async_callback(self._drain, speaker)
-            vad = make_vad(s.vad.engine, threshold=s.vad.silero_threshold,
-                           aggressiveness=s.vad.webrtc_aggressiveness)
+            vad = self._make_vad()
             assistant = Assistant(
                 mic=mic, speaker=speaker, vad=vad, asr=asr, llm=llm,
                 tts=ResampledTts(tts, output_rate),
@@ -124,6 +124,12 @@ class App:
             if result is not None:
                 await result
         self._turn_done.set()
+
+    def _make_vad(self) -> Vad:
+        v = self.settings.vad
+        if v.engine == "webrtc":
+            return make_vad("webrtc", aggressiveness=v.webrtc_aggressiveness)
+        return make_vad("silero", threshold=v.silero_threshold)
 
     @staticmethod
     async def _tts_rate(tts: object) -> int:

@@ -145,9 +145,10 @@ class VadSettings:
 class ReplySettings:
     """How the answer is cut into clauses for the TTS."""
 
-    first_clause_min_chars: int = 4
+    first_clause_min_weight: int = 4
     """The first clause leaves early: it decides when the robot starts talking."""
-    min_clause_chars: int = 8
+    min_clause_weight: int = 8
+    """Shorter clauses are merged with the next. Weight: one per hanzi, two per English word."""
     max_clause_chars: int = 120
     max_reply_chars: int = 1200
     """A longer answer is cut here: nobody listens to a robot read a page."""

@@ -169,7 +169,7 @@ def _check_values(s: Settings) -> list[str]:
     if s.asr.chunk_interval <= 0:
         problems.append(f"asr.chunk_interval: must be positive, got {s.asr.chunk_interval}")
     for key, value in values.items():
-        if key.endswith(("_s", "_ms", "_chars", "_turns", "max_tokens")) and isinstance(value, int | float):
+        if key.endswith(("_s", "_ms", "_chars", "_weight", "_turns", "max_tokens")) and isinstance(value, int | float):
             if value < 0 or (value == 0 and not key.endswith(("_turns", "pre_roll_ms"))):
                 problems.append(f"{key}: must be positive, got {value}")
     if s.audio.output_rate is not None and not 8000 <= s.audio.output_rate <= 192000:
@@ -180,8 +180,10 @@ def _check_values(s: Settings) -> list[str]:
         problems.append(f"vad.webrtc_aggressiveness: must be 0, 1, 2 or 3, got {s.vad.webrtc_aggressiveness}")
     if s.audio.block_ms not in (10, 20, 30, 40, 50, 60, 80, 100):
         problems.append(f"audio.block_ms: must be one of 10, 20, 30, 40, 50, 60, 80, 100, got {s.audio.block_ms}")
-    if s.reply.first_clause_min_chars > s.reply.max_clause_chars:
-        problems.append("reply.first_clause_min_chars: must not exceed reply.max_clause_chars")
+    if s.reply.max_clause_chars < 2:
+        problems.append(f"reply.max_clause_chars: must be at least 2, got {s.reply.max_clause_chars}")
+    if s.reply.max_reply_chars < s.reply.max_clause_chars:
+        problems.append("reply.max_reply_chars: must not be less than reply.max_clause_chars")
     return problems
 
 

@@ -7,9 +7,16 @@ from collections.abc import Callable
 
 import structlog
 
-from states.endpointer import Endpointer, EndpointerSettings, NoSpeech, SpeechAudio, SpeechEnded, SpeechStarted
+from states.endpointer import (
+    Endpointer,
+    EndpointerSettings,
+    Framer,
+    NoSpeech,
+    SpeechAudio,
+    SpeechEnded,
+    SpeechStarted,
+)
 from states.events import Transcript, TurnTimes
-from states.framing import Reframer
 from states.ports import AsrClient, AsrSession, Microphone, Vad
 
 log = structlog.get_logger()
@@ -32,7 +39,7 @@ async def listen_for_utterance(
     """
     vad.reset()
     endpointer = Endpointer(settings, vad.frame_bytes, mic.sample_rate)
-    frames = Reframer(vad.frame_bytes)
+    frames = Framer(vad.frame_bytes)
     opening = asyncio.create_task(asr.open_session(), name="asr-connect")
     session: AsrSession | None = None
     try:

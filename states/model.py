@@ -103,7 +103,9 @@ class Assistant:
         self._clock = clock
         self._new_turn_id = new_turn_id
         self._task: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
         self.turn: Turn | None = None
+        self._leaving_turn: Turn | None = None
         self.machine = build_machine(self)
 
     # -- machine callbacks -------------------------------------------------------------------
@@ -111,22 +113,13 @@ class Assistant:
     async def before_state_change(self, event: EventData) -> None:
         if event.event.name not in HANDOVER_TRIGGERS:
             await self._cancel_task()
-
-    async def after_state_change(self, event: EventData) -> None:
-        log.info(
-            "state_changed",
-            src=_name(event.transition.source),
-            dst=_name(event.transition.dest),
-            trigger=event.event.name,
-            turn_id=self.turn.id if self.turn else None,
-        )
+        self._leaving_turn = self.turn
 
     async def on_enter_LISTENING(self, event: EventData) -> None:
         if self.turn is not None:  # barge-in: the reply that was playing is over
             self.speaker.flush()
-            await self._end_turn("interrupted", interrupted=True)
-        self.turn = Turn(id=self._new_turn_id())
-        self.turn.times.woke = self._clock()
+        self._new_turn()
+        assert self.turn is not None
         self._spawn(self._listen(self.turn), "listen")
 
     async def on_enter_THINKING(self, event: EventData) -> None:
@@ -135,19 +128,38 @@ class Assistant:
         self._spawn(self._reply(self.turn, transcript.text), "reply")
 
     async def on_enter_IDLE(self, event: EventData) -> None:
-        name = event.event.name
-        if name == "fail":
-            await self._fail_turn(event.kwargs.get("error"))
-        elif name == "no_speech":
-            await self._end_turn("no_speech")
-        elif name == "stop":
+        if event.event.name == "stop":
             self.speaker.flush()
-            await self._end_turn("stopped", interrupted=True)
-        else:
-            await self._end_turn("answered")
+
+    async def after_state_change(self, event: EventData) -> None:
+        """Log the change, then close the turn it ended (so ``turn_finished`` comes last)."""
+        ended = self._leaving_turn if self._leaving_turn is not self.turn else None
+        log.info(
+            "state_changed",
+            src=_name(event.transition.source),
+            dst=_name(event.transition.dest),
+            trigger=event.event.name,
+            turn_id=(self._leaving_turn or self.turn).id if (self._leaving_turn or self.turn) else None,
+        )
+        self._leaving_turn = None
+        name = event.event.name
+        if name == "barge_in" and ended is not None:
+            await self._end_turn(ended, "interrupted", interrupted=True)
+        elif self.state is State.IDLE and self.turn is not None:
+            turn, self.turn = self.turn, None
+            if name == "fail":
+                await self._fail_turn(turn, event.kwargs.get("error"))
+            elif name == "no_speech":
+                await self._end_turn(turn, "no_speech")
+            elif name == "stop":
+                await self._end_turn(turn, "stopped", interrupted=True)
+            else:
+                await self._end_turn(turn, "answered")
 
     async def handle_error(self, event: EventData) -> None:
         """An exception inside a callback (a bug, or a port that raised): back to idle."""
+        if isinstance(event.error, asyncio.CancelledError):
+            raise event.error  # shutdown, not a failure
         log.error("machine_error", error=repr(event.error), trigger=event.event.name,
                   state=_name(self.state), exc_info=event.error)
         await self._cancel_task()
@@ -202,6 +214,13 @@ class Assistant:
             await self.trigger(trigger, **kwargs)
 
         self._task = asyncio.create_task(runner(), name=f"{name}-{turn_id}")
+        self._runners.add(self._task)
+        self._task.add_done_callback(self._runners.discard)
+
+    async def settle(self) -> None:
+        """Wait until no state task is running (tests, shutdown): the last trigger has been fired."""
+        while others := [t for t in self._runners if t is not asyncio.current_task()]:
+            await asyncio.wait(others)
 
     async def _cancel_task(self) -> None:
         task, self._task = self._task, None
@@ -219,24 +238,24 @@ class Assistant:
         if self.state is not State.IDLE:
             await self.stop()
         await self._cancel_task()
+        await self.settle()
 
     # -- turn bookkeeping --------------------------------------------------------------------
 
-    async def _fail_turn(self, error: BaseException | None) -> None:
-        turn = self.turn
-        if turn is not None:
-            turn.failed_service = getattr(error, "service", None) or "daemon"
-            turn.failure = str(error) or type(error).__name__
-            log.error("turn_failed", turn_id=turn.id, service=turn.failed_service, reason=turn.failure,
-                      error_type=type(error).__name__, transcript=turn.transcript)
+    def _new_turn(self) -> None:
+        self.turn = Turn(id=self._new_turn_id())
+        self.turn.times.woke = self._clock()
+
+    async def _fail_turn(self, turn: Turn, error: BaseException | None) -> None:
+        turn.failed_service = getattr(error, "service", None) or "daemon"
+        turn.failure = str(error) or type(error).__name__
+        log.error("turn_failed", turn_id=turn.id, service=turn.failed_service, reason=turn.failure,
+                  error_type=type(error).__name__, transcript=turn.transcript)
         if self.settings.earcon and self._earcon is not None:
             await self.speaker.write(self._earcon(self.speaker.sample_rate))
-        await self._end_turn("failed")
+        await self._end_turn(turn, "failed")
 
-    async def _end_turn(self, outcome: str, *, interrupted: bool = False) -> None:
-        turn, self.turn = self.turn, None
-        if turn is None:
-            return
+    async def _end_turn(self, turn: Turn, outcome: str, *, interrupted: bool = False) -> None:
         turn.outcome, turn.interrupted = outcome, interrupted
         log.info(
             "turn_finished",

@@ -1,0 +1,101 @@
+"""``moss-voice demo`` (``make demo``): one full voice turn against the loopback stand-ins.
+
+It speaks a question into a WAV file with espeak-ng, starts the three stand-ins, runs the daemon
+for one turn with that file as the microphone and another as the speaker, and prints what
+happened: each state change (the log), the transcript, the answer and the latency breakdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import wave
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import numpy as np
+
+from daemon.app import App
+from daemon.config import AsrSettings, AudioSettings, LlmSettings, LogSettings, Settings, TtsSettings
+from daemon.logs import configure_logging
+from daemon.stubs.answers import DEMO_QUESTION
+from daemon.stubs.funasr import make_question_wav
+from daemon.stubs.runner import start_stubs
+from states.model import Turn
+
+LEAD_IN_S = 0.5
+"""Silence before the question, as when someone starts talking a moment after the wake."""
+
+
+async def run_demo(workdir: str, *, question: str | None = None, stop: asyncio.Event | None = None) -> int:
+    out = Path(workdir)
+    out.mkdir(parents=True, exist_ok=True)
+    question = question or DEMO_QUESTION
+    question_wav = out / "question.wav"
+    reply_wav = out / "reply.wav"
+    await asyncio.to_thread(_speak_question, question, question_wav)
+    configure_logging("info", "console")
+    print(f"moss-voice demo: question {question!r} spoken into {question_wav}\n", flush=True)
+
+    async with AsyncExitStack() as stack:
+        asr, llm, tts = await start_stubs(stack)
+        settings = Settings(
+            asr=AsrSettings(url=asr.url),
+            llm=LlmSettings(url=llm.url),
+            tts=TtsSettings(url=tts.url),
+            audio=AudioSettings(input=f"wav:{question_wav}", output=f"wav:{reply_wav}"),
+            log=LogSettings(format="console"),
+        )
+        app = App(settings, once=True)
+        code = await app.run(stop)
+
+    turn = app.turns[-1] if app.turns else None
+    print(_summary(turn, reply_wav), flush=True)
+    return code
+
+
+def _speak_question(text: str, path: Path) -> None:
+    make_question_wav(text, path)
+    with wave.open(str(path), "rb") as w:
+        rate, frames = w.getframerate(), w.readframes(w.getnframes())
+    lead = b"\x00\x00" * int(LEAD_IN_S * rate)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(lead + frames)
+
+
+def _summary(turn: Turn | None, reply_wav: Path) -> str:
+    if turn is None:
+        return "\nNo turn finished."
+    lines = ["", "=" * 72, f"turn {turn.id}: {turn.outcome}"]
+    if turn.failed_service:
+        lines.append(f"  failed in:  {turn.failed_service}: {turn.failure}")
+    lines.append(f"  heard:      {turn.transcript!r}")
+    lines.append(f"  answered:   {turn.reply!r}")
+    lines.append("  latency (ms):")
+    labels = {
+        "asr_final_ms": "end of speech -> final transcript",
+        "llm_first_token_ms": "LLM request -> first token",
+        "tts_first_audio_ms": "first TTS request -> first audio",
+        "first_audio_ms": "end of speech -> first reply sample played",
+    }
+    for key, value in turn.times.latencies_ms().items():
+        lines.append(f"    {labels[key]:<45} {value if value is not None else '-':>6}")
+    lines.append(f"  reply audio: {_describe_wav(reply_wav)}")
+    lines.append("=" * 72)
+    return "\n".join(lines)
+
+
+def _describe_wav(path: Path) -> str:
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate = w.getframerate()
+            samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    except (OSError, wave.Error, EOFError) as exc:
+        return f"{path}: unreadable ({exc})"
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
+    if not len(loud):
+        return f"{path}: {len(samples) / rate:.1f} s at {rate} Hz, silent"
+    return (f"{path}: {len(samples) / rate:.1f} s at {rate} Hz, speech from {loud[0] / rate:.2f} s "
+            f"to {loud[-1] / rate:.2f} s")

@@ -1,0 +1,195 @@
+"""The conversation machine over fake ports: every path through the states, and the failure paths."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+from structlog.testing import capture_logs
+
+from daemon.errors import AsrError, LlmError, TtsError
+from states.endpointer import EndpointerSettings
+from states.history import Conversation
+from states.machine import State
+from states.model import Assistant, AssistantSettings, Turn
+from states.speech_text import SpeechTextSettings
+from tests.fakes import SPEECH, FakeAsr, FakeLlm, FakeMic, FakeSpeaker, FakeTts, FakeVad
+
+TIMEOUT = 10
+EARCON = b"\x01\x02" * 50
+QUESTION_SCRIPT = [(0.3, False), (0.6, True), (0.5, False)]
+
+
+def make(
+    *,
+    mic: FakeMic | None = None,
+    asr: FakeAsr | None = None,
+    llm: FakeLlm | None = None,
+    tts: FakeTts | None = None,
+) -> tuple[Assistant, FakeSpeaker, asyncio.Queue[Turn]]:
+    ended: asyncio.Queue[Turn] = asyncio.Queue()
+    speaker = FakeSpeaker()
+    assistant = Assistant(
+        mic=mic or FakeMic(QUESTION_SCRIPT),
+        speaker=speaker,
+        vad=FakeVad(),
+        asr=asr or FakeAsr("what time is it"),
+        llm=llm or FakeLlm(["It is ", "noon. ", "Time for ", "lunch!"]),
+        tts=tts or FakeTts(),
+        conversation=Conversation("be brief", max_turns=3, reset_after_s=60),
+        settings=AssistantSettings(
+            endpointer=EndpointerSettings(speech_start_ms=60, end_silence_ms=200, pre_roll_ms=100,
+                                          max_utterance_s=5, no_speech_timeout_s=1.0),
+            speech_text=SpeechTextSettings(),
+        ),
+        earcon=lambda rate: EARCON,
+        on_turn_end=ended.put_nowait,
+    )
+    return assistant, speaker, ended
+
+
+async def one_turn(assistant: Assistant, ended: asyncio.Queue[Turn]) -> Turn:
+    assert await assistant.wake()
+    turn = await asyncio.wait_for(ended.get(), TIMEOUT)
+    await asyncio.wait_for(assistant.settle(), TIMEOUT)  # the trigger that ended the turn returned
+    return turn
+
+
+def events(logs: Sequence[dict], name: str) -> list[dict]:
+    return [entry for entry in logs if entry["event"] == name]
+
+
+async def test_a_full_turn_goes_through_every_state_and_is_reported() -> None:
+    assistant, speaker, ended = make()
+    with capture_logs() as logs:
+        turn = await one_turn(assistant, ended)
+    assert assistant.state is State.IDLE
+    assert [(e["src"], e["dst"]) for e in events(logs, "state_changed")] == [
+        ("idle", "listening"), ("listening", "thinking"), ("thinking", "speaking"), ("speaking", "idle")]
+    assert {e["turn_id"] for e in events(logs, "state_changed")} == {turn.id}
+    (finished,) = events(logs, "turn_finished")
+    assert finished["transcript"] == "what time is it"
+    assert finished["reply"] == turn.reply and "noon" in turn.reply and "lunch" in turn.reply
+    assert finished["interrupted"] is False and finished["outcome"] == "answered"
+    for key in ("asr_final_ms", "llm_first_token_ms", "tts_first_audio_ms", "first_audio_ms"):
+        assert isinstance(finished[key], int) and finished[key] >= 0, key
+    assert speaker.audio == SPEECH * sum(len(t) for t in assistant.tts.texts)  # type: ignore[attr-defined]
+
+
+async def test_the_asr_gets_the_speech_with_its_pre_roll_and_nothing_long_before() -> None:
+    asr = FakeAsr("hello")
+    assistant, _, ended = make(asr=asr)
+    await one_turn(assistant, ended)
+    (session,) = asr.sessions
+    assert session.finished and session.closed
+    audio = bytes(session.audio)
+    speech = audio.count(SPEECH)
+    assert speech == 16000 * 6 // 10  # all 0.6 s of speech arrived
+    leading_silence = (len(audio) - len(audio.lstrip(b"\x00"))) // 2
+    assert 16000 * 0.1 * 0.9 <= leading_silence <= 16000 * 0.1 * 1.1  # the 100 ms pre-roll, not 300 ms
+
+
+async def test_history_carries_what_was_spoken_into_the_next_turn() -> None:
+    llm = FakeLlm(["Hello there, friend."], ["Second answer here."])
+    assistant, _, ended = make(mic=FakeMic(QUESTION_SCRIPT), asr=FakeAsr("hi", "and then"), llm=llm)
+    first = await one_turn(assistant, ended)
+    assistant.mic = FakeMic(QUESTION_SCRIPT)
+    await one_turn(assistant, ended)
+    contents = [(m.role, m.content) for m in llm.requests[1]]
+    assert contents == [("system", "be brief"), ("user", "hi"), ("assistant", first.reply), ("user", "and then")]
+
+
+async def test_nobody_speaking_returns_to_idle() -> None:
+    assistant, speaker, ended = make(mic=FakeMic([(5.0, False)]))
+    with capture_logs() as logs:
+        turn = await one_turn(assistant, ended)
+    assert turn.outcome == "no_speech" and assistant.state is State.IDLE
+    assert events(logs, "turn_finished")[0]["outcome"] == "no_speech"
+    assert speaker.audio == b""
+
+
+async def test_an_empty_transcript_is_no_speech() -> None:
+    assistant, _, ended = make(asr=FakeAsr("  "))
+    turn = await one_turn(assistant, ended)
+    assert turn.outcome == "no_speech"
+
+
+@pytest.mark.parametrize(
+    ("service", "setup"),
+    [
+        ("asr", lambda: {"asr": FakeAsr(AsrError("FunASR closed the connection before the final result"))}),
+        ("llm", lambda: {"llm": FakeLlm([], error=LlmError("The model `moss` does not exist.", status=404))}),
+        ("tts", lambda: {"tts": FakeTts(fail_on=["*"], error=TtsError("no audio for 'It is noon.'"))}),
+    ],
+)
+async def test_a_failing_service_ends_the_turn_with_an_earcon_and_the_next_turn_works(service, setup) -> None:
+    assistant, speaker, ended = make(**setup())
+    with capture_logs() as logs:
+        turn = await one_turn(assistant, ended)
+    assert turn.outcome == "failed" and assistant.state is State.IDLE
+    (failed,) = events(logs, "turn_failed")
+    assert failed["service"] == service and failed["reason"]
+    assert speaker.written[-1] == EARCON
+    # the next turn works once the service is back
+    assistant.mic, assistant.asr = FakeMic(QUESTION_SCRIPT), FakeAsr("again")
+    assistant.llm, assistant.tts = FakeLlm(["Fine, thanks."]), FakeTts()
+    turn = await one_turn(assistant, ended)
+    assert turn.outcome == "answered" and turn.reply == "Fine, thanks."
+
+
+async def test_an_asr_that_cannot_connect_fails_the_turn_when_speech_starts() -> None:
+    asr = FakeAsr()
+    asr.connect_error = AsrError("cannot connect to ws://127.0.0.1:1: connection refused")
+    assistant, _, ended = make(asr=asr)
+    turn = await one_turn(assistant, ended)
+    assert turn.outcome == "failed" and turn.failed_service == "asr" and "refused" in (turn.failure or "")
+
+
+async def test_an_llm_error_mid_stream_keeps_and_speaks_the_partial_answer() -> None:
+    llm = FakeLlm(["The first part. ", "And then"], error=LlmError("boom"))
+    assistant, speaker, ended = make(llm=llm)
+    turn = await one_turn(assistant, ended)
+    assert turn.outcome == "failed" and turn.failed_service == "llm"
+    assert assistant.tts.texts[0] == "The first part."  # type: ignore[attr-defined]
+    assert speaker.written[-1] == EARCON
+
+
+async def test_one_bad_sentence_is_skipped_not_fatal() -> None:
+    tts = FakeTts(fail_on=["Second sentence here."])
+    llm = FakeLlm(["First sentence here. Second sentence here. Third sentence here."])
+    assistant, _, ended = make(llm=llm, tts=tts)
+    turn = await one_turn(assistant, ended)
+    assert turn.outcome == "answered"
+    assert turn.reply == "First sentence here. Third sentence here."
+
+
+async def test_barge_in_cancels_the_reply_flushes_and_listens_again() -> None:
+    llm = FakeLlm(["Let me tell you a long story. "])
+    llm.gate = asyncio.Event()  # the LLM keeps the stream open: the robot is mid-answer
+    assistant, speaker, ended = make(llm=llm)
+    assert await assistant.wake()
+    for _ in range(500):
+        if assistant.state is State.SPEAKING:
+            break
+        await asyncio.sleep(0.01)
+    assert assistant.state is State.SPEAKING
+    assistant.mic = FakeMic([(5.0, False)])
+    with capture_logs() as logs:
+        assert await assistant.barge_in()
+        first = await asyncio.wait_for(ended.get(), TIMEOUT)
+    assert first.outcome == "interrupted" and first.interrupted
+    assert speaker.flushes >= 1
+    assert assistant.state is State.LISTENING
+    assert events(logs, "turn_finished")[0]["interrupted"] is True
+    second = await asyncio.wait_for(ended.get(), TIMEOUT)
+    assert second.outcome == "no_speech" and second.id != first.id
+
+
+async def test_stop_ends_an_active_turn() -> None:
+    assistant, _, ended = make(mic=FakeMic([(60.0, False)], delay_s=0.01))
+    assert await assistant.wake()
+    await asyncio.sleep(0.05)
+    await assistant.aclose()
+    turn = await asyncio.wait_for(ended.get(), TIMEOUT)
+    assert turn.outcome == "stopped" and assistant.state is State.IDLE
