@@ -63,6 +63,8 @@ class App:
         self.once = once
         self._on_turn_end = on_turn_end
         self.turns: list[Turn] = []
+        self.assistant: Assistant | None = None
+        """The running conversation, while ``run`` runs (other wake sources fire its triggers)."""
         self._turn_done = asyncio.Event()
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
@@ -82,7 +84,7 @@ class App:
             stack.push_async_callback(speaker.aclose)
             stack.push_async_callback(self._drain, speaker)
             vad = self._make_vad()
-            assistant = Assistant(
+            self.assistant = assistant = Assistant(
                 mic=mic, speaker=speaker, vad=vad, asr=asr, llm=llm,
                 tts=ResampledTts(tts, output_rate),
                 conversation=Conversation(s.llm.system_prompt, max_turns=s.llm.history_turns,

@@ -47,5 +47,8 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     root.handlers[:] = [handler]
     root.setLevel(LEVELS[level])
     # Libraries talk a lot at INFO; their warnings still come through.
-    for noisy in ("transitions", "httpx", "httpcore", "websockets", "uvicorn", "uvicorn.access", "uvicorn.error"):
+    # transitions warns at every machine build that model_override keeps our typed trigger stubs.
+    logging.getLogger("transitions.core").setLevel(logging.ERROR)
+    for noisy in ("transitions.extensions", "httpx", "httpcore", "websockets", "uvicorn", "uvicorn.access",
+                  "uvicorn.error"):
         logging.getLogger(noisy).setLevel(max(LEVELS[level], logging.WARNING))

@@ -45,6 +45,8 @@ async def listen_for_utterance(
     try:
         while True:
             block = await mic.read()
+            if session is None and opening.done():
+                session = opening.result()  # a dead ASR fails the turn now, not when speech starts
             for frame in frames.push(block):
                 for event in endpointer.push(frame, vad.is_speech(frame)):
                     if isinstance(event, NoSpeech):
@@ -53,7 +55,8 @@ async def listen_for_utterance(
                     if isinstance(event, SpeechStarted):
                         times.speech_start = clock()
                         log.info("speech_started")
-                        session = await opening
+                        if session is None:
+                            session = await opening
                         await session.send_audio(event.audio)
                     elif isinstance(event, SpeechAudio):
                         assert session is not None

@@ -13,3 +13,11 @@ def _reset_structlog() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_transitions() -> None:
+    """transitions warns at each machine build that model_override keeps our typed trigger stubs."""
+    import logging
+
+    logging.getLogger("transitions.core").setLevel(logging.ERROR)

@@ -1,0 +1,577 @@
+"""A loopback stand-in for PaddleSpeech's streaming TTS server (protocols.md section 2).
+
+It speaks the real server's wire format: one protocol per server, like
+``tts_online_application.yaml``; an HTTP POST answered by a chunked body of bare base64
+strings with no Content-Type, or the websocket JSON sequence of 2.4; and
+``GET .../samplerate`` in both modes. The voice is espeak-ng, resampled to the configured
+rate and cut into PaddleSpeech-sized chunks (10 800 samples, the tail of each sentence a
+multiple of 300 samples). Misbehaviours for the client tests are chosen in
+:class:`PaddleSpeechBehaviour`.
+
+The Starlette app runs under uvicorn in the caller's event loop, on a socket bound here so
+that port 0 works.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import re
+import socket
+import struct
+import uuid
+from collections.abc import AsyncIterator, Generator
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import soxr
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = structlog.get_logger()
+
+__all__ = [
+    "CHUNK_SAMPLES",
+    "PATH",
+    "SAMPLERATE_PATH",
+    "PaddleSpeechBehaviour",
+    "PaddleSpeechStub",
+    "ReceivedRequest",
+    "espeak_pcm",
+]
+
+PATH = "/paddlespeech/tts/streaming"
+SAMPLERATE_PATH = PATH + "/samplerate"
+CHUNK_SAMPLES = 36 * 300
+"""A full chunk: voc_block 36 mel frames x hop 300 = 10 800 samples (21 600 bytes, 0.45 s at 24 kHz)."""
+HOP_SAMPLES = 300
+"""The last chunk of a sentence is r x 300 samples."""
+ESPEAK_TIMEOUT_S = 20.0
+
+Misbehaviour = Literal["refuse", "hang", "error_500", "truncate", "empty", "garbage", "ws_error"]
+
+_SENTENCE_SPLIT = re.compile(r"(?<=[。！？；：，、!?;:,])|(?<=\.)(?=\s|$)")
+"""PaddleSpeech synthesizes sentence by sentence (merge_sentences=False); split after punctuation."""
+_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+_GARBAGE = b"<html>this is not base64!</html>\n"
+
+
+@dataclass(frozen=True)
+class PaddleSpeechBehaviour:
+    """How the stand-in answers. Swap ``stub.behaviour`` between requests to change it."""
+
+    sample_rate: int = 24000
+    """The rate of the audio and of GET .../samplerate (PaddleSpeech's csmsc models: 24000)."""
+    first_chunk_delay_s: float = 0.0
+    """Wait before the first chunk (frontend plus the first AM/vocoder block)."""
+    chunk_delay_s: float = 0.0
+    """Wait before each later chunk."""
+    realtime_factor: float = 0.0
+    """Extra wait before each later chunk, per second of audio in it (0.3 = 0.3 s per 1 s)."""
+    raw_body_pieces: tuple[bytes, ...] | None = None
+    """Sent verbatim instead of synthesized audio: one HTTP chunk (or one status-1 ``audio``) each."""
+    pcm_override: bytes | None = None
+    """PCM to stream instead of the espeak voice, cut into 21 600-byte chunks plus the rest."""
+    samplerate_override: Any = None
+    """A JSON value GET .../samplerate returns instead of ``{"sample_rate": sample_rate}``."""
+    misbehave: Misbehaviour | None = None
+    """refuse: close every connection at once. hang: accept and never answer. error_500: HTTP 500
+    (websocket: handshake rejected with 500). truncate: one chunk, then drop the connection
+    without the end of the stream. empty: 200 (websocket: nothing) and an abrupt close.
+    garbage: a body (websocket: an ``audio`` value) that is not base64. ws_error: websocket
+    status -1 (over HTTP: like empty)."""
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """One synthesis request as the stand-in received it."""
+
+    protocol: Literal["http", "websocket"]
+    body: Any
+    """The decoded JSON of the POST body or of the websocket text message (raw text if not JSON)."""
+    peer: tuple[str, int] | None
+    """The client's address and port: a new port means a new connection."""
+
+    @property
+    def text(self) -> Any:
+        return self.body.get("text") if isinstance(self.body, dict) else None
+
+
+class _StubAbort(Exception):
+    """Raised inside a response on purpose, so that uvicorn drops the connection like the real server."""
+
+
+class _ClientGone(Exception):
+    """The client disconnected while audio was being sent."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its signal handlers: the process that hosts the stand-ins owns SIGINT/SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+class PaddleSpeechStub:
+    """PaddleSpeech streaming TTS on loopback; ``protocol`` is "http" or "websocket".
+
+    Observation hooks: ``requests`` (every synthesis request received), ``ws_messages``
+    (every websocket JSON message), ``samplerate_requests``, ``completed`` (streams that
+    ended normally), ``disconnects`` (clients that went away mid-stream) and ``refused``.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        behaviour: PaddleSpeechBehaviour | None = None,
+        protocol: Literal["http", "websocket"] = "http",
+    ) -> None:
+        if protocol not in ("http", "websocket"):
+            raise ValueError(f"protocol must be 'http' or 'websocket', got {protocol!r}")
+        self.host = host
+        self.port = port
+        self.protocol = protocol
+        self.behaviour = behaviour or PaddleSpeechBehaviour()
+        self.requests: list[ReceivedRequest] = []
+        self.ws_messages: list[Any] = []
+        self.samplerate_requests = 0
+        self.completed = 0
+        self.disconnects = 0
+        self.refused = 0
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._server: _Server | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        scheme = "ws" if self.protocol == "websocket" else "http"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{scheme}://{host}:{self.port}{PATH}"
+
+    @property
+    def samplerate_url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}{SAMPLERATE_PATH}"
+
+    @property
+    def texts(self) -> list[Any]:
+        """The ``text`` of every synthesis request, in order."""
+        return [r.text for r in self.requests]
+
+    async def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("PaddleSpeechStub already started")
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.setblocking(False)
+            self.port = sock.getsockname()[1]
+            config = uvicorn.Config(
+                _quiet_aborts(self._build_app()),
+                http=self._protocol_class(),
+                ws="websockets-sansio",
+                lifespan="off",
+                log_config=None,
+                access_log=False,
+                timeout_graceful_shutdown=2,
+            )
+            self._stopping.clear()
+            self._server = _Server(config)
+            self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="paddlespeech-stub")
+            async with asyncio.timeout(10.0):
+                while not self._server.started:
+                    if self._task.done():
+                        self._task.result()
+                        raise RuntimeError("PaddleSpeechStub: uvicorn exited during startup")
+                    await asyncio.sleep(0.005)
+        except BaseException:
+            sock.close()
+            await self.stop()
+            raise
+        log.info("paddlespeech_stub_started", url=self.url, protocol=self.protocol)
+
+    async def stop(self) -> None:
+        """Stop serving; running responses end at their next chunk. Idempotent."""
+        task, server = self._task, self._server
+        self._task = self._server = None
+        if task is None or server is None:
+            return
+        self._stopping.set()
+        server.should_exit = True
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout=10.0)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        log.info("paddlespeech_stub_stopped", url=self.url)
+
+    async def __aenter__(self) -> PaddleSpeechStub:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def wait_for_disconnects(self, count: int = 1, timeout: float = 2.0) -> None:
+        """Wait until at least ``count`` mid-stream disconnects were seen (TimeoutError otherwise)."""
+        async with asyncio.timeout(timeout):
+            while self.disconnects < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+    def _note(self, **changes: int) -> None:
+        for name, delta in changes.items():
+            setattr(self, name, getattr(self, name) + delta)
+        self._changed.set()
+
+    # -- the app ------------------------------------------------------------------------------
+
+    def _build_app(self) -> Starlette:
+        routes: list[BaseRoute] = [Route(SAMPLERATE_PATH, self._samplerate, methods=["GET"])]
+        if self.protocol == "http":
+            routes.append(Route(PATH, self._http_tts, methods=["POST"]))
+        else:
+            routes.append(WebSocketRoute(PATH, self._ws_tts))
+        return Starlette(routes=routes)
+
+    def _protocol_class(self) -> type[H11Protocol]:
+        stub = self
+
+        class _Protocol(H11Protocol):
+            """uvicorn's h11 protocol, except that "refuse" drops each connection as it arrives."""
+
+            def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+                super().connection_made(transport)
+                if stub.behaviour.misbehave == "refuse":
+                    stub._note(refused=1)
+                    transport.abort()
+
+        return _Protocol
+
+    async def _samplerate(self, request: Request) -> Response:
+        self._note(samplerate_requests=1)
+        behaviour = self.behaviour
+        if behaviour.misbehave == "error_500":
+            return JSONResponse(
+                {"success": False, "code": 500, "message": {"description": "stand-in: error_500"}}, status_code=500
+            )
+        if behaviour.samplerate_override is not None:
+            return JSONResponse(behaviour.samplerate_override)
+        return JSONResponse({"sample_rate": behaviour.sample_rate})
+
+    # -- HTTP -------------------------------------------------------------------------------
+
+    async def _http_tts(self, request: Request) -> Response:
+        behaviour = self.behaviour
+        raw = await request.body()
+        body, problems = _validate_tts_request(raw)
+        peer = (request.client.host, request.client.port) if request.client else None
+        self.requests.append(ReceivedRequest("http", body, peer))
+        self._note()
+        if problems:
+            return JSONResponse({"detail": problems}, status_code=422)
+        if behaviour.misbehave == "hang":
+            await self._hang_http(request)
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        if behaviour.misbehave == "error_500":
+            return PlainTextResponse("Internal Server Error", status_code=500)
+        return StreamingResponse(self._http_body(behaviour, body["text"]))
+
+    async def _http_body(self, behaviour: PaddleSpeechBehaviour, text: str) -> AsyncIterator[bytes]:
+        """The response body: one base64 string per chunk, no separator, nothing else."""
+        sent = 0
+        try:
+            if behaviour.misbehave in ("empty", "ws_error"):
+                raise _StubAbort(f"{behaviour.misbehave}: no chunks, then an abrupt close")
+            if behaviour.misbehave == "garbage":
+                yield _GARBAGE
+                yield _GARBAGE
+                return
+            async for piece in self._pieces(behaviour, text):
+                yield piece
+                sent += 1
+                if behaviour.misbehave == "truncate":
+                    raise _StubAbort("truncate: one chunk, then the connection is dropped")
+            if sent == 0:
+                # The real server's generator crashes here (np.concatenate of nothing).
+                raise _StubAbort(f"no audio for {text!r}: 200 with zero chunks, then an abrupt close")
+            self._note(completed=1)
+        except (asyncio.CancelledError, GeneratorExit):
+            self._note(disconnects=1)
+            log.info("paddlespeech_stub_client_gone", protocol="http", chunks_sent=sent)
+            raise
+
+    async def _hang_http(self, request: Request) -> None:
+        """Never answer; return when the client goes away or the stub stops."""
+        disconnected = asyncio.ensure_future(_wait_http_disconnect(request))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if disconnected in done:
+                self._note(disconnects=1)
+        finally:
+            for task in (disconnected, stopping):
+                task.cancel()
+            await asyncio.gather(disconnected, stopping, return_exceptions=True)
+
+    # -- websocket -------------------------------------------------------------------------
+
+    async def _ws_tts(self, websocket: WebSocket) -> None:
+        """The message loop of PaddleSpeech's ws/tts_api.py, quirks included (protocols.md 2.4)."""
+        if self.behaviour.misbehave == "error_500":
+            await websocket.send_denial_response(PlainTextResponse("Internal Server Error", status_code=500))
+            return
+        await websocket.accept()
+        peer = (websocket.client.host, websocket.client.port) if websocket.client else None
+        session: str | None = None
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                if message.get("text") is None:
+                    raise _StubAbort("binary frame")
+                data = json.loads(message["text"])
+                self.ws_messages.append(data)
+                self._note()
+                behaviour = self.behaviour
+                if behaviour.misbehave == "hang":
+                    continue
+                if "signal" in data:
+                    if data["signal"] == "start":
+                        session = uuid.uuid1().hex
+                        await websocket.send_json({"status": 0, "signal": "server ready", "session": session})
+                    elif data["signal"] == "end":
+                        reply = {"status": 0, "signal": "connection will be closed", "session": session}
+                        await websocket.send_json(reply)
+                        return
+                    else:
+                        await websocket.send_json({"status": 0, "signal": "no valid json data"})
+                elif "text" in data:
+                    if session is None:
+                        raise _StubAbort("text before start: the engine handler is still None")
+                    text, _spk_id = data["text"], data["spk_id"]
+                    self.requests.append(ReceivedRequest("websocket", data, peer))
+                    await self._ws_stream(websocket, behaviour, text)
+                else:
+                    log.info("paddlespeech_stub_invalid_request", message=data)
+        except _ClientGone:
+            return
+        except Exception as exc:  # the real server catches everything, logs it and returns
+            # Returning without a close message makes uvicorn drop the TCP connection: the
+            # client sees the socket close with no error message, as with the real server.
+            log.info("paddlespeech_stub_ws_session_ended", error=f"{type(exc).__name__}: {exc}")
+
+    async def _ws_stream(self, websocket: WebSocket, behaviour: PaddleSpeechBehaviour, text: Any) -> None:
+        sent = 0
+        try:
+            if behaviour.misbehave == "ws_error":
+                await websocket.send_json({"status": -1, "audio": ""})
+                return
+            if behaviour.misbehave == "empty":
+                raise _StubAbort("empty: the connection is dropped with no message")
+            if behaviour.misbehave == "garbage":
+                await websocket.send_json({"status": 1, "audio": _GARBAGE.decode("ascii")})
+                await websocket.send_json({"status": 2, "audio": ""})
+                return
+            async for piece in self._pieces(behaviour, text if isinstance(text, str) else str(text)):
+                await websocket.send_json({"status": 1, "audio": piece.decode("ascii")})
+                sent += 1
+                if behaviour.misbehave == "truncate":
+                    raise _StubAbort("truncate: one chunk, then the connection is dropped")
+            # Text that yields no audio makes the engine raise, which the server reports as -1.
+            await websocket.send_json({"status": 2 if sent else -1, "audio": ""})
+            if sent:
+                self._note(completed=1)
+        except (WebSocketDisconnect, OSError) as exc:
+            self._note(disconnects=1)
+            log.info("paddlespeech_stub_client_gone", protocol="websocket", chunks_sent=sent)
+            raise _ClientGone() from exc
+
+    # -- audio --------------------------------------------------------------------------------
+
+    async def _pieces(self, behaviour: PaddleSpeechBehaviour, text: str) -> AsyncIterator[bytes]:
+        """The base64 pieces for ``text``, paced as configured; stops early when the stub stops."""
+        first = True
+        async for pcm, raw in self._chunks(behaviour, text):
+            if first:
+                delay = behaviour.first_chunk_delay_s
+            else:
+                seconds = len(pcm) / 2 / behaviour.sample_rate
+                delay = behaviour.chunk_delay_s + behaviour.realtime_factor * seconds
+            if not await self._pause(delay):
+                return
+            first = False
+            yield raw
+
+    async def _chunks(self, behaviour: PaddleSpeechBehaviour, text: str) -> AsyncIterator[tuple[bytes, bytes]]:
+        """(pcm, base64) per chunk, sentence by sentence."""
+        if behaviour.raw_body_pieces is not None:
+            for raw in behaviour.raw_body_pieces:
+                yield b"", bytes(raw)
+            return
+        if behaviour.pcm_override is not None:
+            for pcm in _split_chunks(behaviour.pcm_override):
+                yield pcm, base64.b64encode(pcm)
+            return
+        for sentence in _sentences(text):
+            pcm = await espeak_pcm(sentence, behaviour.sample_rate)
+            pcm += bytes(-len(pcm) % (2 * HOP_SAMPLES))
+            for chunk in _split_chunks(pcm):
+                yield chunk, base64.b64encode(chunk)
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep; False if the stub is stopping (the response should end now)."""
+        if self._stopping.is_set():
+            return False
+        if seconds <= 0:
+            return True
+        try:
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
+        except TimeoutError:
+            return True
+        return False
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _quiet_aborts(app: ASGIApp) -> ASGIApp:
+    """Log deliberate aborts in one line instead of uvicorn's traceback; uvicorn still drops the connection."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await app(scope, receive, send)
+        except _StubAbort as exc:
+            log.info("paddlespeech_stub_abort", reason=str(exc))
+
+    return wrapped
+
+
+async def _wait_http_disconnect(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+def _split_chunks(pcm: bytes) -> list[bytes]:
+    size = CHUNK_SAMPLES * 2
+    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
+
+
+def _sentences(text: str) -> list[str]:
+    """Sentences that can be spoken; text with no letter or digit yields none (hence no audio)."""
+    return [s.strip() for s in _SENTENCE_SPLIT.split(text) if any(ch.isalnum() for ch in s)]
+
+
+def _validate_tts_request(raw: bytes) -> tuple[Any, list[dict[str, Any]]]:
+    """Check a POST body like FastAPI checks ``TTSRequest``; problems in FastAPI's 422 ``detail`` shape."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return raw.decode("utf-8", "replace"), [{"loc": ["body", 0], "msg": str(exc), "type": "value_error.jsondecode"}]
+    if not isinstance(body, dict):
+        return body, [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]
+    problems: list[dict[str, Any]] = []
+    if "text" not in body:
+        problems.append({"loc": ["body", "text"], "msg": "field required", "type": "value_error.missing"})
+    elif not isinstance(body["text"], str):
+        problems.append({"loc": ["body", "text"], "msg": "str type expected", "type": "type_error.str"})
+    for name, kind in (("spk_id", int), ("sample_rate", int), ("speed", float), ("volume", float)):
+        if name in body and not _coerces(body[name], kind):
+            problems.append(
+                {
+                    "loc": ["body", name],
+                    "msg": f"value is not a valid {kind.__name__ if kind is float else 'integer'}",
+                    "type": f"type_error.{kind.__name__ if kind is float else 'integer'}",
+                }
+            )
+    return body, problems
+
+
+def _coerces(value: Any, kind: type) -> bool:
+    """pydantic v1's lax coercion: numbers, and strings that parse as one."""
+    if isinstance(value, bool) or value is None:
+        return isinstance(value, bool)
+    if kind is int and isinstance(value, float):
+        return value.is_integer()
+    try:
+        kind(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+async def espeak_pcm(text: str, sample_rate: int) -> bytes:
+    """Speak ``text`` with espeak-ng and return int16 mono PCM at ``sample_rate``.
+
+    Text with CJK characters uses ``cmn-latn-pinyin`` (Debian's ``cmn`` voice reads hanzi as
+    English words); anything else ``en-us``. The text goes through stdin, so a text that
+    starts with "-" cannot be taken for an option.
+    """
+    voice = "cmn-latn-pinyin" if _CJK.search(text) else "en-us"
+    process = await asyncio.create_subprocess_exec(
+        "espeak-ng",
+        "-v",
+        voice,
+        "--stdout",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(ESPEAK_TIMEOUT_S):
+            wav, err = await process.communicate(text.encode("utf-8"))
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        await process.wait()
+        raise
+    if process.returncode != 0:
+        raise RuntimeError(f"espeak-ng failed ({process.returncode}): {err.decode(errors='replace').strip()}")
+    if not wav:
+        return b""
+    rate, pcm = _parse_wav(wav)
+    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2")
+    if rate != sample_rate and samples.size:
+        samples = soxr.resample(samples, rate, sample_rate)
+    return samples.astype("<i2").tobytes()
+
+
+def _parse_wav(wav: bytes) -> tuple[int, bytes]:
+    """(rate, data) of a mono 16-bit WAV; espeak's --stdout header has placeholder sizes."""
+    if wav[:4] != b"RIFF" or wav[8:12] != b"WAVE":
+        raise RuntimeError("espeak-ng did not write a WAV file")
+    pos, rate = 12, 0
+    while pos + 8 <= len(wav):
+        kind, size = wav[pos : pos + 4], struct.unpack("<I", wav[pos + 4 : pos + 8])[0]
+        body = pos + 8
+        if kind == b"fmt ":
+            fmt, channels, rate = struct.unpack("<HHI", wav[body : body + 8])
+            bits = struct.unpack("<H", wav[body + 14 : body + 16])[0]
+            if (fmt, channels, bits) != (1, 1, 16):
+                raise RuntimeError(f"espeak-ng wrote an unexpected WAV format {(fmt, channels, bits)}")
+        elif kind == b"data":
+            if not rate:
+                raise RuntimeError("espeak-ng WAV has data before fmt")
+            return rate, wav[body : min(len(wav), body + size)]
+        pos = body + size + (size & 1)
+    raise RuntimeError("espeak-ng WAV has no data chunk")

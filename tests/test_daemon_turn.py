@@ -1,0 +1,223 @@
+"""The daemon end to end: WAV question in, real loopback servers for FunASR, vLLM and PaddleSpeech,
+WAV answer out. Wall-clock runs of a few seconds each."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import wave
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import numpy as np
+import pytest
+from structlog.testing import capture_logs
+
+from daemon.app import EXIT_ANSWERED, EXIT_FAILED, App
+from daemon.config import AsrSettings, AudioSettings, LlmSettings, Settings, TtsSettings, VadSettings
+from daemon.stubs.funasr import FunAsrBehaviour, make_question_wav
+from daemon.stubs.openai import OpenAiBehaviour
+from daemon.stubs.paddlespeech import PaddleSpeechBehaviour
+from daemon.stubs.runner import demo_llm_behaviour, start_stubs
+from states.model import Turn
+
+pytestmark = pytest.mark.slow
+RUN_TIMEOUT = 60
+LEAD_S = 0.4
+SHORT_ANSWERS = {"weather": "It is sunny today. Take a walk!", "天气": "今天天气晴朗，适合散步。"}
+
+
+def question_wav(tmp_path: Path, text: str, *, name: str = "question.wav", gap_s: float = 0.0,
+                 second: str | None = None) -> tuple[Path, float]:
+    """A WAV with LEAD_S of silence, the question, and optionally a gap and a second question.
+    Returns the path and the time the first question ends."""
+    spoken = make_question_wav(text, tmp_path / f"raw-{name}")
+    pcm = _read(spoken)[0]
+    lead = np.zeros(int(LEAD_S * 16000), dtype="<i2")
+    parts = [lead, pcm]
+    if second is not None:
+        parts += [np.zeros(int(gap_s * 16000), dtype="<i2"), _read(make_question_wav(second, tmp_path / "raw2.wav"))[0]]
+    path = tmp_path / name
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.concatenate(parts).tobytes())
+    return path, LEAD_S + len(pcm) / 16000
+
+
+def _read(path: Path) -> tuple[np.ndarray, int]:
+    with wave.open(str(path), "rb") as w:
+        return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
+
+
+def loud_span(path: Path) -> tuple[float, float] | None:
+    samples, rate = _read(path)
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
+    return None if not len(loud) else (loud[0] / rate, loud[-1] / rate)
+
+
+def settings_for(stubs: tuple, qwav: Path, out: Path, **asr: object) -> Settings:
+    asr_stub, llm_stub, tts_stub = stubs
+    return Settings(
+        asr=AsrSettings(url=asr_stub.url, final_timeout_s=1.0, **asr),  # type: ignore[arg-type]
+        llm=LlmSettings(url=llm_stub.url, first_token_timeout_s=5, read_timeout_s=5),
+        tts=TtsSettings(url=tts_stub.url, read_timeout_s=5),
+        audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
+        vad=VadSettings(end_silence_ms=500, no_speech_timeout_s=6),
+    )
+
+
+def events(logs: list[dict], name: str) -> list[dict]:
+    return [e for e in logs if e["event"] == name]
+
+
+async def run_once(settings: Settings) -> tuple[int, App, list[dict]]:
+    app = App(settings, once=True)
+    with capture_logs() as logs:
+        code = await asyncio.wait_for(app.run(), RUN_TIMEOUT)
+    return code, app, logs
+
+
+async def test_an_english_question_is_answered_into_the_output_wav(tmp_path: Path) -> None:
+    qwav, question_end = question_wav(tmp_path, "what is the weather like today")
+    out = tmp_path / "reply.wav"
+    async with AsyncExitStack() as stack:
+        stubs = await start_stubs(stack, llm=demo_llm_behaviour(answers=SHORT_ANSWERS))
+        code, app, logs = await run_once(settings_for(stubs, qwav, out))
+        asr_stub, llm_stub, tts_stub = stubs
+    assert code == EXIT_ANSWERED
+    (finished,) = events(logs, "turn_finished")
+    assert finished["transcript"] == "what is the weather like today"
+    assert finished["reply"] == "It is sunny today. Take a walk!"
+    assert finished["interrupted"] is False
+    for key in ("asr_final_ms", "llm_first_token_ms", "tts_first_audio_ms", "first_audio_ms"):
+        assert isinstance(finished[key], int) and 0 <= finished[key] < 10_000, (key, finished[key])
+    assert [(e["src"], e["dst"]) for e in events(logs, "state_changed")] == [
+        ("idle", "listening"), ("listening", "thinking"), ("thinking", "speaking"), ("speaking", "idle")]
+    # what went over the wire
+    assert all(size == 1920 for size in asr_stub.sessions[0].frame_sizes[:-1])
+    assert [m.content for m in _user_messages(llm_stub)] == ["what is the weather like today"]
+    assert [r.text for r in tts_stub.requests] == ["It is sunny today.", "Take a walk!"]
+    # the reply is really in the output, at the TTS rate, after the question ended
+    samples, rate = _read(out)
+    assert rate == 24000
+    span = loud_span(out)
+    assert span is not None
+    assert question_end < span[0] < question_end + 5, (question_end, span)
+    assert span[1] - span[0] > 1.0  # two sentences of espeak speech
+
+
+def _user_messages(llm_stub: object) -> list:
+    from states.events import ChatMessage
+
+    body = llm_stub.requests[-1].body  # type: ignore[attr-defined]
+    return [ChatMessage(m["role"], m["content"]) for m in body["messages"] if m["role"] == "user"]
+
+
+async def test_a_chinese_turn_over_the_websocket_tts(tmp_path: Path) -> None:
+    qwav, _ = question_wav(tmp_path, "what is the weather like today")  # the stand-in hears it as Chinese
+    out = tmp_path / "reply.wav"
+    async with AsyncExitStack() as stack:
+        stubs = await start_stubs(
+            stack,
+            asr=FunAsrBehaviour(flavour="python-2026", transcript_override="今天天气怎么样？"),
+            llm=demo_llm_behaviour(answers=SHORT_ANSWERS),
+            tts_protocol="websocket",
+        )
+        settings = settings_for(stubs, qwav, out, flavour="python-2026")
+        assert settings.tts.protocol == "websocket"
+        code, _, logs = await run_once(settings)
+        texts = [r.text for r in stubs[2].requests]
+    assert code == EXIT_ANSWERED
+    (finished,) = events(logs, "turn_finished")
+    assert finished["transcript"] == "今天天气怎么样？"
+    assert finished["reply"] == "今天天气晴朗，适合散步。"
+    assert texts == ["今天天气晴朗，", "适合散步。"]
+    assert loud_span(out) is not None
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("service", ["asr", "llm", "tts"])
+async def test_a_dead_or_broken_service_fails_the_turn_with_an_earcon(tmp_path: Path, service: str) -> None:
+    qwav, question_end = question_wav(tmp_path, "what is the weather like today")
+    out = tmp_path / "reply.wav"
+    async with AsyncExitStack() as stack:
+        stubs = await start_stubs(
+            stack,
+            llm=demo_llm_behaviour(answers=SHORT_ANSWERS, misbehave="error_500" if service == "llm" else None),
+            tts=PaddleSpeechBehaviour(misbehave="refuse" if service == "tts" else None),
+        )
+        settings = settings_for(stubs, qwav, out)
+        if service == "asr":
+            settings = Settings(**{**settings.__dict__, "asr": AsrSettings(url=f"ws://127.0.0.1:{_dead_port()}")})
+        code, _, logs = await run_once(settings)
+    assert code == EXIT_FAILED
+    (failed,) = events(logs, "turn_failed")
+    assert failed["service"] == service and failed["reason"]
+    assert events(logs, "turn_finished")[0]["outcome"] == "failed"
+    span = loud_span(out)
+    assert span is not None  # the earcon ...
+    assert span[1] - span[0] < 1.0  # ... and nothing else
+    if service == "asr":
+        assert span[0] < question_end  # no point listening to a question nobody can recognise
+    else:
+        assert span[0] > question_end
+
+
+async def test_the_daemon_survives_a_failed_turn_and_answers_the_next(tmp_path: Path) -> None:
+    qwav, _ = question_wav(tmp_path, "what is the weather like today", gap_s=4.0, second="tell me a joke")
+    out = tmp_path / "reply.wav"
+    turns: list[Turn] = []
+    wakes: list[asyncio.Future[bool]] = []
+    stop = asyncio.Event()
+    async with AsyncExitStack() as stack:
+        stubs = await start_stubs(stack, llm=demo_llm_behaviour(
+            answers={"joke": "A robot walks into a bar."}, misbehave="error_500"))
+        llm_stub = stubs[1]
+
+        async def turn_ended(turn: Turn) -> None:
+            turns.append(turn)
+            if len(turns) == 1:
+                llm_stub.behaviour = demo_llm_behaviour(answers={"joke": "A robot walks into a bar."})
+                assert app.assistant is not None
+                wakes.append(asyncio.ensure_future(app.assistant.wake()))
+            else:
+                stop.set()
+
+        app = App(settings_for(stubs, qwav, out), on_turn_end=turn_ended)
+        await asyncio.wait_for(app.run(stop), RUN_TIMEOUT)
+    assert [t.outcome for t in turns] == ["failed", "answered"]
+    assert turns[0].failed_service == "llm"
+    assert turns[1].transcript == "tell me a joke" and turns[1].reply == "A robot walks into a bar."
+
+
+async def test_run_once_from_the_command_line(tmp_path: Path) -> None:
+    """The console script with a TOML file, as scripts use it: exit 0 and JSON lines on stdout."""
+    import json
+    import sys
+
+    qwav, _ = question_wav(tmp_path, "who are you")
+    out = tmp_path / "reply.wav"
+    async with AsyncExitStack() as stack:
+        asr, llm, tts = await start_stubs(stack, llm=demo_llm_behaviour(answers={"who": "I am MOSS."}))
+        config = tmp_path / "moss-voice.toml"
+        config.write_text(
+            f'[asr]\nurl = "{asr.url}"\n[llm]\nurl = "{llm.url}"\n[tts]\nurl = "{tts.url}"\n'
+            f'[audio]\ninput = "wav:{qwav}"\noutput = "wav:{out}"\n[log]\nformat = "json"\n'
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "daemon", "run", "--config", str(config), "--once",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(proc.communicate(), RUN_TIMEOUT)
+    assert proc.returncode == 0, stderr.decode()[-2000:]
+    lines = [json.loads(line) for line in stdout.decode().splitlines() if line.startswith("{")]
+    (finished,) = [e for e in lines if e["event"] == "turn_finished"]
+    assert finished["transcript"] == "who are you" and finished["reply"] == "I am MOSS."
+    assert loud_span(out) is not None

@@ -1,0 +1,184 @@
+"""The endpointer on synthetic VAD verdicts: 20 ms frames whose bytes say which frame they are."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from states.endpointer import (
+    Endpointer,
+    EndpointerSettings,
+    Framer,
+    NoSpeech,
+    SpeechAudio,
+    SpeechEnded,
+    SpeechStarted,
+)
+
+FRAME_BYTES = 640  # 20 ms at 16 kHz
+
+SETTINGS = EndpointerSettings(
+    speech_start_ms=100,  # 5 frames
+    speech_start_ratio=1.0,
+    end_silence_ms=200,  # 10 frames
+    pre_roll_ms=60,  # 3 frames
+    max_utterance_s=2.0,  # 100 frames
+    no_speech_timeout_s=1.0,  # 50 frames
+)
+
+
+def frame(i: int) -> bytes:
+    """A frame that carries its own index, so any mix-up of frames is visible."""
+    return i.to_bytes(4, "little") * (FRAME_BYTES // 4)
+
+
+def run(ep: Endpointer, verdicts: list[bool]) -> list[tuple[int, object]]:
+    """Push frames 0..n-1 with the given verdicts; (frame index, event) for every event."""
+    out = []
+    for i, speech in enumerate(verdicts):
+        out.extend((i, e) for e in ep.push(frame(i), speech))
+    return out
+
+
+def test_frame_counts_round_up_from_the_settings() -> None:
+    ep = Endpointer(EndpointerSettings(), frame_bytes=1024)  # silero: 32 ms frames
+    assert ep.frame_ms == 32
+    assert ep.start_frames == 4  # 120 ms
+    assert ep.end_frames == 22  # 700 ms
+    assert ep.pre_roll_frames == 10  # 300 ms
+    assert ep.max_frames == 469  # 15 s
+    assert ep.no_speech_frames == 250  # 8 s
+
+
+def test_speech_start_carries_exact_pre_roll_and_confirming_frames() -> None:
+    ep = Endpointer(SETTINGS, FRAME_BYTES)
+    events = run(ep, [False] * 10 + [True] * 5)
+    assert len(events) == 1
+    index, event = events[0]
+    assert index == 14  # the 5th speech frame confirms
+    assert isinstance(event, SpeechStarted)
+    # 3 pre-roll frames (7, 8, 9) then the onset (10) to the confirming frame (14).
+    assert event.audio == b"".join(frame(i) for i in range(7, 15))
+    assert len(event.audio) == (3 + 5) * FRAME_BYTES
+    assert ep.in_speech
+
+
+def test_pre_roll_is_shorter_when_speech_starts_at_once() -> None:
+    ep = Endpointer(SETTINGS, FRAME_BYTES)
+    events = run(ep, [False, True, True, True, True, True])
+    assert [type(e) for _, e in events] == [SpeechStarted]
+    assert events[0][1].audio == b"".join(frame(i) for i in range(6))
+
+
+def test_short_blips_are_ignored_until_the_no_speech_timeout() -> None:
+    ep = Endpointer(SETTINGS, FRAME_BYTES)
+    blips = ([True] * 4 + [False]) * 12  # 80 ms of "speech" at a time, never 100 ms
+    events = run(ep, blips)
+    assert [(i, type(e)) for i, e in events] == [(49, NoSpeech)]
+    assert ep.done and not ep.in_speech
+    assert ep.push(frame(99), True) == []  # done: nothing more until reset()
+
+
+def test_mostly_consecutive_speech_starts_despite_one_dropped_frame() -> None:
+    settings = EndpointerSettings(speech_start_ms=200, speech_start_ratio=0.8, pre_roll_ms=0)
+    ep = Endpointer(settings, FRAME_BYTES)
+    assert (ep.start_frames, ep.start_required) == (10, 8)
+    verdicts = [False] * 5 + [True, True, True, False, True, True, True, True, True]
+    events = run(ep, verdicts)
+    assert [(i, type(e)) for i, e in events] == [(13, SpeechStarted)]
+    assert events[0][1].audio == b"".join(frame(i) for i in range(5, 14))  # from the onset
+
+
+def test_end_comes_after_end_silence_and_speech_resets_the_count() -> None:
+    ep = Endpointer(SETTINGS, FRAME_BYTES)
+    verdicts = [True] * 5 + [False] * 9 + [True] + [False] * 10 + [False] * 5
+    events = run(ep, verdicts)
+    kinds = [type(e) for _, e in events]
+    assert kinds[0] is SpeechStarted
+    assert kinds[1:-1] == [SpeechAudio] * 20  # frames 5..24, trailing silence included
+    assert events[-1] == (24, SpeechEnded("silence"))
+    assert ep.done
+    # Nothing after the end decision.
+    assert all(i <= 24 for i, _ in events)
+
+
+def test_max_length_cuts_the_utterance() -> None:
+    ep = Endpointer(SETTINGS, FRAME_BYTES)
+    events = run(ep, [False] * 3 + [True] * 200)
+    assert events[-1] == (102, SpeechEnded("max_length"))  # onset at frame 3, 100 frames long
+    audio = events[0][1].audio + b"".join(e.audio for _, e in events[1:-1])
+    assert audio == b"".join(frame(i) for i in range(0, 103))  # 3 frames pre-roll + 100
+
+
+def test_no_speech_timeout_counts_from_the_first_frame() -> None:
+    ep = Endpointer(SETTINGS, FRAME_BYTES)
+    assert run(ep, [False] * 49) == []
+    assert ep.push(frame(49), False) == [NoSpeech()]
+
+
+def test_no_speech_timeout_can_be_disabled() -> None:
+    ep = Endpointer(EndpointerSettings(no_speech_timeout_s=None), FRAME_BYTES)
+    assert run(ep, [False] * 2000) == []
+    assert not ep.done
+
+
+def test_reset_listens_for_a_new_utterance() -> None:
+    ep = Endpointer(SETTINGS, FRAME_BYTES)
+    run(ep, [False] * 50)
+    assert ep.done
+    ep.reset()
+    assert not ep.done and ep.frames_seen == 0
+    events = run(ep, [True] * 5)
+    assert isinstance(events[0][1], SpeechStarted)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_audio_is_conserved_from_pre_roll_to_end(seed: int) -> None:
+    """Random verdicts: what comes out is one contiguous run of input frames, each once, in order."""
+    rng = random.Random(seed)
+    verdicts = []
+    while len(verdicts) < 400:
+        verdicts += [rng.random() < 0.5] * rng.randint(1, 15)
+    settings = EndpointerSettings(
+        speech_start_ms=100, speech_start_ratio=0.8, end_silence_ms=200, pre_roll_ms=100,
+        max_utterance_s=3.0, no_speech_timeout_s=None,
+    )
+    ep = Endpointer(settings, FRAME_BYTES)
+    events = run(ep, verdicts)
+    assert isinstance(events[0][1], SpeechStarted)
+    assert all(isinstance(e, SpeechAudio) for _, e in events[1:-1])
+    end_index, end = events[-1]
+    assert isinstance(end, SpeechEnded)
+
+    audio = events[0][1].audio + b"".join(e.audio for _, e in events[1:-1])
+    assert len(audio) % FRAME_BYTES == 0
+    first = end_index + 1 - len(audio) // FRAME_BYTES
+    assert first >= 0
+    assert audio == b"".join(frame(i) for i in range(first, end_index + 1))
+    # A full pre-roll, unless the onset was too close to the start of the stream.
+    onset = first + ep.pre_roll_frames if first > 0 else verdicts.index(True)
+    assert onset <= ep.pre_roll_frames or first > 0
+    assert verdicts[onset]  # the utterance's first frame after the pre-roll is speech
+    if end.reason == "silence":
+        assert not any(verdicts[end_index - ep.end_frames + 1 : end_index + 1])
+
+
+def test_wrong_frame_size_is_rejected() -> None:
+    ep = Endpointer(SETTINGS, FRAME_BYTES)
+    with pytest.raises(ValueError, match="640"):
+        ep.push(b"\0" * 100, True)
+    with pytest.raises(ValueError):
+        Endpointer(SETTINGS, frame_bytes=641)
+
+
+def test_framer_cuts_mic_blocks_into_vad_frames() -> None:
+    framer = Framer(1024)
+    stream = bytes(range(256)) * 20  # 5120 bytes
+    out: list[bytes] = []
+    for i in range(0, len(stream), 640):  # 20 ms mic blocks into 32 ms silero frames
+        out.extend(framer.push(stream[i : i + 640]))
+    assert [len(f) for f in out] == [1024] * 5
+    assert b"".join(out) == stream[:5120]
+    assert framer.pending_bytes == 0
+    assert framer.push(b"\1\2") == [] and framer.pending_bytes == 2
