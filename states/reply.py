@@ -19,7 +19,7 @@ import structlog
 
 from states.events import ChatMessage, TurnTimes
 from states.ports import LlmClient, Speaker, TtsClient
-from states.speech_text import SpeechText
+from states.speech_text import SpeechText, join_clauses
 
 log = structlog.get_logger()
 
@@ -68,10 +68,10 @@ async def speak_reply(
                         times.llm_first_token = clock()
                     for clause in text.feed(delta):
                         clauses.put_nowait(clause)
-                    if text.truncated:
-                        log.info("reply_capped")
+                    if text.done:  # the reply cap, or an end-of-turn token the server did not stop at
+                        log.info("reply_cut", truncated=text.truncated)
                         break  # leaving the context closes the connection: the server stops generating
-                if not text.truncated and stream.result is not None:
+                if not text.done and stream.result is not None:
                     finish_reason = stream.result.finish_reason
         except Exception as exc:  # kept and raised after the partial answer has been spoken
             llm_error = exc
@@ -128,18 +128,8 @@ async def speak_reply(
     if llm_error is not None:
         raise llm_error
     return ReplyOutcome(
-        spoken=_join(spoken),
+        spoken=join_clauses(spoken),
         finish_reason=finish_reason,
         truncated=text.truncated or finish_reason == "length",
         failed_clauses=failed,
     )
-
-
-def _join(clauses: list[str]) -> str:
-    """Join clauses with a space between Latin words, nothing between CJK ones."""
-    out = ""
-    for clause in clauses:
-        if out and out[-1].isascii() and clause[:1].isascii():
-            out += " "
-        out += clause
-    return out

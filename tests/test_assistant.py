@@ -156,12 +156,13 @@ async def test_an_llm_error_mid_stream_keeps_and_speaks_the_partial_answer() -> 
 
 
 async def test_one_bad_sentence_is_skipped_not_fatal() -> None:
-    tts = FakeTts(fail_on=["Second sentence here."])
-    llm = FakeLlm(["First sentence here. Second sentence here. Third sentence here."])
+    tts = FakeTts(fail_on=["The second sentence is here."])
+    llm = FakeLlm(["The first sentence is here. The second sentence is here. The third sentence is here."])
     assistant, _, ended = make(llm=llm, tts=tts)
     turn = await one_turn(assistant, ended)
     assert turn.outcome == "answered"
-    assert turn.reply == "First sentence here. Third sentence here."
+    assert tts.texts == ["The first sentence is here.", "The second sentence is here.", "The third sentence is here."]
+    assert turn.reply == "The first sentence is here. The third sentence is here."
 
 
 async def test_barge_in_cancels_the_reply_flushes_and_listens_again() -> None:
