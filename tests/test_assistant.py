@@ -194,3 +194,17 @@ async def test_stop_ends_an_active_turn() -> None:
     await assistant.aclose()
     turn = await asyncio.wait_for(ended.get(), TIMEOUT)
     assert turn.outcome == "stopped" and assistant.state is State.IDLE
+
+
+async def test_a_huge_reply_is_capped_and_the_llm_stream_closed() -> None:
+    long_answer = ["This is sentence number %d of a very long answer. " % i for i in range(500)]
+    llm = FakeLlm(long_answer)
+    assistant, _, ended = make(llm=llm)
+    assistant.settings = AssistantSettings(
+        endpointer=assistant.settings.endpointer,
+        speech_text=SpeechTextSettings(max_clause_chars=120, max_reply_chars=300),
+    )
+    turn = await one_turn(assistant, ended)
+    assert turn.outcome == "answered" and turn.truncated
+    assert 150 < len(turn.reply) <= 300
+    assert llm.streams[0].closed_early  # we stopped reading: the server stops generating
