@@ -1,0 +1,544 @@
+"""Streaming chat client for OpenAI-compatible servers: vLLM first, llama.cpp's server too.
+
+Wire facts are in protocols.md section 3 (vLLM) and 4.2 (llama-cpp-python). In short:
+
+* One ``POST {url}/chat/completions`` with ``stream: true``; the answer is SSE (``data: {json}``
+  events, then ``data: [DONE]``). Text comes in ``choices[0].delta.content``; role-only and
+  empty deltas carry nothing; the usage chunk has ``choices: []``.
+* A stream that ends without a ``finish_reason`` was cut (llama.cpp ends a running stream when
+  a new request arrives): the text that arrived is yielded, then :class:`LlmError` is raised.
+* Errors after the 200 come as ``data: {"error": ...}`` events; before it, as JSON bodies in
+  two shapes (``{"error": {...}}`` from vLLM 0.10.1, flat ``{"object": "error", ...}`` before,
+  ``{"error": "Unauthorized"}``, llama.cpp's ``{"detail": ...}``).
+* Barge-in is closing the connection: vLLM aborts the generation when the client goes away.
+  Leaving :meth:`OpenAiCompatibleLlm.stream_chat` early closes the response before it was
+  read to the end, and httpx then closes the socket instead of pooling it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+import structlog
+
+from daemon.clients.sse import SseError, SseParser
+from daemon.config import LlmSettings
+from daemon.errors import LlmAuthError, LlmError, LlmNotFoundError, LlmTimeout
+from states.events import ChatMessage, LlmResult
+
+__all__ = ["LlmStream", "OpenAiCompatibleLlm", "error_message"]
+
+log = structlog.get_logger()
+
+_ERROR_BODY_LIMIT = 64 * 1024
+"""Bytes of a non-200 body read to find the server's message."""
+_DRAIN_LIMIT = 64 * 1024
+_DRAIN_TIMEOUT_S = 0.5
+"""After ``[DONE]``, how long to wait for the end of the body so the connection can be reused."""
+_BACKOFF_START_S = 0.1
+_BACKOFF_MAX_S = 2.0
+
+
+def error_message(body: object) -> str:
+    """The human message inside any of the error shapes these servers send.
+
+    Handles ``{"error": {"message": ...}}``, the flat ``{"object": "error", "message": ...}``,
+    ``{"error": "Unauthorized"}``, ``{"detail": "..."}`` (also FastAPI's list form) and nesting
+    of those; anything else is rendered as compact JSON.
+    """
+    for _ in range(4):  # unwrap {"error": {"error": ...}} a few levels, never forever
+        if isinstance(body, dict) and body.get("error") not in (None, "", {}):
+            body = body["error"]
+        else:
+            break
+    if isinstance(body, str):
+        return body
+    if isinstance(body, dict):
+        for key in ("message", "detail", "msg"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if value:
+                return json.dumps(value, ensure_ascii=False)
+    return json.dumps(body, ensure_ascii=False)[:500]
+
+
+def _root_url(base: str) -> str:
+    """``http://h:8000/v1`` -> ``http://h:8000``: /health lives beside /v1, not under it."""
+    parts = urlsplit(base)
+    path = parts.path.rstrip("/")
+    if path.endswith("/v1"):
+        path = path[: -len("/v1")]
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+class LlmStream:
+    """The text deltas of one streamed chat completion (implements ``states.ports.LlmStream``).
+
+    ``async for delta in stream`` yields non-empty strings. Once the stream ended, ``result``
+    holds the finish reason and usage. A mid-stream error, a cut connection or a missing finish
+    reason raises :class:`LlmError` *after* every piece of text that arrived before it.
+    """
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        *,
+        settings: LlmSettings,
+        url: str,
+        clock: Callable[[], float],
+        started_at: float,
+        first_token_deadline: float,
+    ) -> None:
+        self.result: LlmResult | None = None
+        self.started_at = started_at
+        """Clock time at which the request was sent."""
+        self.first_token_at: float | None = None
+        """Clock time at which the first text arrived (for llm_first_token latency)."""
+        self.text = ""
+        """All text received so far (kept when the stream fails)."""
+        self.stop_reason: str | int | None = None
+        self._response = response
+        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
+        self._settings = settings
+        self._url = url
+        self._clock = clock
+        self._deadline = first_token_deadline  # loop time
+        self._parser = SseParser()
+        self._pending: deque[str] = deque()
+        self._done = False  # no more reading: [DONE], EOF or an error
+        self._saw_done_marker = False
+        self._error: LlmError | None = None
+        self._finish_reason: str | None = None
+        self._usage: dict[str, int] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> LlmStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._pending:
+            if self._closed and not self._done:
+                raise LlmError(f"stream from {self._url} read after its context was left")
+            if self._done:
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                raise StopAsyncIteration
+            await self._pump()
+        return self._pending.popleft()
+
+    @property
+    def finished(self) -> bool:
+        """True once the stream reached its end (normally or not)."""
+        return self._done
+
+    async def aclose(self) -> None:
+        """Close the HTTP response. Before the end of the stream this closes the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._done:
+            log.info("llm_cancelled", chars=len(self.text), ms=self._ms_since_start())
+        elif self._saw_done_marker and self._error is None:
+            await self._drain()
+        try:
+            await self._chunks.aclose()  # type: ignore[attr-defined]
+        finally:
+            await self._response.aclose()
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        """Read one network chunk and turn it into pending text, a result or an error."""
+        loop = asyncio.get_running_loop()
+        if self.first_token_at is None:
+            timeout = max(0.0, self._deadline - loop.time())
+            what = f"no text from {self._url} within {self._settings.first_token_timeout_s:g} s"
+        else:
+            timeout = self._settings.read_timeout_s
+            what = f"stream from {self._url} stalled: nothing for {self._settings.read_timeout_s:g} s"
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await anext(self._chunks, None)
+        except TimeoutError:
+            self._fail(LlmTimeout(what))
+            return
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            self._fail(
+                LlmError(
+                    f"stream from {self._url} truncated: connection broke after {len(self.text)} chars "
+                    f"({type(exc).__name__}: {exc})"
+                ),
+                exc,
+            )
+            return
+        try:
+            if chunk is None:
+                events = self._parser.close()
+            else:
+                events = self._parser.feed(chunk)
+        except SseError as exc:
+            self._fail(LlmError(f"bad SSE from {self._url}: {exc}"), exc)
+            return
+        for data in events:
+            if self._done:
+                break
+            self._event(data)
+        if chunk is None and not self._done:
+            self._end()
+
+    def _event(self, data: str) -> None:
+        if data.strip() == "[DONE]":
+            self._saw_done_marker = True
+            self._end()
+            return
+        try:
+            obj = json.loads(data)
+        except json.JSONDecodeError:
+            self._fail(LlmError(f"malformed stream event from {self._url} (not JSON): {data[:100]!r}"))
+            return
+        if not isinstance(obj, dict):
+            self._fail(LlmError(f"malformed stream event from {self._url} (not an object): {data[:100]!r}"))
+            return
+        if obj.get("error") not in (None, "", {}):
+            self._fail(LlmError(f"server error mid-stream: {error_message(obj)}"))
+            return
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self._usage = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+        choices = obj.get("choices")
+        if choices is None or choices == []:
+            return  # the usage chunk, or a server-specific extra
+        if not isinstance(choices, list) or not isinstance(choices[0], dict):
+            self._fail(LlmError(f"malformed stream chunk from {self._url}: choices is {choices!r:.100}"))
+            return
+        choice = choices[0]
+        delta = choice.get("delta")
+        if delta is not None and not isinstance(delta, dict):
+            self._fail(LlmError(f"malformed stream chunk from {self._url}: delta is {delta!r:.100}"))
+            return
+        content = (delta or {}).get("content")
+        if content is not None and not isinstance(content, str):
+            self._fail(LlmError(f"malformed stream chunk from {self._url}: content is {content!r:.100}"))
+            return
+        if content:
+            if self.first_token_at is None:
+                self.first_token_at = self._clock()
+                log.info("llm_first_token", ms=self._ms(self.started_at, self.first_token_at))
+            self.text += content
+            self._pending.append(content)
+        finish = choice.get("finish_reason")
+        if finish is not None:
+            self._finish_reason = str(finish)
+            self.stop_reason = choice.get("stop_reason")
+
+    def _end(self) -> None:
+        """The stream ended ([DONE] or EOF): set ``result``; a missing finish reason is an error."""
+        self._done = True
+        self.result = LlmResult(finish_reason=self._finish_reason, usage=self._usage)
+        if self._finish_reason is None:
+            self._fail(
+                LlmError(
+                    f"stream from {self._url} truncated: it ended without a finish_reason after {len(self.text)} chars"
+                )
+            )
+            return
+        log.info(
+            "llm_finished",
+            finish_reason=self._finish_reason,
+            stop_reason=self.stop_reason,
+            usage=self._usage,
+            chars=len(self.text),
+            ms=self._ms_since_start(),
+        )
+
+    def _fail(self, error: LlmError, cause: BaseException | None = None) -> None:
+        if cause is not None:
+            error.__cause__ = cause
+        self._done = True
+        self._error = error
+        if self.result is None:
+            self.result = LlmResult(finish_reason=self._finish_reason, usage=self._usage)
+        log.warning(
+            "llm_error",
+            error=str(error),
+            kind=type(error).__name__,
+            chars=len(self.text),
+            ms=self._ms_since_start(),
+        )
+
+    async def _drain(self) -> None:
+        """Read the (normally empty) rest of the body so the connection can go back to the pool."""
+        read = 0
+        try:
+            async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+                async for chunk in self._chunks:
+                    read += len(chunk)
+                    if read > _DRAIN_LIMIT:
+                        break
+        except (TimeoutError, httpx.HTTPError) as exc:
+            log.debug("llm_drain_failed", error=repr(exc))
+
+    def _ms(self, start: float, end: float) -> int:
+        return round((end - start) * 1000)
+
+    def _ms_since_start(self) -> int:
+        return self._ms(self.started_at, self._clock())
+
+
+class OpenAiCompatibleLlm:
+    """``states.ports.LlmClient`` over an OpenAI-compatible ``/v1/chat/completions`` (vLLM, llama.cpp).
+
+    The ``httpx.AsyncClient`` belongs to the caller, who closes it. ``clock`` timestamps the
+    latencies (``LlmStream.started_at`` / ``first_token_at``); timeouts use the event loop.
+    """
+
+    def __init__(
+        self,
+        settings: LlmSettings,
+        http: httpx.AsyncClient,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._http = http
+        self._clock = clock
+        base = settings.url.rstrip("/")
+        self._chat_url = f"{base}/chat/completions"
+        self._models_url = f"{base}/models"
+        self._health_url = f"{_root_url(base)}/health"
+
+    # -- requests -----------------------------------------------------------------------
+
+    def build_request(self, messages: Sequence[ChatMessage]) -> dict[str, Any]:
+        """The JSON body of a streamed chat completion.
+
+        ``settings.system_prompt`` is put first unless the messages already start with a system
+        message. Sampling parameters are always explicit (vLLM otherwise applies the model's
+        generation_config.json). ``stream_options`` is only ever sent together with
+        ``stream: true`` (vLLM rejects it otherwise with 400).
+        """
+        s = self._settings
+        chat = [m.as_dict() for m in messages]
+        if s.system_prompt and not (chat and chat[0]["role"] == "system"):
+            chat.insert(0, {"role": "system", "content": s.system_prompt})
+        stop = [s.stop] if isinstance(s.stop, str) else [str(x) for x in s.stop]
+        return {
+            "model": s.model,
+            "messages": chat,
+            "max_tokens": s.max_tokens,
+            "temperature": s.temperature,
+            "top_p": s.top_p,
+            "stop": stop,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+
+    def _headers(self, *, accept: str = "application/json") -> dict[str, str]:
+        headers = {"Accept": accept}
+        if self._settings.api_key:
+            headers["Authorization"] = f"Bearer {self._settings.api_key}"
+        return headers
+
+    @asynccontextmanager
+    async def stream_chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[LlmStream]:
+        """Send the request and yield an :class:`LlmStream` once the 200 headers arrived.
+
+        Raises before yielding: :class:`LlmAuthError` (401), :class:`LlmNotFoundError` (404),
+        :class:`LlmError` (other statuses, connection refused), :class:`LlmTimeout`.
+        Leaving the context before the stream ended closes the connection (barge-in).
+        """
+        s = self._settings
+        body = self.build_request(messages)
+        loop = asyncio.get_running_loop()
+        started_at = self._clock()
+        deadline = loop.time() + s.first_token_timeout_s
+        log.info("llm_request", model=s.model, messages=len(body["messages"]), url=self._chat_url)
+        request = self._http.build_request(
+            "POST",
+            self._chat_url,
+            json=body,
+            headers=self._headers(accept="text/event-stream"),
+            timeout=httpx.Timeout(
+                connect=s.connect_timeout_s, read=None, write=s.connect_timeout_s, pool=s.connect_timeout_s
+            ),
+        )
+        response = await self._send(request, deadline)
+        stream = LlmStream(
+            response,
+            settings=s,
+            url=self._chat_url,
+            clock=self._clock,
+            started_at=started_at,
+            first_token_deadline=deadline,
+        )
+        try:
+            yield stream
+        finally:
+            await stream.aclose()
+
+    async def _send(self, request: httpx.Request, deadline: float) -> httpx.Response:
+        """Send and wait for the headers; any non-200 or transport failure becomes an LlmError."""
+        url = str(request.url)
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    response = await self._http.send(request, stream=True)
+            except TimeoutError as exc:
+                raise LlmTimeout(f"no response from {url} within {self._settings.first_token_timeout_s:g} s") from exc
+            except httpx.TimeoutException as exc:
+                raise LlmTimeout(f"timed out connecting to {url} ({type(exc).__name__})") from exc
+            except httpx.ConnectError as exc:
+                raise LlmError(f"cannot connect to {url}: {exc}") from exc
+            except httpx.HTTPError as exc:
+                raise LlmError(f"request to {url} failed: {type(exc).__name__}: {exc}") from exc
+            if response.status_code != 200:
+                try:
+                    raise await self._status_error(response, url)
+                finally:
+                    await response.aclose()
+            content_type = response.headers.get("content-type", "")
+            if "text/event-stream" not in content_type:
+                try:
+                    detail = (await self._read_limited(response)).decode("utf-8", "replace")[:200]
+                finally:
+                    await response.aclose()
+                raise LlmError(f"{url} answered {content_type or 'no content-type'}, not an event stream: {detail!r}")
+        except LlmError as exc:
+            log.warning("llm_error", error=str(exc), kind=type(exc).__name__, status=exc.status, url=url)
+            raise
+        return response
+
+    async def _read_limited(self, response: httpx.Response) -> bytes:
+        data = bytearray()
+        try:
+            async with asyncio.timeout(self._settings.read_timeout_s):
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) >= _ERROR_BODY_LIMIT:
+                        break
+        except (TimeoutError, httpx.HTTPError) as exc:
+            log.debug("llm_error_body_unreadable", error=repr(exc))
+        return bytes(data[:_ERROR_BODY_LIMIT])
+
+    async def _status_error(self, response: httpx.Response, url: str) -> LlmError:
+        """A typed error carrying the server's own message, from a non-200 response."""
+        raw = await self._read_limited(response)
+        status = response.status_code
+        try:
+            message = error_message(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            message = raw.decode("utf-8", "replace").strip()[:300] or response.reason_phrase
+        text = f"{message} (HTTP {status} from {url})"
+        if status == 401:
+            return LlmAuthError(f"{text}; check MOSS_VOICE_LLM_API_KEY", status=status)
+        if status == 404:
+            return LlmNotFoundError(text, status=status)
+        return LlmError(text, status=status)
+
+    # -- readiness ----------------------------------------------------------------------
+
+    async def wait_ready(self, *, max_wait_s: float) -> str:
+        """Wait until the server serves ``settings.model``; return that model id.
+
+        Polls ``GET /health`` (beside /v1) with backoff while connections are refused: vLLM does
+        not listen until the model is loaded, so refused means "starting". A 503 means the engine
+        is dead (:class:`LlmError` at once). Without /health (404, llama.cpp) readiness is read from
+        ``/v1/models``. :class:`LlmAuthError` is raised at once, never retried. If the model is not
+        listed, :class:`LlmNotFoundError` names the served ids (except on servers without /health,
+        which accept any model name: there a warning is logged). :class:`LlmTimeout` after
+        ``max_wait_s``.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + max_wait_s
+        delay = _BACKOFF_START_S
+        last_problem = "no attempt made"
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                has_health = await self._check_health(deadline)
+                served = await self._served_models(deadline)
+            except _NotYet as exc:
+                last_problem = str(exc)
+                log.debug("llm_starting", problem=last_problem, attempt=attempts)
+            except LlmError as exc:
+                log.warning("llm_error", error=str(exc), kind=type(exc).__name__, status=exc.status)
+                raise
+            else:
+                return self._pick_model(served, has_health, ms=round((loop.time() - started) * 1000))
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                error = LlmTimeout(f"LLM at {self._settings.url} not ready after {max_wait_s:g} s: {last_problem}")
+                log.warning("llm_error", error=str(error), kind="LlmTimeout", attempts=attempts)
+                raise error
+            await asyncio.sleep(min(delay, remaining))
+            delay = min(delay * 1.6, _BACKOFF_MAX_S)
+
+    def _pick_model(self, served: list[str], has_health: bool, *, ms: int) -> str:
+        model = self._settings.model
+        if model not in served:
+            if not has_health:
+                log.warning("llm_model_not_listed", model=model, served=served, url=self._settings.url)
+                return model
+            error = LlmNotFoundError(
+                f"model {model!r} is not served at {self._settings.url}; served: {', '.join(served) or 'none'}",
+                status=404,
+            )
+            log.warning("llm_error", error=str(error), kind="LlmNotFoundError")
+            raise error
+        log.info("llm_ready", model=model, served=served, ms=ms)
+        return model
+
+    async def _get(self, url: str, deadline: float) -> httpx.Response:
+        """One readiness GET; refused/timeouts/5xx-from-a-proxy become :class:`_NotYet`."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        timeout = max(0.05, min(self._settings.connect_timeout_s, remaining))
+        try:
+            response = await self._http.get(url, headers=self._headers(), timeout=httpx.Timeout(timeout))
+        except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
+            raise _NotYet(f"{url}: {type(exc).__name__}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            raise LlmError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
+        if response.status_code in (502, 504):
+            raise _NotYet(f"{url}: HTTP {response.status_code} (a proxy in front of a server that is not up)")
+        return response
+
+    async def _check_health(self, deadline: float) -> bool:
+        """True when /health said 200; False when the server has no /health (404)."""
+        response = await self._get(self._health_url, deadline)
+        if response.status_code == 200:
+            return True
+        if response.status_code == 404:
+            return False
+        if response.status_code == 503:
+            raise LlmError(f"LLM engine at {self._health_url} is down (HTTP 503)", status=503)
+        raise await self._status_error(response, self._health_url)
+
+    async def _served_models(self, deadline: float) -> list[str]:
+        response = await self._get(self._models_url, deadline)
+        if response.status_code != 200:
+            raise await self._status_error(response, self._models_url)
+        try:
+            data = response.json()["data"]
+            ids = [str(item["id"]) for item in data]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise LlmError(f"unexpected /v1/models answer from {self._models_url}: {response.text[:200]!r}") from exc
+        return ids
+
+    async def aclose(self) -> None:
+        """Nothing to release: the injected ``httpx.AsyncClient`` is closed by its owner."""
+
+
+class _NotYet(Exception):
+    """The server is not reachable yet (still starting); retried until the deadline."""
