@@ -104,7 +104,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_bench_vad(args: argparse.Namespace) -> int:
     from daemon import vad_eval
 
-    return int(vad_eval.main() or 0)
+    return int(vad_eval.main([]) or 0)
 
 
 def _config_failed(path: str | None, exc: ConfigError) -> int:
