@@ -22,7 +22,7 @@ from hardware.vad import make_vad
 from states.endpointer import EndpointerSettings
 from states.history import Conversation
 from states.model import Assistant, AssistantSettings, Turn
-from states.ports import Vad
+from states.ports import Speaker, TtsClient, Vad
 from states.speech_text import SpeechTextSettings
 
 log = structlog.get_logger()
@@ -30,6 +30,7 @@ log = structlog.get_logger()
 FALLBACK_OUTPUT_RATE = 24000
 """PaddleSpeech's csmsc models speak 24 kHz: the rate to assume when the TTS cannot be asked."""
 DRAIN_ON_EXIT_S = 5.0
+LLM_READY_WAIT_S = 60.0
 
 EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH = 0, 1, 3
 
@@ -94,6 +95,8 @@ class App:
                 on_turn_end=self._turn_ended,
             )
             stack.push_async_callback(assistant.aclose)
+            checking = asyncio.create_task(self._check_llm(llm), name="llm-check")
+            stack.callback(checking.cancel)
             log.info("daemon_ready", ms=round((time.monotonic() - started) * 1000), input=s.audio.input,
                      output=s.audio.output, output_rate=output_rate, vad=s.vad.engine, asr=s.asr.url,
                      asr_flavour=s.asr.flavour, llm=s.llm.url, model=s.llm.model, tts=s.tts.url)
@@ -127,6 +130,15 @@ class App:
                 await result
         self._turn_done.set()
 
+    @staticmethod
+    async def _check_llm(llm: OpenAiCompatibleLlm) -> None:
+        """Say in the log, early, whether the LLM serves our model: a wrong model name or API key
+        should not wait for the first question to show. Never fatal: the service may come later."""
+        try:
+            await llm.wait_ready(max_wait_s=LLM_READY_WAIT_S)
+        except Exception as exc:
+            log.warning("llm_not_ready", error=str(exc), error_type=type(exc).__name__)
+
     def _make_vad(self) -> Vad:
         v = self.settings.vad
         if v.engine == "webrtc":
@@ -134,15 +146,15 @@ class App:
         return make_vad("silero", threshold=v.silero_threshold)
 
     @staticmethod
-    async def _tts_rate(tts: object) -> int:
+    async def _tts_rate(tts: TtsClient) -> int:
         try:
-            return await tts.sample_rate()  # type: ignore[attr-defined]
+            return await tts.sample_rate()
         except Exception as exc:
             log.warning("tts_samplerate_unavailable", error=str(exc), assumed=FALLBACK_OUTPUT_RATE)
             return FALLBACK_OUTPUT_RATE
 
     @staticmethod
-    async def _drain(speaker: object) -> None:
+    async def _drain(speaker: Speaker) -> None:
         """Let the last words (or the failure earcon) play out before the output closes."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(speaker.drain(), DRAIN_ON_EXIT_S)  # type: ignore[attr-defined]
+            await asyncio.wait_for(speaker.drain(), DRAIN_ON_EXIT_S)
