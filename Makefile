@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := espeak-ng sox
+APT_PACKAGES := espeak-ng sox openssl
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test system-packages venv clean

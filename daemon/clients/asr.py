@@ -1,0 +1,394 @@
+"""FunASR websocket client: one connection per utterance (protocols.md section 1).
+
+``FunAsrClient.open_session()`` connects and sends the configuration message. The session then
+runs two tasks: a sender that re-frames audio into ``settings.frame_bytes`` binary messages and
+paces them at real time (a ``burst_ms`` pre-roll may go at once), and a receiver that reads
+results from the start and feeds them to a ``TranscriptAssembler``. ``finish()`` sends the end
+marker, waits for the final result the way the configured server flavour signals it, with a
+quiet-period timeout as the safety net, and closes with a normal close frame.
+
+Nothing from websockets or ssl escapes: every failure is an ``AsrError`` (``AsrTimeout`` when it
+is a wait that ran out) whose message names the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import structlog
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+    InvalidURI,
+)
+
+from daemon.clients.asr_text import TranscriptAssembler
+from daemon.config import AsrSettings
+from daemon.errors import AsrError, AsrTimeout
+from states.events import Transcript
+
+__all__ = ["END_MARKER", "FunAsrClient", "FunAsrSession", "build_config_message"]
+
+log = structlog.get_logger()
+
+END_MARKER: dict[str, Any] = {"is_speaking": False, "is_end": True}
+"""End of speech. ``is_end`` asks Python >= 2026-07-29 servers for an acknowledgement; others ignore it."""
+
+SAMPLE_RATE = 16000
+BYTES_PER_SECOND = SAMPLE_RATE * 2
+MAX_MESSAGE_BYTES = 16 * 2**20
+"""Results are small; this only guards against a runaway server."""
+CLOSE_TIMEOUT_S = 2.0
+"""How long our close frame waits for the server's (the C++ server answers at once)."""
+SEND_SLACK_S = 5.0
+"""Extra time allowed, beyond the audio's own duration, for the sender to hand over all audio."""
+
+
+def _hard_cap_s(settings: AsrSettings) -> float:
+    """Longest wait after the end marker, even while the server keeps sending non-final results."""
+    return 4 * settings.final_timeout_s + 1.0
+
+
+def build_config_message(settings: AsrSettings) -> dict[str, Any]:
+    """The first message of a session, exactly as protocols.md 1.3 describes it."""
+    return {
+        "mode": settings.mode,
+        "chunk_size": [int(n) for n in settings.chunk_size],
+        "chunk_interval": settings.chunk_interval,
+        "encoder_chunk_look_back": 4,
+        "decoder_chunk_look_back": 0,
+        "wav_name": settings.wav_name,
+        "wav_format": "pcm",
+        "audio_fs": SAMPLE_RATE,
+        "is_speaking": True,
+        # A JSON object inside a string: the C++ server throws on an object value.
+        "hotwords": json.dumps(settings.hotwords, ensure_ascii=False) if settings.hotwords else "",
+        "itn": settings.itn,
+    }
+
+
+def _ssl_context(settings: AsrSettings) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=settings.ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise AsrError(f"cannot load the ASR CA file {settings.ca_file!r}: {exc}") from exc
+    if not settings.tls_verify:
+        # FunASR ships a self-signed certificate (runtime/ssl_key/server.crt).
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+class FunAsrClient:
+    """Implements ``states.ports.AsrClient`` for a FunASR websocket server."""
+
+    def __init__(self, settings: AsrSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._url = settings.url
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    async def open_session(self) -> FunAsrSession:
+        """Connect, send the configuration message and return a session ready for audio."""
+        settings, url = self._settings, self._url
+        scheme = urlsplit(url).scheme
+        if scheme not in ("ws", "wss"):
+            raise AsrError(f"ASR url {url!r} must start with ws:// or wss://")
+        ssl_arg = _ssl_context(settings) if scheme == "wss" else None
+        started = self._clock()
+        ws = await self._connect(ssl_arg)
+        connected_ms = round((self._clock() - started) * 1000)
+        log.info("asr_connected", url=url, ms=connected_ms, subprotocol=ws.subprotocol)
+        try:
+            await asyncio.wait_for(
+                ws.send(json.dumps(build_config_message(settings), ensure_ascii=False)),
+                settings.connect_timeout_s,
+            )
+        except BaseException as exc:
+            ws.transport.abort()
+            if isinstance(exc, ConnectionClosed):
+                raise AsrError(f"ASR server {url} closed the connection before the configuration message") from exc
+            if isinstance(exc, TimeoutError):
+                raise AsrTimeout(f"could not send the configuration message to {url}") from exc
+            raise
+        return FunAsrSession(ws, settings, clock=self._clock)
+
+    async def _connect(self, ssl_arg: ssl.SSLContext | None) -> ClientConnection:
+        settings, url = self._settings, self._url
+        secure = ssl_arg is not None
+        other = "ws://" if secure else "wss://"
+        kwargs: dict[str, Any] = {"ssl": ssl_arg} if secure else {}
+        try:
+            # The outer wait_for is a backstop: open_timeout already covers TCP, TLS and the handshake.
+            return await asyncio.wait_for(
+                connect(
+                    url,
+                    subprotocols=["binary"] if settings.offer_binary_subprotocol else None,  # type: ignore[list-item]
+                    open_timeout=settings.connect_timeout_s,
+                    ping_interval=None,  # the classic server blocks its loop while inferring: pongs come late
+                    close_timeout=CLOSE_TIMEOUT_S,
+                    max_size=MAX_MESSAGE_BYTES,
+                    compression=None,  # audio does not compress; the C++ server does not negotiate it
+                    proxy=None,  # a LAN service; an environment proxy must not capture it
+                    **kwargs,
+                ),
+                settings.connect_timeout_s + 1.0,
+            )
+        except TimeoutError as exc:
+            raise AsrTimeout(
+                f"no websocket handshake from ASR server {url} within {settings.connect_timeout_s:g} s"
+                + ("" if secure else "; if the server uses TLS, use wss://")
+            ) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise AsrError(
+                f"TLS certificate of ASR server {url} not trusted ({exc.verify_message}); "
+                "set tls_verify = false for FunASR's self-signed certificate, or pin it with ca_file"
+            ) from exc
+        except ssl.SSLError as exc:
+            raise AsrError(
+                f"TLS handshake with ASR server {url} failed ({exc.reason or exc}); "
+                f"if the server is plain websocket, use {other}"
+            ) from exc
+        except ConnectionRefusedError as exc:
+            raise AsrError(f"ASR server {url} refused the connection (is it running?)") from exc
+        except InvalidStatus as exc:
+            raise AsrError(
+                f"ASR server {url} rejected the websocket handshake with HTTP {exc.response.status_code}"
+            ) from exc
+        except InvalidMessage as exc:
+            # A plain client talking to a TLS port reads a TLS alert or an EOF instead of HTTP.
+            hint = "; if the server uses TLS, use wss://" if not secure else ""
+            raise AsrError(f"no valid websocket handshake response from ASR server {url} ({exc}){hint}") from exc
+        except (InvalidHandshake, InvalidURI) as exc:
+            raise AsrError(f"websocket handshake with ASR server {url} failed: {exc}") from exc
+        except (ConnectionResetError, EOFError) as exc:
+            hint = "; if the server uses TLS, use wss://" if not secure else f"; if it is plain websocket, use {other}"
+            raise AsrError(f"ASR server {url} dropped the connection during the handshake{hint}") from exc
+        except OSError as exc:
+            raise AsrError(f"cannot connect to ASR server {url}: {exc}") from exc
+
+
+class FunAsrSession:
+    """One utterance on one connection. Implements ``states.ports.AsrSession``."""
+
+    def __init__(
+        self, ws: ClientConnection, settings: AsrSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._ws = ws
+        self._settings = settings
+        self._url = settings.url
+        self._clock = clock
+        self._loop = asyncio.get_running_loop()
+        self._assembler = TranscriptAssembler(settings.flavour)
+        self._frame_bytes = settings.frame_bytes
+        self._frame_s = self._frame_bytes / BYTES_PER_SECOND
+        self._pending = bytearray()
+        self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._error: AsrError | None = None
+        self._wake = asyncio.Event()
+        self._final = False
+        self._end_queued = False
+        self._end_sent_at: float | None = None  # loop time
+        self._end_sent_clock: float | None = None  # injected clock, for the asr_final ms
+        self._last_result_at = self._loop.time()
+        self._transcript: Transcript | None = None
+        self._closed = False
+        self.frames_sent = 0
+        """Binary messages handed to the socket so far."""
+        self._sender = asyncio.create_task(self._send_loop(), name="asr-send")
+        self._receiver = asyncio.create_task(self._receive_loop(), name="asr-receive")
+
+    @property
+    def text(self) -> str:
+        """The utterance text so far (partials included)."""
+        return self._assembler.text
+
+    async def send_audio(self, pcm: bytes) -> None:
+        """Queue audio of any length; whole frames go to the sender at once, the rest waits."""
+        if self._error is not None:
+            raise self._error
+        if self._closed or self._end_queued:
+            raise AsrError(f"ASR session with {self._url} is already finished")
+        self._pending += pcm
+        size = self._frame_bytes
+        whole = len(self._pending) - len(self._pending) % size
+        for start in range(0, whole, size):
+            self._frames.put_nowait(bytes(self._pending[start : start + size]))
+        del self._pending[:whole]
+
+    async def finish(self) -> Transcript:
+        """Send what is left and the end marker; return the final transcript; close the socket."""
+        if self._transcript is not None:
+            return self._transcript
+        if self._error is not None:
+            await self.aclose()
+            raise self._error
+        if self._closed:
+            raise AsrError(f"ASR session with {self._url} is closed")
+        try:
+            tail = bytes(self._pending[: len(self._pending) - len(self._pending) % 2])
+            self._pending.clear()
+            if tail:
+                self._frames.put_nowait(tail)
+            self._frames.put_nowait(None)
+            self._end_queued = True
+            backlog_s = self._frames.qsize() * self._frame_s
+            send_deadline = self._loop.time() + backlog_s + self._settings.final_timeout_s + SEND_SLACK_S
+            sent = await self._wait(lambda: self._end_sent_at is not None, deadline=send_deadline)
+            if not sent:
+                raise AsrTimeout(f"could not send the audio and end marker to ASR server {self._url} in time")
+            await self._wait_for_final()
+            text = self._assembler.text
+            end_clock = self._end_sent_clock if self._end_sent_clock is not None else self._clock()
+            ms = round((self._clock() - end_clock) * 1000)
+            log.info("asr_final", url=self._url, text=text, ms=ms, explicit=self._final)
+            self._transcript = Transcript(text)
+            return self._transcript
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop both tasks and close the connection with a normal close frame. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._sender, self._receiver):
+            task.cancel()
+        await asyncio.gather(self._sender, self._receiver, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._ws.close(), CLOSE_TIMEOUT_S + 1.0)
+        except Exception:  # noqa: BLE001 - closing is best effort; drop the TCP connection instead
+            self._ws.transport.abort()
+
+    # -- internals -------------------------------------------------------------------------
+
+    async def _wait_for_final(self) -> None:
+        """Until the flavour's final result, a quiet period without results, or the hard cap."""
+        assert self._end_sent_at is not None
+        settings = self._settings
+        hard_deadline = self._end_sent_at + _hard_cap_s(settings)
+        while not self._final:
+            seen = self._last_result_at
+            quiet_deadline = max(self._end_sent_at, seen) + settings.final_timeout_s
+
+            def final_or_new_result(seen: float = seen) -> bool:
+                return self._final or self._last_result_at != seen
+
+            progressed = await self._wait(final_or_new_result, deadline=min(quiet_deadline, hard_deadline))
+            if not progressed:
+                break
+        if self._final:
+            return
+        # The safety net of protocols.md 1.8: the flush can be silent, so the text is what came.
+        waited = self._loop.time() - self._end_sent_at
+        log.warning(
+            "asr_no_final",
+            url=self._url,
+            flavour=settings.flavour,
+            reason="hard_cap" if self._loop.time() >= hard_deadline else "quiet_timeout",
+            waited_s=round(waited, 2),
+        )
+
+    async def _wait(self, done: Callable[[], bool], *, deadline: float) -> bool:
+        """Wait until ``done()`` (True) or the loop-time deadline (False); raise the session error if one occurs."""
+        while True:
+            if self._error is not None:
+                raise self._error
+            if done():
+                return True
+            remaining = deadline - self._loop.time()
+            if remaining <= 0:
+                return False
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def _fail(self, error: AsrError) -> None:
+        if self._error is None and not self._final:
+            self._error = error
+            log.warning("asr_failed", url=self._url, error=str(error))
+        self._wake.set()
+
+    async def _send_loop(self) -> None:
+        burst_s = self._settings.burst_ms / 1000
+        started: float | None = None
+        try:
+            while True:
+                frame = await self._frames.get()
+                if frame is None:
+                    break
+                now = self._clock()
+                if started is None:
+                    started = now
+                due = started + self.frames_sent * self._frame_s - burst_s
+                if due > now:
+                    await asyncio.sleep(due - now)
+                await self._ws.send(frame)
+                self.frames_sent += 1
+            await self._ws.send(json.dumps(END_MARKER))
+            self._end_sent_at = self._loop.time()
+            self._end_sent_clock = self._clock()
+            self._wake.set()
+            log.debug("asr_end_sent", url=self._url, frames=self.frames_sent)
+        except ConnectionClosed as exc:
+            self._fail(self._closed_error(exc))
+        except Exception as exc:  # noqa: BLE001 - reported through finish()/send_audio()
+            self._fail(AsrError(f"sending audio to ASR server {self._url} failed: {exc!r}"))
+
+    async def _receive_loop(self) -> None:
+        try:
+            async for raw in self._ws:
+                self._last_result_at = self._loop.time()
+                msg = self._parse(raw)
+                try:
+                    final = self._assembler.feed(msg, after_end_marker=self._end_sent_at is not None)
+                except AsrError as exc:
+                    raise AsrError(f"ASR server {self._url}: {exc}") from exc
+                self._wake.set()
+                if final:
+                    self._final = True
+                    return
+                log.debug("asr_partial", url=self._url, text=self._assembler.text)
+            self._fail(self._closed_error(None))
+        except ConnectionClosed as exc:
+            self._fail(self._closed_error(exc))
+        except AsrError as exc:
+            self._fail(exc)
+        except Exception as exc:  # noqa: BLE001 - reported through finish()/send_audio()
+            self._fail(AsrError(f"reading results from ASR server {self._url} failed: {exc!r}"))
+
+    def _parse(self, raw: str | bytes) -> dict[str, Any]:
+        if isinstance(raw, bytes):
+            raise AsrError(f"ASR server {self._url} sent a binary frame ({len(raw)} bytes) instead of a JSON result")
+        try:
+            msg = json.loads(raw)
+        except ValueError as exc:
+            raise AsrError(f"ASR server {self._url} sent malformed JSON: {raw[:120]!r}") from exc
+        if not isinstance(msg, dict):
+            raise AsrError(
+                f"ASR server {self._url} sent a JSON {type(msg).__name__} instead of an object: {raw[:120]!r}"
+            )
+        return msg
+
+    def _closed_error(self, exc: ConnectionClosed | None) -> AsrError:
+        """Any close before the final result is an error, even code 1000 (protocols.md 4.1)."""
+        close = self._ws.protocol.close_rcvd if exc is None else (exc.rcvd or exc.sent)
+        how = f"code {close.code}" + (f" {close.reason!r}" if close.reason else "") if close else "no close frame"
+        error = AsrError(f"ASR server {self._url} closed the connection ({how}) before the final result")
+        if exc is not None:
+            error.__cause__ = exc
+        return error
