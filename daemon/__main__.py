@@ -36,8 +36,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", "-c", metavar="PATH", help="TOML config (default: built-in defaults)")
-    run.add_argument("--once", action="store_true",
-                     help="exit after one finished turn: 0 answered, 1 failed, 3 nobody spoke")
+    run.add_argument(
+        "--once", action="store_true", help="exit after one finished turn: 0 answered, 1 failed, 3 nobody spoke"
+    )
     run.set_defaults(func=_cmd_run)
 
     config = sub.add_parser("config", help="work with config files")
@@ -51,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     stubs.add_argument("--asr-port", type=int, default=10095)
     stubs.add_argument("--llm-port", type=int, default=8000)
     stubs.add_argument("--tts-port", type=int, default=8092)
-    stubs.add_argument("--asr-flavour", default="cpp-2pass",
-                       choices=("cpp-2pass", "cpp-offline", "python-classic", "python-2026"))
+    stubs.add_argument(
+        "--asr-flavour", default="cpp-2pass", choices=("cpp-2pass", "cpp-offline", "python-classic", "python-2026")
+    )
     stubs.add_argument("--tts-protocol", default="http", choices=("http", "websocket"))
     stubs.set_defaults(func=_cmd_stubs)
 

@@ -39,12 +39,17 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
     v, r = settings.vad, settings.reply
     return AssistantSettings(
         endpointer=EndpointerSettings(
-            speech_start_ms=v.speech_start_ms, end_silence_ms=v.end_silence_ms, pre_roll_ms=v.pre_roll_ms,
-            max_utterance_s=v.max_utterance_s, no_speech_timeout_s=v.no_speech_timeout_s,
+            speech_start_ms=v.speech_start_ms,
+            end_silence_ms=v.end_silence_ms,
+            pre_roll_ms=v.pre_roll_ms,
+            max_utterance_s=v.max_utterance_s,
+            no_speech_timeout_s=v.no_speech_timeout_s,
         ),
         speech_text=SpeechTextSettings(
-            min_clause_weight=r.min_clause_weight, first_clause_min_weight=r.first_clause_min_weight,
-            max_clause_chars=r.max_clause_chars, max_reply_chars=r.max_reply_chars,
+            min_clause_weight=r.min_clause_weight,
+            first_clause_min_weight=r.first_clause_min_weight,
+            max_clause_chars=r.max_clause_chars,
+            max_reply_chars=r.max_reply_chars,
         ),
         earcon=r.earcon,
     )
@@ -86,10 +91,15 @@ class App:
             stack.push_async_callback(self._drain, speaker)
             vad = self._make_vad()
             self.assistant = assistant = Assistant(
-                mic=mic, speaker=speaker, vad=vad, asr=asr, llm=llm,
+                mic=mic,
+                speaker=speaker,
+                vad=vad,
+                asr=asr,
+                llm=llm,
                 tts=ResampledTts(tts, output_rate),
-                conversation=Conversation(s.llm.system_prompt, max_turns=s.llm.history_turns,
-                                          reset_after_s=s.llm.history_reset_s),
+                conversation=Conversation(
+                    s.llm.system_prompt, max_turns=s.llm.history_turns, reset_after_s=s.llm.history_reset_s
+                ),
                 settings=assistant_settings(s),
                 earcon=failure_earcon,
                 on_turn_end=self._turn_ended,
@@ -97,9 +107,19 @@ class App:
             stack.push_async_callback(assistant.aclose)
             checking = asyncio.create_task(self._check_llm(llm), name="llm-check")
             stack.callback(checking.cancel)
-            log.info("daemon_ready", ms=round((time.monotonic() - started) * 1000), input=s.audio.input,
-                     output=s.audio.output, output_rate=output_rate, vad=s.vad.engine, asr=s.asr.url,
-                     asr_flavour=s.asr.flavour, llm=s.llm.url, model=s.llm.model, tts=s.tts.url)
+            log.info(
+                "daemon_ready",
+                ms=round((time.monotonic() - started) * 1000),
+                input=s.audio.input,
+                output=s.audio.output,
+                output_rate=output_rate,
+                vad=s.vad.engine,
+                asr=s.asr.url,
+                asr_flavour=s.asr.flavour,
+                llm=s.llm.url,
+                model=s.llm.model,
+                tts=s.tts.url,
+            )
             if s.wake.on_start:
                 await assistant.wake()
             waiters = [asyncio.create_task(stop.wait(), name="stop")]
@@ -136,7 +156,7 @@ class App:
         should not wait for the first question to show. Never fatal: the service may come later."""
         try:
             await llm.wait_ready(max_wait_s=LLM_READY_WAIT_S)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a report, never fatal
             log.warning("llm_not_ready", error=str(exc), error_type=type(exc).__name__)
 
     def _make_vad(self) -> Vad:
@@ -149,7 +169,7 @@ class App:
     async def _tts_rate(tts: TtsClient) -> int:
         try:
             return await tts.sample_rate()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - the TTS may come up later; the rate is then checked per sentence
             log.warning("tts_samplerate_unavailable", error=str(exc), assumed=FALLBACK_OUTPUT_RATE)
             return FALLBACK_OUTPUT_RATE
 

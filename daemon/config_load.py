@@ -36,6 +36,9 @@ URL_SCHEMES: dict[str, tuple[str, ...]] = {
 }
 DEVICE_SCHEMES = ("wav",)
 SECRET_KEYS = {"llm.api_key": API_KEY_ENV}
+ZERO_ALLOWED = ("_turns", "pre_roll_ms")
+"""Counts and durations that may be 0 (no history, no pre-roll); every other one must be positive."""
+TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "list", "dict": "table"}
 
 
 def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None) -> Settings:
@@ -86,7 +89,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
             problems.append(f"{name}: unknown key{suggestion}; known keys: {', '.join(sorted(fields))}")
             continue
         kind = hints[key]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             kwargs[key] = _build(kind, value, f"{name}.", problems)
         else:
             converted = _convert(kind, value, name, problems)
@@ -137,7 +140,8 @@ def _convert(kind: Any, value: Any, name: str, problems: list[str]) -> Any:
                 problems.append(f"{name}: must be a list of {len(args)} items, got {_show(value)}")
                 return _INVALID
             item_kinds = list(args)
-        items = [_convert(k, v, f"{name}[{i}]", problems) for i, (k, v) in enumerate(zip(item_kinds, value))]
+        pairs = enumerate(zip(item_kinds, value, strict=True))
+        items = [_convert(k, v, f"{name}[{i}]", problems) for i, (k, v) in pairs]
         return _INVALID if _INVALID in items else tuple(items)
     if origin is dict:
         if not isinstance(value, Mapping):
@@ -169,9 +173,10 @@ def _check_values(s: Settings) -> list[str]:
     if s.asr.chunk_interval <= 0:
         problems.append(f"asr.chunk_interval: must be positive, got {s.asr.chunk_interval}")
     for key, value in values.items():
-        if key.endswith(("_s", "_ms", "_chars", "_weight", "_turns", "max_tokens")) and isinstance(value, int | float):
-            if value < 0 or (value == 0 and not key.endswith(("_turns", "pre_roll_ms"))):
-                problems.append(f"{key}: must be positive, got {value}")
+        if not key.endswith(("_s", "_ms", "_chars", "_weight", "_turns", "max_tokens")):
+            continue
+        if isinstance(value, int | float) and (value < 0 or (value == 0 and not key.endswith(ZERO_ALLOWED))):
+            problems.append(f"{key}: must be positive, got {value}")
     if s.audio.output_rate is not None and not 8000 <= s.audio.output_rate <= 192000:
         problems.append(f"audio.output_rate: must be between 8000 and 192000, got {s.audio.output_rate}")
     if not 0.0 < s.vad.silero_threshold < 1.0:
@@ -199,5 +204,5 @@ def _flatten(s: Settings) -> dict[str, Any]:
 def _show(value: Any) -> str:
     text = repr(value)
     kind = type(value).__name__
-    kind = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "list", "dict": "table"}.get(kind, kind)
+    kind = TYPE_NAMES.get(kind, kind)
     return f"{kind} {text if len(text) <= 60 else text[:57] + '...'}"

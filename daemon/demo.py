@@ -28,7 +28,7 @@ LEAD_IN_S = 0.5
 
 async def run_demo(workdir: str, *, question: str | None = None, stop: asyncio.Event | None = None) -> int:
     out = Path(workdir)
-    out.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
     question = question or DEMO_QUESTION
     question_wav = out / "question.wav"
     reply_wav = out / "reply.wav"
@@ -97,5 +97,7 @@ def _describe_wav(path: Path) -> str:
     loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
     if not len(loud):
         return f"{path}: {len(samples) / rate:.1f} s at {rate} Hz, silent"
-    return (f"{path}: {len(samples) / rate:.1f} s at {rate} Hz, speech from {loud[0] / rate:.2f} s "
-            f"to {loud[-1] / rate:.2f} s")
+    return (
+        f"{path}: {len(samples) / rate:.1f} s at {rate} Hz, speech from {loud[0] / rate:.2f} s "
+        f"to {loud[-1] / rate:.2f} s"
+    )

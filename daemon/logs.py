@@ -49,6 +49,13 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: TextIO | N
     # Libraries talk a lot at INFO; their warnings still come through.
     # transitions warns at every machine build that model_override keeps our typed trigger stubs.
     logging.getLogger("transitions.core").setLevel(logging.ERROR)
-    for noisy in ("transitions.extensions", "httpx", "httpcore", "websockets", "uvicorn", "uvicorn.access",
-                  "uvicorn.error"):
+    for noisy in (
+        "transitions.extensions",
+        "httpx",
+        "httpcore",
+        "websockets",
+        "uvicorn",
+        "uvicorn.access",
+        "uvicorn.error",
+    ):
         logging.getLogger(noisy).setLevel(max(LEVELS[level], logging.WARNING))

@@ -34,7 +34,7 @@ log = structlog.get_logger()
 
 RATE = 16000
 SPEECH_EN = "Hello robot. What is the weather like in Shanghai today? Please bring me a cup of tea."
-SPEECH_ZH = "你好，机器人。今天上海的天气怎么样？请给我倒一杯茶。"  # noqa: RUF001
+SPEECH_ZH = "你好，机器人。今天上海的天气怎么样？请给我倒一杯茶。"
 
 
 @dataclass(frozen=True)

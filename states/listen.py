@@ -64,8 +64,11 @@ async def listen_for_utterance(
                     elif isinstance(event, SpeechEnded):
                         assert session is not None
                         times.speech_end = clock()
-                        log.info("speech_ended", reason=event.reason,
-                                 speech_ms=round((times.speech_end - (times.speech_start or times.speech_end)) * 1000))
+                        log.info(
+                            "speech_ended",
+                            reason=event.reason,
+                            speech_ms=round((times.speech_end - (times.speech_start or times.speech_end)) * 1000),
+                        )
                         transcript = await session.finish()
                         times.asr_final = clock()
                         return transcript

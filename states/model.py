@@ -68,15 +68,32 @@ class Assistant:
     state: State
 
     # Triggers: transitions replaces these stubs (model_override=True keeps them typed).
-    async def wake(self, **kwargs: Any) -> bool: raise NotImplementedError
-    async def heard(self, **kwargs: Any) -> bool: raise NotImplementedError
-    async def no_speech(self, **kwargs: Any) -> bool: raise NotImplementedError
-    async def start_speaking(self, **kwargs: Any) -> bool: raise NotImplementedError
-    async def done(self, **kwargs: Any) -> bool: raise NotImplementedError
-    async def fail(self, **kwargs: Any) -> bool: raise NotImplementedError
-    async def barge_in(self, **kwargs: Any) -> bool: raise NotImplementedError
-    async def stop(self, **kwargs: Any) -> bool: raise NotImplementedError
-    async def trigger(self, name: str, **kwargs: Any) -> bool: raise NotImplementedError
+    async def wake(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def heard(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def no_speech(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def start_speaking(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def done(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def fail(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def barge_in(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def stop(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def trigger(self, name: str, **kwargs: Any) -> bool:
+        raise NotImplementedError
 
     def __init__(
         self,
@@ -134,12 +151,14 @@ class Assistant:
     async def after_state_change(self, event: EventData) -> None:
         """Log the change, then close the turn it ended (so ``turn_finished`` comes last)."""
         ended = self._leaving_turn if self._leaving_turn is not self.turn else None
+        shown = self._leaving_turn or self.turn
+        transition = event.transition
         log.info(
             "state_changed",
-            src=_name(event.transition.source),
-            dst=_name(event.transition.dest),
+            src=_name(transition.source if transition else None),
+            dst=_name(transition.dest if transition else self.state),
             trigger=event.event.name,
-            turn_id=(self._leaving_turn or self.turn).id if (self._leaving_turn or self.turn) else None,
+            turn_id=shown.id if shown else None,
         )
         self._leaving_turn = None
         name = event.event.name
@@ -160,8 +179,13 @@ class Assistant:
         """An exception inside a callback (a bug, or a port that raised): back to idle."""
         if isinstance(event.error, asyncio.CancelledError):
             raise event.error  # shutdown, not a failure
-        log.error("machine_error", error=repr(event.error), trigger=event.event.name,
-                  state=_name(self.state), exc_info=event.error)
+        log.error(
+            "machine_error",
+            error=repr(event.error),
+            trigger=event.event.name,
+            state=_name(self.state),
+            exc_info=event.error,
+        )
         await self._cancel_task()
         if self.state is not State.IDLE:
             await self.fail(error=event.error)
@@ -170,8 +194,12 @@ class Assistant:
 
     async def _listen(self, turn: Turn) -> Trigger:
         transcript = await listen_for_utterance(
-            mic=self.mic, vad=self.vad, asr=self.asr, settings=self.settings.endpointer,
-            times=turn.times, clock=self._clock,
+            mic=self.mic,
+            vad=self.vad,
+            asr=self.asr,
+            settings=self.settings.endpointer,
+            times=turn.times,
+            clock=self._clock,
         )
         if transcript is None:
             return "no_speech", {}
@@ -185,9 +213,14 @@ class Assistant:
     async def _reply(self, turn: Turn, question: str) -> Trigger:
         messages = self.conversation.messages_for(question, self._clock())
         outcome = await speak_reply(
-            llm=self.llm, tts=self.tts, speaker=self.speaker,
-            text=SpeechText(self.settings.speech_text), messages=messages,
-            times=turn.times, clock=self._clock, on_audible=self._audible,
+            llm=self.llm,
+            tts=self.tts,
+            speaker=self.speaker,
+            text=SpeechText(self.settings.speech_text),
+            messages=messages,
+            times=turn.times,
+            clock=self._clock,
+            on_audible=self._audible,
         )
         turn.reply, turn.truncated, turn.finish_reason = outcome.spoken, outcome.truncated, outcome.finish_reason
         self.conversation.record(question, outcome.spoken, self._clock())
@@ -207,7 +240,7 @@ class Assistant:
                 trigger, kwargs = await work
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure of a turn ends that turn, not the daemon
                 trigger, kwargs = "fail", {"error": exc}
             if self._task is asyncio.current_task():
                 self._task = None  # detach first: the trigger must not cancel its own caller
@@ -249,8 +282,14 @@ class Assistant:
     async def _fail_turn(self, turn: Turn, error: BaseException | None) -> None:
         turn.failed_service = getattr(error, "service", None) or "daemon"
         turn.failure = str(error) or type(error).__name__
-        log.error("turn_failed", turn_id=turn.id, service=turn.failed_service, reason=turn.failure,
-                  error_type=type(error).__name__, transcript=turn.transcript)
+        log.error(
+            "turn_failed",
+            turn_id=turn.id,
+            service=turn.failed_service,
+            reason=turn.failure,
+            error_type=type(error).__name__,
+            transcript=turn.transcript,
+        )
         if self.settings.earcon and self._earcon is not None:
             await self.speaker.write(self._earcon(self.speaker.sample_rate))
         await self._end_turn(turn, "failed")
@@ -259,8 +298,13 @@ class Assistant:
         turn.outcome, turn.interrupted = outcome, interrupted
         log.info(
             "turn_finished",
-            turn_id=turn.id, outcome=outcome, transcript=turn.transcript, reply=turn.reply,
-            interrupted=interrupted, truncated=turn.truncated, finish_reason=turn.finish_reason,
+            turn_id=turn.id,
+            outcome=outcome,
+            transcript=turn.transcript,
+            reply=turn.reply,
+            interrupted=interrupted,
+            truncated=turn.truncated,
+            finish_reason=turn.finish_reason,
             **turn.times.latencies_ms(),
         )
         if self._on_turn_end is not None:

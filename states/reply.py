@@ -73,7 +73,7 @@ async def speak_reply(
                         break  # leaving the context closes the connection: the server stops generating
                 if not text.done and stream.result is not None:
                     finish_reason = stream.result.finish_reason
-        except Exception as exc:  # kept and raised after the partial answer has been spoken
+        except Exception as exc:  # noqa: BLE001 - kept, and raised once the partial answer has been spoken
             llm_error = exc
         finally:
             for clause in text.finish():

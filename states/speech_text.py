@@ -132,9 +132,7 @@ def _wide(c: str) -> bool:
     return ord(c) >= 0x2E80
 
 
-_SPACE_BEFORE_WIDE_MARK = re.compile(
-    "[ ]+(?=[,{}])".format("".join(sorted(c for c in _MARKS | _CLOSERS if _wide(c))))
-)
+_SPACE_BEFORE_WIDE_MARK = re.compile("[ ]+(?=[,{}])".format("".join(sorted(c for c in _MARKS | _CLOSERS if _wide(c)))))
 
 
 def _is_dropped(c: str) -> bool:

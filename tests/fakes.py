@@ -133,8 +133,9 @@ class FakeLlmStream:
             await self._gate.wait()
         if self._error is not None:
             raise self._error
-        self.result = LlmResult("stop", {"prompt_tokens": 1, "completion_tokens": len(self._deltas),
-                                         "total_tokens": 1 + len(self._deltas)})
+        self.result = LlmResult(
+            "stop", {"prompt_tokens": 1, "completion_tokens": len(self._deltas), "total_tokens": 1 + len(self._deltas)}
+        )
         self.closed_early = False
 
     def __aiter__(self) -> AsyncIterator[str]:

@@ -420,7 +420,7 @@ async def test_handshake_rejected_by_http_status(stub: FunAsrStub) -> None:
 async def test_hanging_handshake_times_out_within_the_connect_timeout(stub: FunAsrStub) -> None:
     stub.behaviour = FunAsrBehaviour(misbehave="hang")
     started = time.monotonic()
-    with pytest.raises(AsrTimeout, match="within 0.5 s") as info:
+    with pytest.raises(AsrTimeout, match=r"within 0\.5 s") as info:
         await asyncio.wait_for(FunAsrClient(settings_for(stub.url, connect_timeout_s=0.5)).open_session(), TIMEOUT)
     assert time.monotonic() - started < 3.0
     assert stub.url in str(info.value)
@@ -467,7 +467,7 @@ async def test_wss_with_the_certificate_pinned_as_ca(tls_stub: FunAsrStub, certi
 
 
 async def test_wss_with_verification_on_fails_with_a_clear_error(tls_stub: FunAsrStub) -> None:
-    with pytest.raises(AsrError, match="not trusted.*tls_verify = false") as info:
+    with pytest.raises(AsrError, match=r"not trusted.*tls_verify = false") as info:
         await asyncio.wait_for(FunAsrClient(settings_for(tls_stub.url)).open_session(), TIMEOUT)
     assert tls_stub.url in str(info.value)
 

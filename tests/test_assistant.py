@@ -39,8 +39,9 @@ def make(
         tts=tts or FakeTts(),
         conversation=Conversation("be brief", max_turns=3, reset_after_s=60),
         settings=AssistantSettings(
-            endpointer=EndpointerSettings(speech_start_ms=60, end_silence_ms=200, pre_roll_ms=100,
-                                          max_utterance_s=5, no_speech_timeout_s=1.0),
+            endpointer=EndpointerSettings(
+                speech_start_ms=60, end_silence_ms=200, pre_roll_ms=100, max_utterance_s=5, no_speech_timeout_s=1.0
+            ),
             speech_text=SpeechTextSettings(),
         ),
         earcon=lambda rate: EARCON,
@@ -66,7 +67,11 @@ async def test_a_full_turn_goes_through_every_state_and_is_reported() -> None:
         turn = await one_turn(assistant, ended)
     assert assistant.state is State.IDLE
     assert [(e["src"], e["dst"]) for e in events(logs, "state_changed")] == [
-        ("idle", "listening"), ("listening", "thinking"), ("thinking", "speaking"), ("speaking", "idle")]
+        ("idle", "listening"),
+        ("listening", "thinking"),
+        ("thinking", "speaking"),
+        ("speaking", "idle"),
+    ]
     assert {e["turn_id"] for e in events(logs, "state_changed")} == {turn.id}
     (finished,) = events(logs, "turn_finished")
     assert finished["transcript"] == "what time is it"
@@ -197,7 +202,7 @@ async def test_stop_ends_an_active_turn() -> None:
 
 
 async def test_a_huge_reply_is_capped_and_the_llm_stream_closed() -> None:
-    long_answer = ["This is sentence number %d of a very long answer. " % i for i in range(500)]
+    long_answer = [f"This is sentence number {i} of a very long answer. " for i in range(500)]
     llm = FakeLlm(long_answer)
     assistant, _, ended = make(llm=llm)
     assistant.settings = AssistantSettings(

@@ -43,7 +43,7 @@ def test_survives_any_rechunking() -> None:
     for trial in range(200):
         pieces = _split(body, rng, rng.randint(1, 60))
         assert _decode_all(pieces) == expected, f"trial {trial}"
-    assert _decode_all([body[i : i + 1] for i in range(0, 4000)] + [body[4000:]]) == expected
+    assert _decode_all([body[i : i + 1] for i in range(4000)] + [body[4000:]]) == expected
     assert _decode_all([body[:1], body[1:8], body[8:4101], body[4101:]]) == expected
 
 

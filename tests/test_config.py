@@ -32,13 +32,21 @@ def test_defaults_work_against_the_stand_ins() -> None:
 
 
 def test_the_documented_keys_load() -> None:
-    s = settings_from_dict({
-        "asr": {"url": "wss://asr.local:10096", "flavour": "python-classic", "tls_verify": False},
-        "llm": {"url": "https://gpu:8000/v1", "model": "moss-moon", "system_prompt": "Be brief.",
-                "stop": ["<eom>", "<eoa>"], "max_tokens": 128},
-        "tts": {"url": "ws://gpu:8092/paddlespeech/tts/streaming"},
-        "audio": {"input": "wav:q.wav", "output": "wav:r.wav", "output_rate": 48000},
-    }, {})
+    s = settings_from_dict(
+        {
+            "asr": {"url": "wss://asr.local:10096", "flavour": "python-classic", "tls_verify": False},
+            "llm": {
+                "url": "https://gpu:8000/v1",
+                "model": "moss-moon",
+                "system_prompt": "Be brief.",
+                "stop": ["<eom>", "<eoa>"],
+                "max_tokens": 128,
+            },
+            "tts": {"url": "ws://gpu:8092/paddlespeech/tts/streaming"},
+            "audio": {"input": "wav:q.wav", "output": "wav:r.wav", "output_rate": 48000},
+        },
+        {},
+    )
     assert s.asr.tls_verify is False and s.asr.flavour == "python-classic"
     assert s.llm.stop == ("<eom>", "<eoa>") and s.llm.max_tokens == 128
     assert s.tts.protocol == "websocket"
@@ -58,14 +66,16 @@ def test_api_key_comes_from_the_environment_only() -> None:
 
 
 def test_every_problem_is_named_at_once() -> None:
-    found = problems_of({
-        "asr": {"flavour": "cpp", "urll": "ws://x", "tls_verify": "no"},
-        "llm": {"max_tokens": "many", "temperature": True},
-        "tts": {"url": "ftp://x"},
-        "audio": {"input": "mic"},
-        "vad": {"engine": "energy"},
-        "colour": "blue",
-    })
+    found = problems_of(
+        {
+            "asr": {"flavour": "cpp", "urll": "ws://x", "tls_verify": "no"},
+            "llm": {"max_tokens": "many", "temperature": True},
+            "tts": {"url": "ftp://x"},
+            "audio": {"input": "mic"},
+            "vad": {"engine": "energy"},
+            "colour": "blue",
+        }
+    )
     text = "\n".join(found)
     assert "asr.flavour: must be one of cpp-2pass, cpp-offline, python-classic, python-2026, got 'cpp'" in found
     assert "asr.urll: unknown key (did you mean 'url'?)" in text
@@ -81,15 +91,19 @@ def test_every_problem_is_named_at_once() -> None:
 
 def test_wrong_shapes() -> None:
     assert problems_of({"asr": {"chunk_size": [5, 10]}}) == [
-        "asr.chunk_size: must be a list of 3 items, got list [5, 10]"]
+        "asr.chunk_size: must be a list of 3 items, got list [5, 10]"
+    ]
     assert problems_of({"asr": {"chunk_size": [5, 0, 5]}}) == [
-        "asr.chunk_size: the middle value must be positive, got [5, 0, 5]"]
+        "asr.chunk_size: the middle value must be positive, got [5, 0, 5]"
+    ]
     assert problems_of({"asr": {"url": "http://x:10095"}}) == [
-        "asr.url: must be a ws:// or wss:// URL, got 'http://x:10095'"]
+        "asr.url: must be a ws:// or wss:// URL, got 'http://x:10095'"
+    ]
     assert problems_of({"llm": "x"}) == ["llm: must be a table, got string 'x'"]
     assert problems_of({"llm": {"max_tokens": 0}}) == ["llm.max_tokens: must be positive, got 0"]
     assert problems_of({"asr": {"hotwords": {"小明": "x"}}}) == [
-        "asr.hotwords.小明: must be an integer, got string 'x'"]
+        "asr.hotwords.小明: must be an integer, got string 'x'"
+    ]
 
 
 def test_load_settings_reports_file_problems(tmp_path: Path) -> None:
@@ -109,13 +123,15 @@ def test_example_config_is_valid() -> None:
 def test_config_check_command(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text('[asr]\nflavour = "python-2026"\n')
-    ok = subprocess.run([sys.executable, "-m", "daemon", "config", "check", str(good)],
-                        capture_output=True, text=True, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "daemon", "config", "check", str(good)], capture_output=True, text=True, timeout=60
+    )
     assert ok.returncode == 0 and "OK" in ok.stdout
     bad = tmp_path / "bad.toml"
     bad.write_text('[asr]\nflavor = "python-2026"\n[llm]\nmax_tokens = "x"\n')
-    res = subprocess.run([sys.executable, "-m", "daemon", "config", "check", str(bad)],
-                         capture_output=True, text=True, timeout=60)
+    res = subprocess.run(
+        [sys.executable, "-m", "daemon", "config", "check", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert res.returncode == 2
     assert "asr.flavor: unknown key (did you mean 'flavour'?)" in res.stderr
     assert "llm.max_tokens: must be an integer" in res.stderr

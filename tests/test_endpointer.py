@@ -108,7 +108,7 @@ def test_max_length_cuts_the_utterance() -> None:
     events = run(ep, [False] * 3 + [True] * 200)
     assert events[-1] == (102, SpeechEnded("max_length"))  # onset at frame 3, 100 frames long
     audio = events[0][1].audio + b"".join(e.audio for _, e in events[1:-1])
-    assert audio == b"".join(frame(i) for i in range(0, 103))  # 3 frames pre-roll + 100
+    assert audio == b"".join(frame(i) for i in range(103))  # 3 frames pre-roll + 100
 
 
 def test_no_speech_timeout_counts_from_the_first_frame() -> None:
@@ -141,8 +141,12 @@ def test_audio_is_conserved_from_pre_roll_to_end(seed: int) -> None:
     while len(verdicts) < 400:
         verdicts += [rng.random() < 0.5] * rng.randint(1, 15)
     settings = EndpointerSettings(
-        speech_start_ms=100, speech_start_ratio=0.8, end_silence_ms=200, pre_roll_ms=100,
-        max_utterance_s=3.0, no_speech_timeout_s=None,
+        speech_start_ms=100,
+        speech_start_ratio=0.8,
+        end_silence_ms=200,
+        pre_roll_ms=100,
+        max_utterance_s=3.0,
+        no_speech_timeout_s=None,
     )
     ep = Endpointer(settings, FRAME_BYTES)
     events = run(ep, verdicts)

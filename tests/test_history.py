@@ -11,8 +11,14 @@ def test_messages_carry_system_prompt_history_and_question() -> None:
     c.record("q2", "a2", now=2)
     c.record("q3", "a3", now=3)
     roles = [(m.role, m.content) for m in c.messages_for("q4", now=4)]
-    assert roles == [("system", "sys"), ("user", "q2"), ("assistant", "a2"), ("user", "q3"),
-                     ("assistant", "a3"), ("user", "q4")]
+    assert roles == [
+        ("system", "sys"),
+        ("user", "q2"),
+        ("assistant", "a2"),
+        ("user", "q3"),
+        ("assistant", "a3"),
+        ("user", "q4"),
+    ]
 
 
 def test_history_is_forgotten_after_an_idle_period() -> None:

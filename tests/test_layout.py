@@ -29,9 +29,7 @@ def _imported_top_levels(path: Path) -> set[str]:
 def test_states_and_hardware_import_neither_daemon_nor_each_other(package: str) -> None:
     files = sorted((ROOT / package).rglob("*.py"))
     assert files, f"no modules found in {package}/"
-    offenders = {
-        str(f.relative_to(ROOT)): sorted(_imported_top_levels(f) & FORBIDDEN[package]) for f in files
-    }
+    offenders = {str(f.relative_to(ROOT)): sorted(_imported_top_levels(f) & FORBIDDEN[package]) for f in files}
     assert {k: v for k, v in offenders.items() if v} == {}
 
 

@@ -301,9 +301,7 @@ def test_end_of_turn_token_ends_the_reply_at_once() -> None:
     assert st.spoken_text == "好的，我明白了，马上去办"
 
 
-@pytest.mark.parametrize(
-    "token", ["<eoa>", "<eom>", "</s>", "<|end_of_assistant|>", "<|im_end|>", "<|Human|>"]
-)
+@pytest.mark.parametrize("token", ["<eoa>", "<eom>", "</s>", "<|end_of_assistant|>", "<|im_end|>", "<|Human|>"])
 def test_end_tokens(token: str) -> None:
     assert clauses(f"这是回答的内容。{token}这不该被读出来。") == ["这是回答的内容。"]
 

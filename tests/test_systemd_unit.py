@@ -12,8 +12,9 @@ import pytest
 UNIT = Path(__file__).resolve().parents[1] / "systemd" / "moss-voice.service"
 INSTALLED_PATH = "/opt/moss-voice/.venv/bin/moss-voice"
 
-needs_systemd_analyze = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                           reason="systemd-analyze is not installed")
+needs_systemd_analyze = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed"
+)
 
 
 def unit_with_real_binary(tmp_path: Path) -> Path:
@@ -28,8 +29,9 @@ def unit_with_real_binary(tmp_path: Path) -> Path:
 
 @needs_systemd_analyze
 def test_unit_verifies(tmp_path: Path) -> None:
-    result = subprocess.run(["systemd-analyze", "verify", str(unit_with_real_binary(tmp_path))],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(unit_with_real_binary(tmp_path))], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -37,7 +39,9 @@ def test_unit_verifies(tmp_path: Path) -> None:
 def test_unit_exposure_stays_low(tmp_path: Path) -> None:
     result = subprocess.run(
         ["systemd-analyze", "security", "--offline=true", "--threshold=50", str(unit_with_real_binary(tmp_path))],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout[-1500:]
 

@@ -227,7 +227,7 @@ async def test_speaker_catches_up_after_a_blocked_event_loop(tmp_path: Path) -> 
     path = tmp_path / "out.wav"
     async with WavSpeaker(path, sample_rate=16000) as spk:
         await asyncio.sleep(0.05)
-        time.sleep(0.4)  # the loop is stuck: no ticks for 400 ms
+        time.sleep(0.4)  # noqa: ASYNC251 - on purpose: the loop is stuck, no ticks for 400 ms
         await asyncio.sleep(0.05)
         elapsed = time.monotonic() - spk.opened_at
         written = spk.samples_written / 16000

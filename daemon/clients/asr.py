@@ -14,6 +14,7 @@ is a wait that ran out) whose message names the URL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import time
@@ -312,10 +313,8 @@ class FunAsrSession:
             if remaining <= 0:
                 return False
             self._wake.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), remaining)
-            except TimeoutError:
-                pass
 
     def _fail(self, error: AsrError) -> None:
         if self._error is None and not self._final:

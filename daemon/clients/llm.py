@@ -182,10 +182,7 @@ class LlmStream:
             )
             return
         try:
-            if chunk is None:
-                events = self._parser.close()
-            else:
-                events = self._parser.feed(chunk)
+            events = self._parser.close() if chunk is None else self._parser.feed(chunk)
         except SseError as exc:
             self._fail(LlmError(f"bad SSE from {self._url}: {exc}"), exc)
             return

@@ -166,7 +166,7 @@ class Recogniser:
     """pocketsphinx restricted to ``questions.gram``. Not thread-safe: one user at a time."""
 
     def __init__(self, grammar: Path = GRAMMAR_PATH) -> None:
-        from pocketsphinx import Decoder  # type: ignore[import-untyped]  # the `stubs` extra; imported only when recognition is used
+        from pocketsphinx import Decoder  # the `stubs` extra; imported only when recognition is used
 
         self._decoder = Decoder(samprate=SAMPLE_RATE, jsgf=str(grammar), logfn=os.devnull)
         self._in_utt = False

@@ -291,9 +291,12 @@ def _validate(body: Any) -> str | None:
     if body.get("stream_options") is not None and not stream:
         return "Stream options can only be defined when `stream=True`."
     stop = body.get("stop")
-    if stop is not None and not isinstance(stop, str):
-        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
-            return "stop: Input should be a valid string or list of strings"
+    if (
+        stop is not None
+        and not isinstance(stop, str)
+        and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop))
+    ):
+        return "stop: Input should be a valid string or list of strings"
     for key in ("max_tokens", "max_completion_tokens"):
         value = body.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

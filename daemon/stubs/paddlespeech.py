@@ -375,7 +375,7 @@ class PaddleSpeechStub:
                     log.info("paddlespeech_stub_invalid_request", message=data)
         except _ClientGone:
             return
-        except Exception as exc:  # the real server catches everything, logs it and returns
+        except Exception as exc:  # noqa: BLE001 - the real server catches everything, logs it and returns
             # Returning without a close message makes uvicorn drop the TCP connection: the
             # client sees the socket close with no error message, as with the real server.
             log.info("paddlespeech_stub_ws_session_ended", error=f"{type(exc).__name__}: {exc}")

@@ -49,8 +49,10 @@ async def start_stubs(
 def demo_llm_behaviour(**overrides: object) -> OpenAiBehaviour:
     """Scripted MOSS: answers the demo questions, at a GPU-like pace."""
     settings: dict[str, object] = {
-        "answers": dict(ANSWERS), "default_answer": DEFAULT_ANSWER,
-        "first_token_delay_s": 0.15, "tokens_per_s": 40.0,
+        "answers": dict(ANSWERS),
+        "default_answer": DEFAULT_ANSWER,
+        "first_token_delay_s": 0.15,
+        "tokens_per_s": 40.0,
     }
     settings.update(overrides)
     return OpenAiBehaviour(**settings)  # type: ignore[arg-type]
@@ -59,8 +61,13 @@ def demo_llm_behaviour(**overrides: object) -> OpenAiBehaviour:
 async def run_stubs(args: argparse.Namespace, stop: asyncio.Event) -> int:
     async with AsyncExitStack() as stack:
         asr, llm, tts = await start_stubs(
-            stack, host=args.host, asr_port=args.asr_port, llm_port=args.llm_port, tts_port=args.tts_port,
-            asr=FunAsrBehaviour(flavour=args.asr_flavour), tts_protocol=args.tts_protocol,
+            stack,
+            host=args.host,
+            asr_port=args.asr_port,
+            llm_port=args.llm_port,
+            tts_port=args.tts_port,
+            asr=FunAsrBehaviour(flavour=args.asr_flavour),
+            tts_protocol=args.tts_protocol,
         )
         log.info("stubs_ready", asr=asr.url, asr_flavour=args.asr_flavour, llm=llm.url, tts=tts.url)
         await stop.wait()
