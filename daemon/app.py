@@ -19,6 +19,7 @@ from daemon.devices import open_microphone, open_speaker
 from daemon.earcon import failure_earcon
 from daemon.resampled_tts import ResampledTts
 from hardware.vad import make_vad
+from states.barge_in import BargeInSettings
 from states.endpointer import EndpointerSettings
 from states.history import Conversation
 from states.model import Assistant, AssistantSettings, Turn
@@ -50,6 +51,12 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
             first_clause_min_weight=r.first_clause_min_weight,
             max_clause_chars=r.max_clause_chars,
             max_reply_chars=r.max_reply_chars,
+        ),
+        barge_in=BargeInSettings(
+            enabled=settings.barge_in.enabled,
+            min_speech_ms=settings.barge_in.min_speech_ms,
+            pre_roll_ms=v.pre_roll_ms,
+            stop_words=settings.barge_in.stop_words,
         ),
         earcon=r.earcon,
     )

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
+from states.barge_in import STOP_WORDS
+
 MOSS_SYSTEM_PROMPT = """You are an AI assistant whose name is MOSS.
 - MOSS is a conversational language model that is developed by Fudan University. It is designed to be helpful, honest, and harmless.
 - MOSS can understand and communicate fluently in the language chosen by the user such as English and 中文. MOSS can perform any language-based tasks.
@@ -157,6 +159,18 @@ class ReplySettings:
 
 
 @dataclass(frozen=True)
+class BargeInConfig:
+    """The user cutting in while the robot thinks or speaks."""
+
+    enabled: bool = True
+    """false: half-duplex, the microphone is ignored while the robot thinks and speaks."""
+    min_speech_ms: int = 150
+    """User speech this long (after echo cancellation) stops the robot at once."""
+    stop_words: tuple[str, ...] = STOP_WORDS
+    """An interruption that is only one of these ends the answer without a new question."""
+
+
+@dataclass(frozen=True)
 class WakeSettings:
     """What starts a turn. Hotword and GPIO wake arrive with live audio."""
 
@@ -180,5 +194,6 @@ class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     reply: ReplySettings = field(default_factory=ReplySettings)
+    barge_in: BargeInConfig = field(default_factory=BargeInConfig)
     wake: WakeSettings = field(default_factory=WakeSettings)
     log: LogSettings = field(default_factory=LogSettings)

@@ -30,12 +30,14 @@ async def listen_for_utterance(
     settings: EndpointerSettings,
     times: TurnTimes,
     clock: Callable[[], float],
+    initial_audio: bytes = b"",
 ) -> Transcript | None:
     """Return what the user said, or None when nobody spoke before the no-speech timeout.
 
     The ASR connection is opened at once, in parallel with waiting for speech, so its handshake
     (and TLS) is not on the latency path. Audio before the speech start is never sent, except the
-    pre-roll the endpointer keeps.
+    pre-roll the endpointer keeps. ``initial_audio`` (what a barge-in already captured) is heard
+    first, then the live microphone.
     """
     vad.reset()
     endpointer = Endpointer(settings, vad.frame_bytes, mic.sample_rate)
@@ -43,8 +45,9 @@ async def listen_for_utterance(
     opening = asyncio.create_task(asr.open_session(), name="asr-connect")
     session: AsrSession | None = None
     try:
+        pending = initial_audio
         while True:
-            block = await mic.read()
+            block, pending = (pending, b"") if pending else (await mic.read(), b"")
             if session is None and opening.done():
                 session = opening.result()  # a dead ASR fails the turn now, not when speech starts
             for frame in frames.push(block):

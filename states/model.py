@@ -1,10 +1,11 @@
-"""The Assistant: the model the conversation machine runs on. It owns each state's task.
+"""The Assistant: the model the conversation machine runs on. It owns each state's tasks.
 
-Each active state starts one task (LISTENING: hear the question; THINKING: stream, synthesise and
-play the answer). The task ends by *returning* the next trigger, which the runner fires after
-detaching itself, so a task never cancels itself. Leaving a state cancels its task, except on
-the hand-over from THINKING to SPEAKING (one reply spans both). Nothing here does I/O: the
-ports do.
+Each active state starts its tasks (LISTENING: hear the question; THINKING: stream, synthesise
+and play the answer, and watch the microphone for a barge-in). A task ends by *returning* the
+next trigger, which its runner fires after detaching itself, so a task never cancels itself.
+Leaving a state cancels its tasks, except on the hand-over from THINKING to SPEAKING (one reply
+spans both). The microphone is read all the time by a MicFeed, so no audio is lost between
+states. Nothing here does I/O: the ports do.
 """
 
 from __future__ import annotations
@@ -19,13 +20,24 @@ from typing import Any
 import structlog
 from transitions.core import EventData
 
+from states.barge_in import BargeInSettings, Interruption, is_stop_command, watch_for_barge_in
 from states.endpointer import EndpointerSettings
 from states.events import Transcript, TurnTimes
 from states.history import Conversation
 from states.listen import listen_for_utterance
 from states.machine import HANDOVER_TRIGGERS, State, build_machine
-from states.ports import AsrClient, LlmClient, Microphone, Speaker, TtsClient, Vad
-from states.reply import speak_reply
+from states.mic_feed import MicFeed
+from states.ports import (
+    AsrClient,
+    EchoCanceller,
+    EchoReferenceSource,
+    LlmClient,
+    Microphone,
+    Speaker,
+    TtsClient,
+    Vad,
+)
+from states.reply import ReplyProgress, speak_reply
 from states.speech_text import SpeechText, SpeechTextSettings
 
 log = structlog.get_logger()
@@ -38,6 +50,7 @@ TASK_CANCEL_TIMEOUT_S = 2.0
 class AssistantSettings:
     endpointer: EndpointerSettings = field(default_factory=EndpointerSettings)
     speech_text: SpeechTextSettings = field(default_factory=SpeechTextSettings)
+    barge_in: BargeInSettings = field(default_factory=BargeInSettings)
     earcon: bool = True
 
 
@@ -50,7 +63,7 @@ class Turn:
     transcript: str = ""
     reply: str = ""
     outcome: str = "open"
-    """answered | no_speech | failed | interrupted | stopped"""
+    """answered | no_speech | failed | interrupted | stop_word | stopped"""
     interrupted: bool = False
     truncated: bool = False
     finish_reason: str | None = None
@@ -59,7 +72,7 @@ class Turn:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("answered", "no_speech", "interrupted")
+        return self.outcome in ("answered", "no_speech", "interrupted", "stop_word")
 
 
 class Assistant:
@@ -98,7 +111,7 @@ class Assistant:
     def __init__(
         self,
         *,
-        mic: Microphone,
+        mic: Microphone | MicFeed,
         speaker: Speaker,
         vad: Vad,
         asr: AsrClient,
@@ -106,12 +119,16 @@ class Assistant:
         tts: TtsClient,
         conversation: Conversation,
         settings: AssistantSettings,
+        aec: EchoCanceller | None = None,
+        echo_reference: EchoReferenceSource | None = None,
         earcon: Callable[[int], bytes] | None = None,
         on_turn_end: Callable[[Turn], Awaitable[None] | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         new_turn_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
     ) -> None:
-        self.mic, self.speaker, self.vad = mic, speaker, vad
+        self.feed = mic if isinstance(mic, MicFeed) else MicFeed(mic, clock=clock)
+        self.speaker, self.vad = speaker, vad
+        self.aec, self.echo_reference = aec, echo_reference
         self.asr, self.llm, self.tts = asr, llm, tts
         self.conversation = conversation
         self.settings = settings
@@ -119,7 +136,8 @@ class Assistant:
         self._on_turn_end = on_turn_end
         self._clock = clock
         self._new_turn_id = new_turn_id
-        self._task: asyncio.Task[None] | None = None
+        self._owned: set[asyncio.Task[None]] = set()
+        """The tasks of the current state(s): cancelled when the state is left."""
         self._runners: set[asyncio.Task[None]] = set()
         self.turn: Turn | None = None
         self._leaving_turn: Turn | None = None
@@ -127,22 +145,38 @@ class Assistant:
 
     # -- machine callbacks -------------------------------------------------------------------
 
+    @property
+    def mic(self) -> Microphone:
+        return self.feed.mic
+
+    @mic.setter
+    def mic(self, mic: Microphone) -> None:
+        """Swap the device (tests, and the feed itself when it reopens a lost device)."""
+        self.feed.mic = mic
+
     async def before_state_change(self, event: EventData) -> None:
         if event.event.name not in HANDOVER_TRIGGERS:
-            await self._cancel_task()
+            await self._cancel_tasks()
         self._leaving_turn = self.turn
 
     async def on_enter_LISTENING(self, event: EventData) -> None:
-        if self.turn is not None:  # barge-in: the reply that was playing is over
+        interruption: Interruption | None = event.kwargs.get("interruption")
+        if event.event.name == "barge_in":  # the reply that was playing is over, at once
             self.speaker.flush()
+        if interruption is None:  # what the microphone heard before is stale, but for a pre-roll
+            self.feed.keep_recent(self.settings.endpointer.pre_roll_ms / 1000)
         self._new_turn()
         assert self.turn is not None
-        self._spawn(self._listen(self.turn), "listen")
+        if interruption is not None:
+            self.turn.times.speech_start = interruption.onset
+        self._spawn(self._listen(self.turn, interruption.audio if interruption else b""), "listen")
 
     async def on_enter_THINKING(self, event: EventData) -> None:
         transcript: Transcript = event.kwargs["transcript"]
         assert self.turn is not None
         self._spawn(self._reply(self.turn, transcript.text), "reply")
+        if self.settings.barge_in.enabled:
+            self._spawn(self._watch(), "barge-in")
 
     async def on_enter_IDLE(self, event: EventData) -> None:
         if event.event.name == "stop":
@@ -170,6 +204,8 @@ class Assistant:
                 await self._fail_turn(turn, event.kwargs.get("error"))
             elif name == "no_speech":
                 await self._end_turn(turn, "no_speech")
+            elif name == "stop" and event.kwargs.get("by_user"):
+                await self._end_turn(turn, "stop_word")
             elif name == "stop":
                 await self._end_turn(turn, "stopped", interrupted=True)
             else:
@@ -186,20 +222,21 @@ class Assistant:
             state=_name(self.state),
             exc_info=event.error,
         )
-        await self._cancel_task()
+        await self._cancel_tasks()
         if self.state is not State.IDLE:
             await self.fail(error=event.error)
 
     # -- the tasks ---------------------------------------------------------------------------
 
-    async def _listen(self, turn: Turn) -> Trigger:
+    async def _listen(self, turn: Turn, initial_audio: bytes) -> Trigger:
         transcript = await listen_for_utterance(
-            mic=self.mic,
+            mic=self.feed,
             vad=self.vad,
             asr=self.asr,
             settings=self.settings.endpointer,
             times=turn.times,
             clock=self._clock,
+            initial_audio=initial_audio,
         )
         if transcript is None:
             return "no_speech", {}
@@ -208,20 +245,43 @@ class Assistant:
         if not turn.transcript:
             log.info("asr_empty")
             return "no_speech", {}
+        if is_stop_command(turn.transcript, self.settings.barge_in.stop_words):
+            log.info("stop_word", text=turn.transcript)
+            return "stop", {"by_user": True}
         return "heard", {"transcript": transcript}
+
+    async def _watch(self) -> Trigger:
+        interruption = await watch_for_barge_in(
+            feed=self.feed,
+            vad=self.vad,
+            aec=self.aec,
+            reference=self.echo_reference,
+            settings=self.settings.barge_in,
+            clock=self._clock,
+        )
+        return "barge_in", {"interruption": interruption}
 
     async def _reply(self, turn: Turn, question: str) -> Trigger:
         messages = self.conversation.messages_for(question, self._clock())
-        outcome = await speak_reply(
-            llm=self.llm,
-            tts=self.tts,
-            speaker=self.speaker,
-            text=SpeechText(self.settings.speech_text),
-            messages=messages,
-            times=turn.times,
-            clock=self._clock,
-            on_audible=self._audible,
-        )
+        progress = ReplyProgress()
+        played_before = self.speaker.audio_samples_played
+        try:
+            outcome = await speak_reply(
+                llm=self.llm,
+                tts=self.tts,
+                speaker=self.speaker,
+                text=SpeechText(self.settings.speech_text),
+                messages=messages,
+                times=turn.times,
+                clock=self._clock,
+                on_audible=self._audible,
+                progress=progress,
+            )
+        except asyncio.CancelledError:
+            # Interrupted: remember only what the user actually heard.
+            turn.reply = progress.heard(self.speaker.audio_samples_played - played_before)
+            self.conversation.record(question, turn.reply, self._clock())
+            raise
         turn.reply, turn.truncated, turn.finish_reason = outcome.spoken, outcome.truncated, outcome.finish_reason
         self.conversation.record(question, outcome.spoken, self._clock())
         return "done", {}
@@ -242,36 +302,43 @@ class Assistant:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of a turn ends that turn, not the daemon
                 trigger, kwargs = "fail", {"error": exc}
-            if self._task is asyncio.current_task():
-                self._task = None  # detach first: the trigger must not cancel its own caller
+            me = asyncio.current_task()
+            if me not in self._owned:
+                return  # the state was left while this task was finishing: its trigger is stale
+            self._owned.discard(me)  # detach: the trigger must not cancel its caller
             await self.trigger(trigger, **kwargs)
 
-        self._task = asyncio.create_task(runner(), name=f"{name}-{turn_id}")
-        self._runners.add(self._task)
-        self._task.add_done_callback(self._runners.discard)
+        task = asyncio.create_task(runner(), name=f"{name}-{turn_id}")
+        self._owned.add(task)
+        self._runners.add(task)
+        task.add_done_callback(self._runners.discard)
 
     async def settle(self) -> None:
         """Wait until no state task is running (tests, shutdown): the last trigger has been fired."""
         while others := [t for t in self._runners if t is not asyncio.current_task()]:
             await asyncio.wait(others)
 
-    async def _cancel_task(self) -> None:
-        task, self._task = self._task, None
-        if task is None or task.done() or task is asyncio.current_task():
+    async def _cancel_tasks(self) -> None:
+        tasks = {t for t in self._owned if t is not asyncio.current_task() and not t.done()}
+        self._owned.clear()
+        if not tasks:
             return
-        task.cancel()
-        done, _ = await asyncio.wait({task}, timeout=TASK_CANCEL_TIMEOUT_S)
-        if not done:
+        for task in tasks:
+            task.cancel()
+        done, pending = await asyncio.wait(tasks, timeout=TASK_CANCEL_TIMEOUT_S)
+        for task in pending:
             log.warning("task_cancel_slow", task=task.get_name(), waited_s=TASK_CANCEL_TIMEOUT_S)
-        elif not task.cancelled() and task.exception() is not None:
-            log.warning("task_failed_while_cancelled", task=task.get_name(), error=repr(task.exception()))
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("task_failed_while_cancelled", task=task.get_name(), error=repr(task.exception()))
 
     async def aclose(self) -> None:
         """Stop whatever runs (daemon shutdown). The current turn ends as ``stopped``."""
         if self.state is not State.IDLE:
             await self.stop()
-        await self._cancel_task()
+        await self._cancel_tasks()
         await self.settle()
+        await self.feed.aclose()
 
     # -- turn bookkeeping --------------------------------------------------------------------
 

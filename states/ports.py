@@ -50,6 +50,12 @@ class Speaker(Protocol):
         """Monotonic time at which the first sample queued since the last idle/flush was played."""
         ...
 
+    @property
+    def audio_samples_played(self) -> int:
+        """Samples of queued audio played since the speaker opened (fill silence not counted):
+        with the samples written, it tells how much of an answer the user actually heard."""
+        ...
+
     async def aclose(self) -> None: ...
 
 
@@ -102,4 +108,22 @@ class TtsClient(Protocol):
 
     def synthesize(self, text: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """PCM chunks of whole samples for ``text``. Zero audio or a cut stream raises TtsError."""
+        ...
+
+
+class EchoCanceller(Protocol):
+    """Removes the robot's own voice (``far``: what the speaker played) from the microphone (``near``)."""
+
+    frame_bytes: int
+
+    def process(self, near: bytes, far: bytes) -> bytes: ...
+
+    def reset(self) -> None: ...
+
+
+class EchoReferenceSource(Protocol):
+    """What the speaker played, by play time: the far-end signal aligned with the microphone."""
+
+    def far_for(self, t_capture: float, n_bytes: int) -> bytes:
+        """16 kHz mono int16 that was audible at ``t_capture`` (silence where nothing played)."""
         ...

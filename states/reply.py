@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
@@ -25,6 +25,32 @@ log = structlog.get_logger()
 
 MAX_FAILED_CLAUSES_IN_A_ROW = 2
 """One bad sentence is skipped; two in a row means the TTS is down and the reply is abandoned."""
+
+
+@dataclass
+class ReplyProgress:
+    """Which clause's audio ends where, in samples written to the speaker: with the speaker's
+    count of samples played, it tells what the user actually heard when the reply is cut."""
+
+    clauses: list[tuple[str, int, int]] = field(default_factory=list)
+    """(clause, first sample, end sample) for every clause with audio, in order."""
+    written: int = 0
+
+    def heard(self, played: int) -> str:
+        """The text whose audio was played: whole clauses, then the cut one up to where it stopped."""
+        parts: list[str] = []
+        for clause, start, end in self.clauses:
+            if end <= played:
+                parts.append(clause)
+            elif start < played:
+                cut = round(len(clause) * (played - start) / max(1, end - start))
+                prefix = clause[:cut]
+                if " " in prefix and not prefix.endswith(" "):
+                    prefix = prefix[: prefix.rfind(" ")]  # a word half heard is not heard
+                if prefix.strip():
+                    parts.append(prefix.rstrip() + "…")
+                break
+        return join_clauses(parts)
 
 
 @dataclass(frozen=True)
@@ -47,11 +73,13 @@ async def speak_reply(
     times: TurnTimes,
     clock: Callable[[], float],
     on_audible: Callable[[], Awaitable[None]],
+    progress: ReplyProgress | None = None,
 ) -> ReplyOutcome:
     """Speak the answer to ``messages``. Raises the LLM or TTS error after speaking what arrived.
 
     ``on_audible`` is awaited once, when the first answer sample has been played.
     """
+    progress = progress if progress is not None else ReplyProgress()
     clauses: asyncio.Queue[str | None] = asyncio.Queue()
     spoken: list[str] = []
     llm_error: Exception | None = None
@@ -90,6 +118,7 @@ async def speak_reply(
         last_error: Exception | None = None
         while (clause := await clauses.get()) is not None:
             got_audio = False
+            clause_start = progress.written
             if times.tts_request is None:
                 times.tts_request = clock()
             try:
@@ -100,8 +129,12 @@ async def speak_reply(
                         if times.tts_first_audio is None:
                             times.tts_first_audio = clock()
                             group.create_task(watch_first_audio(), name="first-audio")
+                        if not got_audio:
+                            progress.clauses.append((clause, clause_start, clause_start))
                         got_audio = True
                         await speaker.write(pcm)
+                        progress.written += len(pcm) // 2
+                        progress.clauses[-1] = (clause, clause_start, progress.written)
             except Exception as exc:
                 failed += 1
                 in_a_row += 1

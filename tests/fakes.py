@@ -21,7 +21,7 @@ class FakeMic:
 
     sample_rate = 16000
 
-    def __init__(self, script: Sequence[tuple[float, bool]], *, block_ms: int = 20, delay_s: float = 0.0) -> None:
+    def __init__(self, script: Sequence[tuple[float, bool]], *, block_ms: int = 20, delay_s: float = 0.002) -> None:
         self._delay_s = delay_s
         self._blocks: list[bytes] = []
         n = self.sample_rate * block_ms // 1000
@@ -56,14 +56,18 @@ class FakeVad:
 
 
 class FakeSpeaker:
+    """Plays everything the moment it is written (so all of it counts as heard)."""
+
     def __init__(self, sample_rate: int = 16000) -> None:
         self.sample_rate = sample_rate
+        self.audio_samples_played = 0
         self.written: list[bytes] = []
         self.flushes = 0
         self._audible = asyncio.Event()
 
     async def write(self, pcm: bytes) -> None:
         self.written.append(pcm)
+        self.audio_samples_played += len(pcm) // 2
         self._audible.set()
 
     async def drain(self) -> None:

@@ -9,6 +9,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.errors import AsrError, LlmError, TtsError
+from states.barge_in import BargeInSettings
 from states.endpointer import EndpointerSettings
 from states.history import Conversation
 from states.machine import State
@@ -213,3 +214,63 @@ async def test_a_huge_reply_is_capped_and_the_llm_stream_closed() -> None:
     assert turn.outcome == "answered" and turn.truncated
     assert 150 < len(turn.reply) <= 300
     assert llm.streams[0].closed_early  # we stopped reading: the server stops generating
+
+
+async def test_the_user_cutting_in_stops_the_answer_and_becomes_the_next_question() -> None:
+    llm = FakeLlm(["Let me tell you a long story about robots. "], ["Tomorrow it rains."])
+    llm.gate = asyncio.Event()  # the first answer never ends by itself
+    mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (0.4, True), (0.6, False)])
+    asr = FakeAsr("tell me a story", "what about tomorrow")
+    assistant, speaker, ended = make(mic=mic, asr=asr, llm=llm)
+    with capture_logs() as logs:
+        assert await assistant.wake()
+        first = await asyncio.wait_for(ended.get(), TIMEOUT)
+        llm.gate.set()
+        second = await asyncio.wait_for(ended.get(), TIMEOUT)
+        await asyncio.wait_for(assistant.settle(), TIMEOUT)
+    assert first.outcome == "interrupted" and first.interrupted
+    assert first.reply == "Let me tell you a long story about robots."  # what was heard
+    assert speaker.flushes == 1
+    assert [e["trigger"] for e in events(logs, "state_changed")][:5] == [
+        "wake", "heard", "start_speaking", "barge_in", "heard"]  # fmt: skip
+    assert len(events(logs, "barge_in_detected")) == 1
+    # nothing the user said was lost: all 0.4 s of the interruption reached the ASR, with pre-roll
+    interruption_audio = bytes(asr.sessions[1].audio)
+    assert interruption_audio.count(SPEECH) == 16000 * 4 // 10
+    assert interruption_audio.startswith(b"\x00\x00")
+    assert second.outcome == "answered" and second.transcript == "what about tomorrow"
+    # the interrupted answer is in the history as it was heard
+    assert [(m.role, m.content) for m in llm.requests[1]][1:3] == [
+        ("user", "tell me a story"), ("assistant", "Let me tell you a long story about robots.")]  # fmt: skip
+
+
+async def test_a_stop_word_ends_the_answer_without_a_new_question() -> None:
+    llm = FakeLlm(["Let me tell you a long story about robots. "])
+    llm.gate = asyncio.Event()
+    mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (0.4, True), (0.6, False)])
+    assistant, _, ended = make(mic=mic, asr=FakeAsr("tell me a story", "停！"), llm=llm)
+    assert await assistant.wake()
+    first = await asyncio.wait_for(ended.get(), TIMEOUT)
+    second = await asyncio.wait_for(ended.get(), TIMEOUT)
+    await asyncio.wait_for(assistant.settle(), TIMEOUT)
+    assert first.outcome == "interrupted"
+    assert second.outcome == "stop_word" and assistant.state is State.IDLE
+    assert len(llm.requests) == 1  # no new question was asked
+
+
+async def test_half_duplex_ignores_the_microphone_while_speaking() -> None:
+    llm = FakeLlm(["A short answer for you. "])
+    llm.gate = asyncio.Event()  # the robot is still speaking when the user talks
+    mic = FakeMic([*QUESTION_SCRIPT, (0.2, False), (0.4, True), (0.6, False)])
+    assistant, _, ended = make(mic=mic, llm=llm)
+    assistant.settings = AssistantSettings(
+        endpointer=assistant.settings.endpointer, barge_in=BargeInSettings(enabled=False)
+    )
+    with capture_logs() as logs:
+        assert await assistant.wake()
+        await asyncio.sleep(0.5)  # the mic script (10x real time) is over by now
+        assert assistant.state is State.SPEAKING
+        llm.gate.set()
+        turn = await asyncio.wait_for(ended.get(), TIMEOUT)
+    assert turn.outcome == "answered" and not turn.interrupted
+    assert events(logs, "barge_in_detected") == []

@@ -1,0 +1,93 @@
+"""Hear the user cut in while the robot thinks or speaks.
+
+The microphone goes through the echo canceller (the speaker's output as reference, aligned by
+time), then the VAD; speech that lasts ``min_speech_ms`` is an interruption. The audio captured
+so far, pre-roll included, is handed to LISTENING as the start of the next utterance, so nothing
+the user said is lost.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from states.endpointer import Endpointer, EndpointerSettings, Framer, SpeechStarted
+from states.mic_feed import BYTES_PER_SECOND, MicFeed
+from states.ports import EchoCanceller, EchoReferenceSource, Vad
+
+log = structlog.get_logger()
+
+STOP_WORDS = ("停", "停一下", "停下", "别说了", "不要说了", "闭嘴", "stop", "stop it", "stop talking", "be quiet")
+
+
+@dataclass(frozen=True)
+class BargeInSettings:
+    enabled: bool = True
+    """False: half-duplex, the microphone is ignored while the robot thinks and speaks."""
+    min_speech_ms: int = 150
+    """User speech this long (after echo cancellation) stops the robot."""
+    pre_roll_ms: int = 300
+    stop_words: tuple[str, ...] = STOP_WORDS
+    """An interruption that says only one of these ends the answer without a new question."""
+
+
+@dataclass(frozen=True)
+class Interruption:
+    audio: bytes
+    """Echo-cancelled audio from the pre-roll to the moment the interruption was confirmed."""
+    onset: float
+    """Monotonic time the interrupting speech began (as the VAD saw it)."""
+    detected: float
+
+
+async def watch_for_barge_in(
+    *,
+    feed: MicFeed,
+    vad: Vad,
+    aec: EchoCanceller | None,
+    reference: EchoReferenceSource | None,
+    settings: BargeInSettings,
+    clock: Callable[[], float],
+) -> Interruption:
+    """Return when the user has been speaking for ``min_speech_ms``. Runs until cancelled otherwise."""
+    vad.reset()
+    if aec is not None:
+        aec.reset()
+    endpointer = Endpointer(
+        EndpointerSettings(
+            speech_start_ms=settings.min_speech_ms,
+            speech_start_ratio=1.0,
+            pre_roll_ms=settings.pre_roll_ms,
+            no_speech_timeout_s=None,
+        ),
+        vad.frame_bytes,
+    )
+    aec_frames = Framer(aec.frame_bytes if aec is not None else vad.frame_bytes)
+    vad_frames = Framer(vad.frame_bytes)
+    while True:
+        block = await feed.read_block()
+        # The framer may still hold the tail of the previous block: the first frame starts there.
+        start = block.start_time - aec_frames.pending_bytes / BYTES_PER_SECOND
+        for near in aec_frames.push(block.pcm):
+            end = start + len(near) / BYTES_PER_SECOND
+            clean = near
+            if aec is not None:
+                far = reference.far_for(start, len(near)) if reference is not None else bytes(len(near))
+                clean = aec.process(near, far)
+            start = end
+            for frame in vad_frames.push(clean):
+                for event in endpointer.push(frame, vad.is_speech(frame)):
+                    if isinstance(event, SpeechStarted):
+                        now = clock()
+                        onset = end - settings.min_speech_ms / 1000
+                        log.info("barge_in_detected", reaction_ms=round((now - onset) * 1000))
+                        return Interruption(audio=event.audio, onset=onset, detected=now)
+
+
+def is_stop_command(text: str, stop_words: tuple[str, ...]) -> bool:
+    """True when the whole utterance is a stop word ("停！", "Stop."), not a sentence containing one."""
+    words = re.sub(r"[\W_]+", " ", text.lower()).strip()
+    return words.replace(" ", "") in {w.lower().replace(" ", "") for w in stop_words}

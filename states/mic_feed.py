@@ -1,0 +1,138 @@
+"""The microphone, read all the time, so that nothing is lost between states and barge-in can hear.
+
+One task reads the device and queues timestamped blocks; whoever listens now (the LISTENING task,
+or the barge-in detector while the robot thinks and speaks) reads them in order. Only one reader
+at a time, never two: the states take turns, and a hand-over loses no audio because the queue
+keeps it. A device that fails is reported to the reader and reopened in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+
+from states.ports import MIC_RATE, Microphone
+
+log = structlog.get_logger()
+
+BYTES_PER_SECOND = MIC_RATE * 2
+
+
+@dataclass(frozen=True)
+class Block:
+    pcm: bytes
+    end_time: float
+    """Monotonic time at which the block's last sample was captured."""
+
+    @property
+    def start_time(self) -> float:
+        return self.end_time - len(self.pcm) / BYTES_PER_SECOND
+
+
+class MicFeed:
+    """Reads ``mic`` continuously. Behaves itself like a Microphone (``read()`` gives bytes)."""
+
+    sample_rate = MIC_RATE
+
+    def __init__(
+        self,
+        mic: Microphone,
+        *,
+        reopen: Callable[[], Awaitable[Microphone]] | None = None,
+        reopen_every_s: float = 3.0,
+        max_buffer_s: float = 10.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.mic = mic
+        self._reopen = reopen
+        self._reopen_every_s = reopen_every_s
+        self._max_bytes = int(max_buffer_s * BYTES_PER_SECOND)
+        self._clock = clock
+        self._blocks: deque[Block] = deque()
+        self._bytes = 0
+        self._ready = asyncio.Event()
+        self._error: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.dropped_bytes = 0
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="mic-feed")
+
+    async def aclose(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+        await self.mic.aclose()
+
+    def keep_recent(self, seconds: float) -> None:
+        """Drop queued audio older than the last ``seconds`` (stale audio from before a wake)."""
+        keep = int(seconds * BYTES_PER_SECOND)
+        while self._blocks and self._bytes - len(self._blocks[0].pcm) >= keep:
+            self._bytes -= len(self._blocks.popleft().pcm)
+
+    async def read_block(self) -> Block:
+        """The next block; raises the device's error if it failed since the last read."""
+        self.start()
+        while not self._blocks:
+            if self._error is not None:
+                error, self._error = self._error, None
+                raise error
+            self._ready.clear()
+            await self._ready.wait()
+        block = self._blocks.popleft()
+        self._bytes -= len(block.pcm)
+        return block
+
+    async def read(self) -> bytes:
+        return (await self.read_block()).pcm
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                pcm = await self.mic.read()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a device error ends the turn, not the daemon
+                log.error("mic_failed", error=str(exc), error_type=type(exc).__name__)
+                self._error = exc
+                self._ready.set()
+                if self._reopen is None:
+                    return
+                await self._recover()
+                continue
+            self._push(Block(pcm, self._clock()))
+
+    def _push(self, block: Block) -> None:
+        self._blocks.append(block)
+        self._bytes += len(block.pcm)
+        while self._bytes > self._max_bytes:
+            old = self._blocks.popleft()
+            self._bytes -= len(old.pcm)
+            self.dropped_bytes += len(old.pcm)
+        self._ready.set()
+
+    async def _recover(self) -> None:
+        assert self._reopen is not None
+        old = self.mic
+        try:
+            await old.aclose()
+        except Exception as exc:  # noqa: BLE001 - the old device is gone anyway
+            log.debug("mic_close_failed", error=str(exc))
+        attempt = 0
+        while True:
+            await asyncio.sleep(self._reopen_every_s)
+            attempt += 1
+            try:
+                self.mic = await self._reopen()
+            except Exception as exc:  # noqa: BLE001 - keep trying until the device is back
+                log.warning("mic_reopen_failed", attempt=attempt, error=str(exc))
+                continue
+            log.info("mic_recovered", attempts=attempt)
+            return
