@@ -16,13 +16,13 @@ from daemon.clients.llm import OpenAiCompatibleLlm
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
 from daemon.devices import open_microphone, open_speaker
-from daemon.earcon import failure_earcon
+from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
 from daemon.resampled_tts import ResampledTts
 from hardware.vad import make_vad
 from states.barge_in import BargeInSettings
 from states.endpointer import EndpointerSettings
 from states.history import Conversation
-from states.model import Assistant, AssistantSettings, Turn
+from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.ports import Speaker, TtsClient, Vad
 from states.speech_text import SpeechTextSettings
 
@@ -58,7 +58,6 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
             pre_roll_ms=v.pre_roll_ms,
             stop_words=settings.barge_in.stop_words,
         ),
-        earcon=r.earcon,
     )
 
 
@@ -108,7 +107,10 @@ class App:
                     s.llm.system_prompt, max_turns=s.llm.history_turns, reset_after_s=s.llm.history_reset_s
                 ),
                 settings=assistant_settings(s),
-                earcon=failure_earcon,
+                earcons=Earcons(
+                    listening=earcon_from_setting(s.earcons.listening, listening_earcon),
+                    error=earcon_from_setting(s.earcons.error, failure_earcon),
+                ),
                 on_turn_end=self._turn_ended,
             )
             stack.push_async_callback(assistant.aclose)

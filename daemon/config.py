@@ -154,8 +154,16 @@ class ReplySettings:
     max_clause_chars: int = 120
     max_reply_chars: int = 1200
     """A longer answer is cut here: nobody listens to a robot read a page."""
-    earcon: bool = True
-    """A short tone at the output when a turn fails."""
+
+
+@dataclass(frozen=True)
+class EarconSettings:
+    """Short sounds: "builtin", "off", or the path of a WAV file."""
+
+    listening: str = "builtin"
+    """When the robot starts listening after a wake (not after a barge-in: the user is talking)."""
+    error: str = "builtin"
+    """When a turn fails (a service or a device)."""
 
 
 @dataclass(frozen=True)
@@ -195,5 +203,6 @@ class Settings:
     vad: VadSettings = field(default_factory=VadSettings)
     reply: ReplySettings = field(default_factory=ReplySettings)
     barge_in: BargeInConfig = field(default_factory=BargeInConfig)
+    earcons: EarconSettings = field(default_factory=EarconSettings)
     wake: WakeSettings = field(default_factory=WakeSettings)
     log: LogSettings = field(default_factory=LogSettings)

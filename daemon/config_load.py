@@ -166,6 +166,9 @@ def _check_values(s: Settings) -> list[str]:
         scheme, _, rest = values[key].partition(":")
         if scheme not in DEVICE_SCHEMES or not rest:
             problems.append(f"{key}: must look like 'wav:PATH', got {values[key]!r}")
+    for key in ("earcons.listening", "earcons.error"):
+        if values[key] not in ("builtin", "off") and not Path(values[key]).is_file():
+            problems.append(f"{key}: must be builtin, off, or an existing WAV file, got {values[key]!r}")
     if s.asr.ca_file is not None and not Path(s.asr.ca_file).is_file():
         problems.append(f"asr.ca_file: no such file {s.asr.ca_file!r}")
     if s.asr.chunk_size[1] <= 0 or min(s.asr.chunk_size) < 0:

@@ -17,27 +17,30 @@ from states.endpointer import (
     SpeechStarted,
 )
 from states.events import Transcript, TurnTimes
-from states.ports import AsrClient, AsrSession, Microphone, Vad
+from states.mic_feed import MicFeed
+from states.ports import AsrClient, AsrSession, Vad
 
 log = structlog.get_logger()
 
 
 async def listen_for_utterance(
     *,
-    mic: Microphone,
+    mic: MicFeed,
     vad: Vad,
     asr: AsrClient,
     settings: EndpointerSettings,
     times: TurnTimes,
     clock: Callable[[], float],
     initial_audio: bytes = b"",
+    deaf_until: float | None = None,
 ) -> Transcript | None:
     """Return what the user said, or None when nobody spoke before the no-speech timeout.
 
     The ASR connection is opened at once, in parallel with waiting for speech, so its handshake
     (and TLS) is not on the latency path. Audio before the speech start is never sent, except the
     pre-roll the endpointer keeps. ``initial_audio`` (what a barge-in already captured) is heard
-    first, then the live microphone.
+    first, then the live microphone. Audio captured before ``deaf_until`` is dropped (the
+    microphone hears the listening earcon).
     """
     vad.reset()
     endpointer = Endpointer(settings, vad.frame_bytes, mic.sample_rate)
@@ -47,7 +50,13 @@ async def listen_for_utterance(
     try:
         pending = initial_audio
         while True:
-            block, pending = (pending, b"") if pending else (await mic.read(), b"")
+            if pending:
+                block, pending = pending, b""
+            else:
+                captured = await mic.read_block()
+                if deaf_until is not None and captured.end_time <= deaf_until:
+                    continue
+                block = captured.pcm
             if session is None and opening.done():
                 session = opening.result()  # a dead ASR fails the turn now, not when speech starts
             for frame in frames.push(block):

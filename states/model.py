@@ -44,6 +44,8 @@ log = structlog.get_logger()
 
 Trigger = tuple[str, dict[str, Any]]
 TASK_CANCEL_TIMEOUT_S = 2.0
+EARCON_ECHO_MARGIN_S = 0.1
+"""After the listening earcon: one speaker block of delay and the room's echo."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,14 @@ class AssistantSettings:
     endpointer: EndpointerSettings = field(default_factory=EndpointerSettings)
     speech_text: SpeechTextSettings = field(default_factory=SpeechTextSettings)
     barge_in: BargeInSettings = field(default_factory=BargeInSettings)
-    earcon: bool = True
+
+
+@dataclass(frozen=True)
+class Earcons:
+    """Short sounds, each a function of the speaker's sample rate; None: no sound."""
+
+    listening: Callable[[int], bytes] | None = None
+    error: Callable[[int], bytes] | None = None
 
 
 @dataclass
@@ -121,7 +130,7 @@ class Assistant:
         settings: AssistantSettings,
         aec: EchoCanceller | None = None,
         echo_reference: EchoReferenceSource | None = None,
-        earcon: Callable[[int], bytes] | None = None,
+        earcons: Earcons | None = None,
         on_turn_end: Callable[[Turn], Awaitable[None] | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         new_turn_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
@@ -132,7 +141,7 @@ class Assistant:
         self.asr, self.llm, self.tts = asr, llm, tts
         self.conversation = conversation
         self.settings = settings
-        self._earcon = earcon
+        self.earcons = earcons or Earcons()
         self._on_turn_end = on_turn_end
         self._clock = clock
         self._new_turn_id = new_turn_id
@@ -167,9 +176,12 @@ class Assistant:
             self.feed.keep_recent(self.settings.endpointer.pre_roll_ms / 1000)
         self._new_turn()
         assert self.turn is not None
+        deaf_until = None
         if interruption is not None:
             self.turn.times.speech_start = interruption.onset
-        self._spawn(self._listen(self.turn, interruption.audio if interruption else b""), "listen")
+        elif self.earcons.listening is not None:
+            deaf_until = await self._play_listening_earcon()
+        self._spawn(self._listen(self.turn, interruption.audio if interruption else b"", deaf_until), "listen")
 
     async def on_enter_THINKING(self, event: EventData) -> None:
         transcript: Transcript = event.kwargs["transcript"]
@@ -228,7 +240,15 @@ class Assistant:
 
     # -- the tasks ---------------------------------------------------------------------------
 
-    async def _listen(self, turn: Turn, initial_audio: bytes) -> Trigger:
+    async def _play_listening_earcon(self) -> float:
+        """Play the earcon; return until when the microphone must not count as the user (it hears
+        the earcon itself)."""
+        assert self.earcons.listening is not None
+        pcm = self.earcons.listening(self.speaker.sample_rate)
+        await self.speaker.write(pcm)
+        return self._clock() + len(pcm) / 2 / self.speaker.sample_rate + EARCON_ECHO_MARGIN_S
+
+    async def _listen(self, turn: Turn, initial_audio: bytes, deaf_until: float | None) -> Trigger:
         transcript = await listen_for_utterance(
             mic=self.feed,
             vad=self.vad,
@@ -237,6 +257,7 @@ class Assistant:
             times=turn.times,
             clock=self._clock,
             initial_audio=initial_audio,
+            deaf_until=deaf_until,
         )
         if transcript is None:
             return "no_speech", {}
@@ -357,8 +378,8 @@ class Assistant:
             error_type=type(error).__name__,
             transcript=turn.transcript,
         )
-        if self.settings.earcon and self._earcon is not None:
-            await self.speaker.write(self._earcon(self.speaker.sample_rate))
+        if self.earcons.error is not None:
+            await self.speaker.write(self.earcons.error(self.speaker.sample_rate))
         await self._end_turn(turn, "failed")
 
     async def _end_turn(self, turn: Turn, outcome: str, *, interrupted: bool = False) -> None:

@@ -13,7 +13,7 @@ from states.barge_in import BargeInSettings
 from states.endpointer import EndpointerSettings
 from states.history import Conversation
 from states.machine import State
-from states.model import Assistant, AssistantSettings, Turn
+from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.speech_text import SpeechTextSettings
 from tests.fakes import SPEECH, FakeAsr, FakeLlm, FakeMic, FakeSpeaker, FakeTts, FakeVad
 
@@ -45,7 +45,7 @@ def make(
             ),
             speech_text=SpeechTextSettings(),
         ),
-        earcon=lambda rate: EARCON,
+        earcons=Earcons(error=lambda rate: EARCON),
         on_turn_end=ended.put_nowait,
     )
     return assistant, speaker, ended

@@ -135,3 +135,13 @@ def test_config_check_command(tmp_path: Path) -> None:
     assert res.returncode == 2
     assert "asr.flavor: unknown key (did you mean 'flavour'?)" in res.stderr
     assert "llm.max_tokens: must be an integer" in res.stderr
+
+
+def test_earcons_are_builtin_off_or_an_existing_wav(tmp_path: Path) -> None:
+    assert settings_from_dict({"earcons": {"listening": "off", "error": "builtin"}}, {}).earcons.listening == "off"
+    wav = tmp_path / "beep.wav"
+    wav.write_bytes(b"RIFF")
+    assert settings_from_dict({"earcons": {"error": str(wav)}}, {}).earcons.error == str(wav)
+    assert problems_of({"earcons": {"listening": "/nope/beep.wav"}}) == [
+        "earcons.listening: must be builtin, off, or an existing WAV file, got '/nope/beep.wav'"
+    ]

@@ -51,9 +51,11 @@ def _read(path: Path) -> tuple[np.ndarray, int]:
         return np.frombuffer(w.readframes(w.getnframes()), dtype="<i2"), w.getframerate()
 
 
-def loud_span(path: Path) -> tuple[float, float] | None:
+def loud_span(path: Path, after: float = 0.0) -> tuple[float, float] | None:
+    """First and last loud sample (seconds) from ``after`` on."""
     samples, rate = _read(path)
-    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
+    start = int(after * rate)
+    loud = np.flatnonzero(np.abs(samples[start:].astype(np.int32)) > 300) + start
     return None if not len(loud) else (loud[0] / rate, loud[-1] / rate)
 
 
@@ -105,7 +107,9 @@ async def test_an_english_question_is_answered_into_the_output_wav(tmp_path: Pat
     assert [r.text for r in tts_stub.requests] == ["It is sunny today.", "Take a walk!"]
     # the reply is really in the output, at the TTS rate, after the question ended
     assert _read(out)[1] == 24000
-    span = loud_span(out)
+    earcon = loud_span(out)
+    assert earcon is not None and earcon[0] < 0.1  # "I am listening", at once
+    span = loud_span(out, after=0.3)
     assert span is not None
     assert question_end < span[0] < question_end + 5, (question_end, span)
     assert span[1] - span[0] > 1.0  # two sentences of espeak speech
@@ -164,8 +168,8 @@ async def test_a_dead_or_broken_service_fails_the_turn_with_an_earcon(tmp_path: 
     (failed,) = events(logs, "turn_failed")
     assert failed["service"] == service and failed["reason"]
     assert events(logs, "turn_finished")[0]["outcome"] == "failed"
-    span = loud_span(out)
-    assert span is not None  # the earcon ...
+    span = loud_span(out, after=0.3)  # after the listening earcon
+    assert span is not None  # the error earcon ...
     assert span[1] - span[0] < 1.0  # ... and nothing else
     if service == "asr":
         assert span[0] < question_end  # no point listening to a question nobody can recognise
