@@ -56,7 +56,10 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
             enabled=settings.barge_in.enabled,
             min_speech_ms=settings.barge_in.min_speech_ms,
             pre_roll_ms=v.pre_roll_ms,
+            mode=settings.barge_in.mode,
+            resume_after_ms=settings.barge_in.resume_after_ms,
             stop_words=settings.barge_in.stop_words,
+            fillers=settings.barge_in.fillers,
         ),
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from states.barge_in import STOP_WORDS
+from states.barge_in import FILLERS, STOP_WORDS
 
 MOSS_SYSTEM_PROMPT = """You are an AI assistant whose name is MOSS.
 - MOSS is a conversational language model that is developed by Fudan University. It is designed to be helpful, honest, and harmless.
@@ -174,7 +174,13 @@ class BargeInConfig:
     """false: half-duplex, the microphone is ignored while the robot thinks and speaks."""
     min_speech_ms: int = 150
     """User speech this long (after echo cancellation) stops the robot at once."""
+    mode: str = "pause"
+    """pause: hold the rest of the answer, resume it if the interruption was false (no words, a
+    filler, a cough) within resume_after_ms. cancel: close the LLM and TTS connections at once."""
+    resume_after_ms: int = 2000
     stop_words: tuple[str, ...] = STOP_WORDS
+    fillers: tuple[str, ...] = FILLERS
+    """pause mode: an interruption made only of these is false."""
     """An interruption that is only one of these ends the answer without a new question."""
 
 

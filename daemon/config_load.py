@@ -26,6 +26,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "asr.flavour": ASR_FLAVOURS,
     "asr.mode": ("offline", "online", "2pass"),
     "vad.engine": ("silero", "webrtc"),
+    "barge_in.mode": ("pause", "cancel"),
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("auto", "json", "console"),
 }

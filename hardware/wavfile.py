@@ -345,6 +345,7 @@ class WavSpeaker:
         self._data_bytes = 0
         self._audio_samples = 0
         self._spans: list[tuple[int, int]] = []
+        self._paused = False
 
     @property
     def name(self) -> str:
@@ -423,11 +424,25 @@ class WavSpeaker:
             if delay > 0:
                 await self._sleep(delay)
 
+    def pause(self) -> None:
+        """Stop playing at the next block, keeping the queue (a barge-in that may be false)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        """Play the queue on from where ``pause`` stopped it."""
+        self._paused = False
+        self._notify()
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
     def flush(self) -> None:
         """Drop everything queued and not yet played (barge-in). Blocks already written stay."""
         dropped = len(self._queue) // 2
         self._queue.clear()
         self._odd = b""
+        self._paused = False
         self._period_open = False
         self._audible_at = None
         self._last_audio_end = None
@@ -525,7 +540,7 @@ class WavSpeaker:
         assert self._t0 is not None
         k = self._blocks_written
         size = self.block_samples * 2
-        n_bytes = min(len(self._queue), size)
+        n_bytes = 0 if self._paused else min(len(self._queue), size)
         block = bytes(self._queue[:n_bytes])
         del self._queue[:n_bytes]
         if n_bytes < size:
@@ -541,7 +556,7 @@ class WavSpeaker:
             if self._audible_at is None and self._period_open:
                 self._audible_at = self._t0 + k * self._block_s
             self._last_audio_end = self._t0 + (start + n) / self.sample_rate
-        if not self._queue:
+        if not self._queue and not self._paused:
             self._period_open = False
 
         # Data first, then the sizes: the header never claims bytes that are not there.

@@ -21,6 +21,8 @@ from states.ports import EchoCanceller, EchoReferenceSource, Vad
 log = structlog.get_logger()
 
 STOP_WORDS = ("停", "停一下", "停下", "别说了", "不要说了", "闭嘴", "stop", "stop it", "stop talking", "be quiet")
+FILLERS = ("嗯", "啊", "呃", "哦", "唔", "额", "uh", "um", "umm", "hmm", "mm", "mhm", "er", "ah", "oh", "eh")
+MODES = ("pause", "cancel")
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,14 @@ class BargeInSettings:
     min_speech_ms: int = 150
     """User speech this long (after echo cancellation) stops the robot."""
     pre_roll_ms: int = 300
+    mode: str = "pause"
+    """cancel: close the LLM and TTS connections at once. pause: hold the rest of the answer and
+    resume it if the interruption turns out false (no words, or only a filler) in time."""
+    resume_after_ms: int = 2000
+    """pause mode: how long a held answer waits for the interruption to prove real."""
     stop_words: tuple[str, ...] = STOP_WORDS
+    fillers: tuple[str, ...] = FILLERS
+    """Utterances made only of these do not count as an interruption (pause mode resumes)."""
     """An interruption that says only one of these ends the answer without a new question."""
 
 
@@ -87,7 +96,24 @@ async def watch_for_barge_in(
                         return Interruption(audio=event.audio, onset=onset, detected=now)
 
 
+def _squash(text: str) -> str:
+    return re.sub(r"[\W_]+", "", text.lower())
+
+
 def is_stop_command(text: str, stop_words: tuple[str, ...]) -> bool:
     """True when the whole utterance is a stop word ("停！", "Stop."), not a sentence containing one."""
-    words = re.sub(r"[\W_]+", " ", text.lower()).strip()
-    return words.replace(" ", "") in {w.lower().replace(" ", "") for w in stop_words}
+    return _squash(text) in {_squash(w) for w in stop_words}
+
+
+def is_filler(text: str, fillers: tuple[str, ...]) -> bool:
+    """True when the utterance has no words but fillers ("嗯", "uh, um", "啊啊"), or nothing at all."""
+    words = re.findall(r"[^\W\d_]+", text.lower())
+    known = {f.lower() for f in fillers}
+    for word in words:
+        rest = word
+        while rest:  # Chinese fillers come run together: "嗯嗯", "啊呃"
+            match = next((f for f in sorted(known, key=len, reverse=True) if rest.startswith(f)), None)
+            if match is None:
+                return False
+            rest = rest[len(match) :]
+    return True

@@ -27,8 +27,10 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "start_speaking", "source": State.THINKING, "dest": State.SPEAKING},
     {"trigger": "done", "source": [State.THINKING, State.SPEAKING], "dest": State.IDLE},
     {"trigger": "fail", "source": ACTIVE, "dest": State.IDLE},
-    # Barge-in: the user cuts in; the reply task is cancelled and the robot listens again.
+    # Barge-in: the user cuts in and the robot listens again. The reply is cancelled, or, in
+    # pause mode, held until the interruption proves real; a false one (a cough, "嗯") resumes it.
     {"trigger": "barge_in", "source": [State.THINKING, State.SPEAKING], "dest": State.LISTENING},
+    {"trigger": "resume", "source": State.LISTENING, "dest": State.SPEAKING},
     {"trigger": "stop", "source": ACTIVE, "dest": State.IDLE},
 ]
 

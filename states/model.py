@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from transitions.core import EventData
 
-from states.barge_in import BargeInSettings, Interruption, is_stop_command, watch_for_barge_in
+from states.barge_in import BargeInSettings, Interruption, is_filler, is_stop_command, watch_for_barge_in
 from states.endpointer import EndpointerSettings
 from states.events import Transcript, TurnTimes
 from states.history import Conversation
@@ -43,6 +43,8 @@ from states.speech_text import SpeechText, SpeechTextSettings
 log = structlog.get_logger()
 
 Trigger = tuple[str, dict[str, Any]]
+NO_TRIGGER: Trigger = ("", {})
+"""A task that ends without moving the machine."""
 TASK_CANCEL_TIMEOUT_S = 2.0
 EARCON_ECHO_MARGIN_S = 0.1
 """After the listening earcon: one speaker block of delay and the room's echo."""
@@ -61,6 +63,16 @@ class Earcons:
 
     listening: Callable[[int], bytes] | None = None
     error: Callable[[int], bytes] | None = None
+
+
+@dataclass
+class HeldReply:
+    """pause mode: an answer stopped by a barge-in that may still turn out false."""
+
+    task: asyncio.Task[None]
+    turn: Turn
+    trigger: Trigger | None = None
+    """What the reply task returned while held (it can only end by failing: playback is paused)."""
 
 
 @dataclass
@@ -111,6 +123,9 @@ class Assistant:
     async def barge_in(self, **kwargs: Any) -> bool:
         raise NotImplementedError
 
+    async def resume(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
     async def stop(self, **kwargs: Any) -> bool:
         raise NotImplementedError
 
@@ -148,6 +163,8 @@ class Assistant:
         self._owned: set[asyncio.Task[None]] = set()
         """The tasks of the current state(s): cancelled when the state is left."""
         self._runners: set[asyncio.Task[None]] = set()
+        self._reply_task: asyncio.Task[None] | None = None
+        self._held: HeldReply | None = None
         self.turn: Turn | None = None
         self._leaving_turn: Turn | None = None
         self.machine = build_machine(self)
@@ -164,13 +181,21 @@ class Assistant:
         self.feed.mic = mic
 
     async def before_state_change(self, event: EventData) -> None:
-        if event.event.name not in HANDOVER_TRIGGERS:
+        name = event.event.name
+        reply = self._reply_task
+        heard = event.kwargs.get("interruption") is not None  # a button or an API call: no speech to judge
+        if name == "barge_in" and heard and self.settings.barge_in.mode == "pause" and reply in self._owned:
+            assert reply is not None and self.turn is not None
+            self.speaker.pause()  # at once; the answer is held, not lost
+            self._owned.discard(reply)
+            self._held = HeldReply(reply, self.turn)
+        if name not in HANDOVER_TRIGGERS:
             await self._cancel_tasks()
         self._leaving_turn = self.turn
 
     async def on_enter_LISTENING(self, event: EventData) -> None:
         interruption: Interruption | None = event.kwargs.get("interruption")
-        if event.event.name == "barge_in":  # the reply that was playing is over, at once
+        if event.event.name == "barge_in" and self._held is None:  # cancel mode: the reply is over
             self.speaker.flush()
         if interruption is None:  # what the microphone heard before is stale, but for a pre-roll
             self.feed.keep_recent(self.settings.endpointer.pre_roll_ms / 1000)
@@ -182,15 +207,35 @@ class Assistant:
         elif self.earcons.listening is not None:
             deaf_until = await self._play_listening_earcon()
         self._spawn(self._listen(self.turn, interruption.audio if interruption else b"", deaf_until), "listen")
+        if self._held is not None:
+            self._spawn(self._resume_deadline(), "resume-deadline")
 
     async def on_enter_THINKING(self, event: EventData) -> None:
         transcript: Transcript = event.kwargs["transcript"]
         assert self.turn is not None
-        self._spawn(self._reply(self.turn, transcript.text), "reply")
+        self._reply_task = self._spawn(self._reply(self.turn, transcript.text), "reply")
+        if self.settings.barge_in.enabled:
+            self._spawn(self._watch(), "barge-in")
+
+    async def on_enter_SPEAKING(self, event: EventData) -> None:
+        if event.event.name != "resume":
+            return
+        held, self._held = self._held, None
+        assert held is not None
+        self.turn = held.turn
+        self.speaker.resume()
+        log.info("barge_in_resumed", turn_id=held.turn.id)
+        if held.task.done():  # it failed while held: act on it now
+            if held.trigger is not None:
+                await self.trigger(held.trigger[0], **held.trigger[1])
+            return
+        self._owned.add(held.task)
+        self._reply_task = held.task
         if self.settings.barge_in.enabled:
             self._spawn(self._watch(), "barge-in")
 
     async def on_enter_IDLE(self, event: EventData) -> None:
+        await self._drop_held()
         if event.event.name == "stop":
             self.speaker.flush()
 
@@ -208,7 +253,7 @@ class Assistant:
         )
         self._leaving_turn = None
         name = event.event.name
-        if name == "barge_in" and ended is not None:
+        if name == "barge_in" and ended is not None and self._held is None:
             await self._end_turn(ended, "interrupted", interrupted=True)
         elif self.state is State.IDLE and self.turn is not None:
             turn, self.turn = self.turn, None
@@ -259,9 +304,14 @@ class Assistant:
             initial_audio=initial_audio,
             deaf_until=deaf_until,
         )
+        text = transcript.text.strip() if transcript is not None else ""
+        if self._held is not None and is_filler(text, self.settings.barge_in.fillers):
+            log.info("barge_in_false", text=text)  # a cough, "嗯": the answer goes on
+            return "resume", {}
+        await self._drop_held()  # the interruption is real
         if transcript is None:
             return "no_speech", {}
-        turn.transcript = transcript.text.strip()
+        turn.transcript = text
         log.info("transcript", text=turn.transcript, asr_final_ms=turn.times.latencies_ms()["asr_final_ms"])
         if not turn.transcript:
             log.info("asr_empty")
@@ -270,6 +320,22 @@ class Assistant:
             log.info("stop_word", text=turn.transcript)
             return "stop", {"by_user": True}
         return "heard", {"transcript": transcript}
+
+    async def _resume_deadline(self) -> Trigger:
+        """pause mode: an interruption still going on after resume_after_ms is real."""
+        await asyncio.sleep(self.settings.barge_in.resume_after_ms / 1000)
+        await self._drop_held()
+        return NO_TRIGGER
+
+    async def _drop_held(self) -> None:
+        """Cancel a held answer: what was heard goes to history, the rest is dropped."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        held.task.cancel()
+        await asyncio.wait({held.task}, timeout=TASK_CANCEL_TIMEOUT_S)
+        self.speaker.flush()
+        await self._end_turn(held.turn, "interrupted", interrupted=True)
 
     async def _watch(self) -> Trigger:
         interruption = await watch_for_barge_in(
@@ -312,7 +378,7 @@ class Assistant:
 
     # -- task ownership ----------------------------------------------------------------------
 
-    def _spawn(self, work: Coroutine[Any, Any, Trigger], name: str) -> None:
+    def _spawn(self, work: Coroutine[Any, Any, Trigger], name: str) -> asyncio.Task[None]:
         turn_id = self.turn.id if self.turn else None
 
         async def runner() -> None:
@@ -324,7 +390,11 @@ class Assistant:
             except Exception as exc:  # noqa: BLE001 - any failure of a turn ends that turn, not the daemon
                 trigger, kwargs = "fail", {"error": exc}
             me = asyncio.current_task()
-            if me not in self._owned:
+            if self._held is not None and me is self._held.task:
+                self._held.trigger = (trigger, kwargs)  # acted on if the answer resumes
+                return
+            if me not in self._owned or trigger == NO_TRIGGER[0]:
+                self._owned.discard(me)
                 return  # the state was left while this task was finishing: its trigger is stale
             self._owned.discard(me)  # detach: the trigger must not cancel its caller
             await self.trigger(trigger, **kwargs)
@@ -333,6 +403,7 @@ class Assistant:
         self._owned.add(task)
         self._runners.add(task)
         task.add_done_callback(self._runners.discard)
+        return task
 
     async def settle(self) -> None:
         """Wait until no state task is running (tests, shutdown): the last trigger has been fired."""
@@ -358,6 +429,7 @@ class Assistant:
         if self.state is not State.IDLE:
             await self.stop()
         await self._cancel_tasks()
+        await self._drop_held()
         await self.settle()
         await self.feed.aclose()
 

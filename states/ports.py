@@ -46,6 +46,14 @@ class Speaker(Protocol):
         """Drop everything queued and not yet played (barge-in)."""
         ...
 
+    def pause(self) -> None:
+        """Stop playing at once but keep the queue (a barge-in that may turn out false)."""
+        ...
+
+    def resume(self) -> None:
+        """Play on from where ``pause`` stopped."""
+        ...
+
     async def wait_audible(self) -> float:
         """Monotonic time at which the first sample queued since the last idle/flush was played."""
         ...

@@ -63,6 +63,8 @@ class FakeSpeaker:
         self.audio_samples_played = 0
         self.written: list[bytes] = []
         self.flushes = 0
+        self.pauses = 0
+        self.resumes = 0
         self._audible = asyncio.Event()
 
     async def write(self, pcm: bytes) -> None:
@@ -76,6 +78,12 @@ class FakeSpeaker:
     def flush(self) -> None:
         self.flushes += 1
         self._audible.clear()
+
+    def pause(self) -> None:
+        self.pauses += 1
+
+    def resume(self) -> None:
+        self.resumes += 1
 
     async def wait_audible(self) -> float:
         await self._audible.wait()

@@ -274,3 +274,70 @@ async def test_half_duplex_ignores_the_microphone_while_speaking() -> None:
         turn = await asyncio.wait_for(ended.get(), TIMEOUT)
     assert turn.outcome == "answered" and not turn.interrupted
     assert events(logs, "barge_in_detected") == []
+
+
+def with_barge_in(assistant: Assistant, **settings: object) -> None:
+    assistant.settings = AssistantSettings(
+        endpointer=assistant.settings.endpointer,
+        barge_in=BargeInSettings(**settings),  # type: ignore[arg-type]
+    )
+
+
+async def test_pause_mode_resumes_the_answer_after_a_false_interruption() -> None:
+    llm = FakeLlm(["Let me tell you a long story about robots. "])
+    llm.gate = asyncio.Event()
+    mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (0.3, True), (0.6, False)])
+    assistant, speaker, ended = make(mic=mic, asr=FakeAsr("tell me a story", "嗯。"), llm=llm)
+    with_barge_in(assistant, mode="pause")
+    with capture_logs() as logs:
+        assert await assistant.wake()
+        for _ in range(500):
+            if events(logs, "barge_in_resumed"):
+                break
+            await asyncio.sleep(0.01)
+        assert assistant.state is State.SPEAKING
+        llm.gate.set()  # the rest of the answer comes
+        turn = await asyncio.wait_for(ended.get(), TIMEOUT)
+        await asyncio.wait_for(assistant.settle(), TIMEOUT)
+    assert turn.outcome == "answered" and not turn.interrupted
+    assert turn.reply == "Let me tell you a long story about robots."
+    assert (speaker.pauses, speaker.resumes, speaker.flushes) == (1, 1, 0)
+    assert [e["trigger"] for e in events(logs, "state_changed")] == [
+        "wake", "heard", "start_speaking", "barge_in", "resume", "done"]  # fmt: skip
+    assert len(events(logs, "turn_finished")) == 1  # the cough was not a turn
+
+
+async def test_pause_mode_cancels_when_the_interruption_goes_on_past_the_deadline() -> None:
+    llm = FakeLlm(["Let me tell you a long story about robots. "], ["Sure."])
+    llm.gate = asyncio.Event()
+    # at 10x real time, 3 s of speech outlasts a 100 ms resume deadline
+    mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (3.0, True), (0.6, False)])
+    assistant, speaker, ended = make(mic=mic, asr=FakeAsr("tell me a story", "no wait tell me a joke"), llm=llm)
+    with_barge_in(assistant, mode="pause", resume_after_ms=100)
+    with capture_logs() as logs:
+        assert await assistant.wake()
+        first = await asyncio.wait_for(ended.get(), TIMEOUT)
+        # the held answer was dropped by the deadline, before the ASR had the words
+        assert not assistant.asr.sessions[1].finished  # type: ignore[attr-defined]
+        llm.gate.set()
+        second = await asyncio.wait_for(ended.get(), TIMEOUT)
+    assert first.outcome == "interrupted" and first.reply == "Let me tell you a long story about robots."
+    assert speaker.pauses == 1 and speaker.flushes >= 1
+    assert second.transcript == "no wait tell me a joke" and second.outcome == "answered"
+    assert llm.streams[0].closed_early
+    assert events(logs, "barge_in_resumed") == []
+
+
+async def test_cancel_mode_flushes_at_once_and_closes_the_llm_stream() -> None:
+    llm = FakeLlm(["Let me tell you a long story about robots. "], ["Sure."])
+    llm.gate = asyncio.Event()
+    mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (0.3, True), (0.6, False)])
+    assistant, speaker, ended = make(mic=mic, asr=FakeAsr("tell me a story", "嗯"), llm=llm)
+    with_barge_in(assistant, mode="cancel")
+    assert await assistant.wake()
+    first = await asyncio.wait_for(ended.get(), TIMEOUT)
+    llm.gate.set()
+    second = await asyncio.wait_for(ended.get(), TIMEOUT)
+    assert first.outcome == "interrupted" and speaker.pauses == 0 and speaker.flushes == 1
+    assert llm.streams[0].closed_early
+    assert second.outcome == "answered" and second.transcript == "嗯"  # cancel mode does not judge

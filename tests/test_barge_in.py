@@ -11,10 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.app import App
-from daemon.config import AsrSettings, AudioSettings, LlmSettings, Settings, TtsSettings, VadSettings
-from daemon.stubs.funasr import make_question_wav
+from daemon.config import (
+    AsrSettings,
+    AudioSettings,
+    BargeInConfig,
+    LlmSettings,
+    Settings,
+    TtsSettings,
+    VadSettings,
+)
+from daemon.stubs.funasr import FunAsrBehaviour, make_question_wav
 from daemon.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.stubs.runner import demo_llm_behaviour, start_stubs
 from states.model import Turn
@@ -37,7 +46,8 @@ def _loud(samples: np.ndarray, rate: int, window_s: float = 0.05) -> np.ndarray:
     return np.abs(windows).max(axis=1) > 300
 
 
-async def test_cutting_in_stops_the_answer_and_is_answered_next(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["cancel", "pause"])
+async def test_cutting_in_stops_the_answer_and_is_answered_next(tmp_path: Path, mode: str) -> None:
     q1 = _pcm(make_question_wav("what is the weather like today", tmp_path / "q1.wav"))
     q2 = _pcm(make_question_wav("tell me a joke", tmp_path / "q2.wav"))
     q1_end = LEAD_S + len(q1) / RATE
@@ -73,6 +83,7 @@ async def test_cutting_in_stops_the_answer_and_is_answered_next(tmp_path: Path) 
             tts=TtsSettings(url=tts.url),
             audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
             vad=VadSettings(end_silence_ms=500),
+            barge_in=BargeInConfig(mode=mode),
         )
         app = App(settings, on_turn_end=turn_ended)
         await asyncio.wait_for(app.run(stop), 60)
@@ -99,3 +110,56 @@ async def test_cutting_in_stops_the_answer_and_is_answered_next(tmp_path: Path) 
     quiet = loud[int(stopped / window) : int(q2_end / window)]
     assert not quiet.any(), "reply audio went on after the interruption"  # ... and stopped
     assert loud[int(q2_end / window) :].any()  # the joke was answered
+
+
+async def test_a_false_interruption_pauses_then_the_whole_answer_is_heard(tmp_path: Path) -> None:
+    q1 = _pcm(make_question_wav("what is the weather like today", tmp_path / "q1.wav"))
+    uh = _pcm(make_question_wav("uh huh", tmp_path / "uh.wav"))
+    q1_end = LEAD_S + len(q1) / RATE
+    onset = q1_end + 1.0 + ANSWER_HEARD_S
+    qwav = tmp_path / "question.wav"
+    with wave.open(str(qwav), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(RATE)
+        lead = np.zeros(int(LEAD_S * RATE), dtype="<i2")
+        w.writeframes(np.concatenate([lead, q1, np.zeros(int((onset - q1_end) * RATE), dtype="<i2"), uh]).tobytes())
+    out = tmp_path / "reply.wav"
+    answer = "It is sunny today, with a high of 24 degrees. A light breeze comes from the east."
+
+    async with AsyncExitStack() as stack:
+        asr, llm, tts = await start_stubs(stack, llm=demo_llm_behaviour(answers={"weather": answer}))
+
+        async def hear_a_filler_next() -> None:  # the stand-in recognises the second utterance as 嗯
+            while not asr.sessions or not asr.sessions[0].done.is_set():
+                await asyncio.sleep(0.02)
+            asr.behaviour = FunAsrBehaviour(transcript_override="嗯")
+
+        swapper = asyncio.create_task(hear_a_filler_next())
+        settings = Settings(
+            asr=AsrSettings(url=asr.url, final_timeout_s=1.0),
+            llm=LlmSettings(url=llm.url),
+            tts=TtsSettings(url=tts.url),
+            audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
+            vad=VadSettings(end_silence_ms=500),
+            barge_in=BargeInConfig(mode="pause", resume_after_ms=3000),
+        )
+        with capture_logs() as logs:
+            app = App(settings, once=True)
+            code = await asyncio.wait_for(app.run(), 60)
+        swapper.cancel()
+        disconnects = llm.disconnects + tts.disconnects
+    assert code == 0
+    (turn,) = app.turns
+    assert turn.outcome == "answered" and not turn.interrupted
+    assert turn.reply == answer  # the whole answer was heard
+    assert disconnects == 0
+    assert [e["trigger"] for e in logs if e["event"] == "state_changed"] == [
+        "wake", "heard", "start_speaking", "barge_in", "resume", "done"]  # fmt: skip
+    with wave.open(str(out), "rb") as w:
+        rate = w.getframerate()
+    loud = _loud(_pcm(out), rate)
+    window = 0.05
+    assert loud[int((onset - 0.6) / window) : int(onset / window)].any()  # speaking when the user went "uh huh"
+    assert not loud[int((onset + 0.5) / window) : int((onset + 0.9) / window)].any()  # paused
+    assert loud[int((onset + 1.5) / window) :].any()  # and resumed
