@@ -131,8 +131,9 @@ async def test_a_false_interruption_pauses_then_the_whole_answer_is_heard(tmp_pa
         asr, llm, tts = await start_stubs(stack, llm=demo_llm_behaviour(answers={"weather": answer}))
 
         async def hear_a_filler_next() -> None:  # the stand-in recognises the second utterance as 嗯
-            while not asr.sessions or not asr.sessions[0].done.is_set():
+            while not asr.sessions:  # noqa: ASYNC110 - the stand-in has no event for a new session
                 await asyncio.sleep(0.02)
+            await asr.sessions[0].done.wait()
             asr.behaviour = FunAsrBehaviour(transcript_override="嗯")
 
         swapper = asyncio.create_task(hear_a_filler_next())
