@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := espeak-ng sox openssl
+APT_PACKAGES := espeak-ng sox openssl libspeexdsp-dev
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test system-packages venv clean
@@ -18,6 +18,9 @@ test: $(STAMP)
 system-packages:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	$(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	$(PYTHON) -c 'import os, sysconfig; assert os.path.exists(sysconfig.get_paths()["include"] + "/Python.h")' \
+	  >/dev/null 2>&1 || missing="$$missing python3-dev"; \
+	command -v cc >/dev/null 2>&1 || missing="$$missing build-essential"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -27,7 +30,7 @@ system-packages:
 $(STAMP): pyproject.toml | system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[stubs,test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[stubs,aec,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     bench_sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
     vad = bench_sub.add_parser("vad", help="both VADs on speech, silence, noise and motor hum")
     vad.set_defaults(func=_cmd_bench_vad)
+    aec = bench_sub.add_parser("aec", help="echo cancellation: echo removed, double talk, VAD false triggers")
+    aec.add_argument("--seconds", type=float, default=60.0, help="seconds of robot speech fed back (default 60)")
+    aec.set_defaults(func=_cmd_bench_aec)
+    barge = bench_sub.add_parser("barge-in", help="reaction to a user cutting in, over n interruptions")
+    barge.add_argument("-n", type=int, default=20, help="interruptions (default 20)")
+    barge.add_argument("--mode", choices=("pause", "cancel"), default="pause")
+    barge.set_defaults(func=_cmd_bench_barge_in)
     return parser
 
 
@@ -107,6 +114,18 @@ def _cmd_bench_vad(args: argparse.Namespace) -> int:
     from daemon import vad_eval
 
     return int(vad_eval.main([]) or 0)
+
+
+def _cmd_bench_aec(args: argparse.Namespace) -> int:
+    from daemon import aec_eval
+
+    return int(aec_eval.main(["--seconds", str(args.seconds)]) or 0)
+
+
+def _cmd_bench_barge_in(args: argparse.Namespace) -> int:
+    from daemon import bench_barge_in
+
+    return int(bench_barge_in.main(["-n", str(args.n), "--mode", args.mode]) or 0)
 
 
 def _config_failed(path: str | None, exc: ConfigError) -> int:

@@ -15,7 +15,7 @@ from daemon.clients.asr import FunAsrClient
 from daemon.clients.llm import OpenAiCompatibleLlm
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
-from daemon.devices import open_microphone, open_speaker
+from daemon.devices import make_echo_canceller, open_devices
 from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
 from daemon.resampled_tts import ResampledTts
 from hardware.vad import make_vad
@@ -93,10 +93,9 @@ class App:
             tts = make_tts(s.tts, tts_http)
             asr = FunAsrClient(s.asr)
             output_rate = s.audio.output_rate or await self._tts_rate(tts)
-            mic = await open_microphone(s.audio.input, block_ms=s.audio.block_ms)
-            stack.push_async_callback(mic.aclose)
-            speaker = await open_speaker(s.audio.output, sample_rate=output_rate, block_ms=s.audio.block_ms)
-            stack.push_async_callback(speaker.aclose)
+            aec = make_echo_canceller(s.aec)
+            devices = await open_devices(stack, s.audio, s.aec, output_rate=output_rate)
+            mic, speaker = devices.mic, devices.speaker
             stack.push_async_callback(self._drain, speaker)
             vad = self._make_vad()
             self.assistant = assistant = Assistant(
@@ -106,6 +105,8 @@ class App:
                 asr=asr,
                 llm=llm,
                 tts=ResampledTts(tts, output_rate),
+                aec=aec,
+                echo_reference=devices.reference,
                 conversation=Conversation(
                     s.llm.system_prompt, max_turns=s.llm.history_turns, reset_after_s=s.llm.history_reset_s
                 ),
@@ -124,6 +125,7 @@ class App:
                 ms=round((time.monotonic() - started) * 1000),
                 input=s.audio.input,
                 output=s.audio.output,
+                aec=s.aec.engine,
                 output_rate=output_rate,
                 vad=s.vad.engine,
                 asr=s.asr.url,

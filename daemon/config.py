@@ -115,13 +115,27 @@ class AudioSettings:
     """Where audio comes from and goes to. ``wav:PATH`` is a WAV file that behaves like a device."""
 
     input: str = "wav:question.wav"
-    """Microphone: ``wav:PATH`` (live devices arrive with PyAudio)."""
+    """Microphone: ``wav:PATH``, or ``room:PATH`` (the file plus the echo of the speaker)."""
     output: str = "wav:reply.wav"
     """Speaker: ``wav:PATH``."""
     output_rate: int | None = None
     """Sample rate of the output; default: the TTS server's rate (asked of the server)."""
     block_ms: int = 20
     """Size of one device block."""
+
+
+@dataclass(frozen=True)
+class AecSettings:
+    """Echo cancellation: the robot must not take its own voice for a user cutting in."""
+
+    engine: str = "speex"
+    """speex (SpeexDSP, through speexaec) | off (only for half-duplex or a headset)."""
+    filter_ms: int = 256
+    """Echo tail the filter learns: the room's main reflections (64 ms measured too short)."""
+    frame_ms: int = 10
+    reference_delay_ms: float = 0.0
+    """Shift of the speaker signal before it is compared with the microphone. A reference late
+    by 5 ms cancels almost nothing; early is fine (the filter covers the gap), so keep it low."""
 
 
 @dataclass(frozen=True)
@@ -207,6 +221,7 @@ class Settings:
     tts: TtsSettings = field(default_factory=TtsSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
     vad: VadSettings = field(default_factory=VadSettings)
+    aec: AecSettings = field(default_factory=AecSettings)
     reply: ReplySettings = field(default_factory=ReplySettings)
     barge_in: BargeInConfig = field(default_factory=BargeInConfig)
     earcons: EarconSettings = field(default_factory=EarconSettings)

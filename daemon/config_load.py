@@ -27,6 +27,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "asr.mode": ("offline", "online", "2pass"),
     "vad.engine": ("silero", "webrtc"),
     "barge_in.mode": ("pause", "cancel"),
+    "aec.engine": ("speex", "off"),
     "log.level": ("debug", "info", "warning", "error"),
     "log.format": ("auto", "json", "console"),
 }
@@ -35,9 +36,10 @@ URL_SCHEMES: dict[str, tuple[str, ...]] = {
     "llm.url": ("http", "https"),
     "tts.url": ("http", "https", "ws", "wss"),
 }
-DEVICE_SCHEMES = ("wav",)
+INPUT_SCHEMES = ("wav", "room")
+OUTPUT_SCHEMES = ("wav",)
 SECRET_KEYS = {"llm.api_key": API_KEY_ENV}
-ZERO_ALLOWED = ("_turns", "pre_roll_ms")
+ZERO_ALLOWED = ("_turns", "pre_roll_ms", "delay_ms")
 """Counts and durations that may be 0 (no history, no pre-roll); every other one must be positive."""
 TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "list", "dict": "table"}
 
@@ -163,10 +165,11 @@ def _check_values(s: Settings) -> list[str]:
         parts = urlsplit(values[key])
         if parts.scheme not in schemes or not parts.hostname:
             problems.append(f"{key}: must be a {' or '.join(s + '://' for s in schemes)} URL, got {values[key]!r}")
-    for key in ("audio.input", "audio.output"):
+    for key, schemes in (("audio.input", INPUT_SCHEMES), ("audio.output", OUTPUT_SCHEMES)):
         scheme, _, rest = values[key].partition(":")
-        if scheme not in DEVICE_SCHEMES or not rest:
-            problems.append(f"{key}: must look like 'wav:PATH', got {values[key]!r}")
+        if scheme not in schemes or not rest:
+            shapes = " or ".join(f"'{s}:PATH'" for s in schemes)
+            problems.append(f"{key}: must look like {shapes}, got {values[key]!r}")
     for key in ("earcons.listening", "earcons.error"):
         if values[key] not in ("builtin", "off") and not Path(values[key]).is_file():
             problems.append(f"{key}: must be builtin, off, or an existing WAV file, got {values[key]!r}")
@@ -187,6 +190,8 @@ def _check_values(s: Settings) -> list[str]:
         problems.append(f"vad.silero_threshold: must be between 0 and 1, got {s.vad.silero_threshold}")
     if s.vad.webrtc_aggressiveness not in (0, 1, 2, 3):
         problems.append(f"vad.webrtc_aggressiveness: must be 0, 1, 2 or 3, got {s.vad.webrtc_aggressiveness}")
+    if s.aec.frame_ms not in (10, 20):
+        problems.append(f"aec.frame_ms: must be 10 or 20, got {s.aec.frame_ms}")
     if s.audio.block_ms not in (10, 20, 30, 40, 50, 60, 80, 100):
         problems.append(f"audio.block_ms: must be one of 10, 20, 30, 40, 50, 60, 80, 100, got {s.audio.block_ms}")
     if s.reply.max_clause_chars < 2:

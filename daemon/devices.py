@@ -1,24 +1,65 @@
-"""Open the microphone and speaker named in the config (``wav:PATH`` today)."""
+"""Open the microphone and speaker named in the config, and the echo reference between them.
+
+``wav:PATH`` plays or records a file on the wall clock. ``room:PATH`` (input only) is a simulated
+room: the file's speech plus the echo of what the speaker plays, for echo and barge-in tests and
+benchmarks.
+"""
 
 from __future__ import annotations
 
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from daemon.config import AecSettings, AudioSettings
+from hardware.aec import NullEchoCanceller, SpeexEchoCanceller
 from hardware.errors import HardwareError
+from hardware.room import RoomAcoustics, RoomMicrophone, TappedSpeaker
 from hardware.wavfile import WavMicrophone, WavSpeaker
+from states.echo_reference import EchoReference
+from states.ports import EchoCanceller, Microphone, Speaker
+
+INPUT_KINDS = ("wav", "room")
+OUTPUT_KINDS = ("wav",)
 
 
-async def open_microphone(spec: str, *, block_ms: int) -> WavMicrophone:
-    scheme, _, target = spec.partition(":")
-    if scheme == "wav":
-        mic = WavMicrophone(target, block_ms=block_ms)
-        await mic.open()
-        return mic
-    raise HardwareError(f"microphone {spec!r}: unknown kind {scheme!r} (supported: wav:PATH)")
+@dataclass
+class AudioDevices:
+    mic: Microphone
+    speaker: Speaker
+    reference: EchoReference | None
+    """What the speaker played, by play time: the echo canceller's far end (None: no AEC)."""
 
 
-async def open_speaker(spec: str, *, sample_rate: int, block_ms: int) -> WavSpeaker:
-    scheme, _, target = spec.partition(":")
-    if scheme == "wav":
-        speaker = WavSpeaker(target, sample_rate=sample_rate, block_ms=block_ms)
-        await speaker.open()
-        return speaker
-    raise HardwareError(f"speaker {spec!r}: unknown kind {scheme!r} (supported: wav:PATH)")
+async def open_devices(
+    stack: AsyncExitStack, audio: AudioSettings, aec: AecSettings, *, output_rate: int
+) -> AudioDevices:
+    """Open both devices (closed by ``stack``). Raises HardwareError naming the device."""
+    in_kind, _, in_target = audio.input.partition(":")
+    out_kind, _, out_target = audio.output.partition(":")
+    if in_kind not in INPUT_KINDS:
+        raise HardwareError(f"microphone {audio.input!r}: unknown kind {in_kind!r} (supported: wav:PATH, room:PATH)")
+    if out_kind not in OUTPUT_KINDS:
+        raise HardwareError(f"speaker {audio.output!r}: unknown kind {out_kind!r} (supported: wav:PATH)")
+    reference = EchoReference(delay_ms=aec.reference_delay_ms) if aec.engine != "off" else None
+    wav_speaker = WavSpeaker(out_target, sample_rate=output_rate, block_ms=audio.block_ms)
+    tapped = in_kind == "room" or reference is not None
+    speaker: WavSpeaker | TappedSpeaker = TappedSpeaker(wav_speaker, reference=reference) if tapped else wav_speaker
+    mic: WavMicrophone | RoomMicrophone
+    if in_kind == "room":
+        assert isinstance(speaker, TappedSpeaker)
+        mic = RoomMicrophone(in_target, speaker=speaker, acoustics=RoomAcoustics(), block_ms=audio.block_ms)
+    else:
+        mic = WavMicrophone(in_target, block_ms=audio.block_ms)
+    await mic.open()
+    stack.push_async_callback(mic.aclose)
+    await speaker.open()
+    stack.push_async_callback(speaker.aclose)
+    return AudioDevices(mic=mic, speaker=speaker, reference=reference)
+
+
+def make_echo_canceller(aec: AecSettings) -> EchoCanceller | None:
+    if aec.engine == "off":
+        return None
+    if aec.engine == "speex":
+        return SpeexEchoCanceller(frame_ms=aec.frame_ms, filter_ms=aec.filter_ms)
+    return NullEchoCanceller()

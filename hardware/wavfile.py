@@ -206,6 +206,12 @@ class WavMicrophone:
         self._t0 = self._clock()
         log.info("wav_mic_opened", path=str(self.path), seconds=round(self.duration_s, 3), block_ms=self.block_ms)
 
+    async def read_timed(self) -> tuple[bytes, float]:
+        """The next block and the clock time of its first sample (its place on the wall clock)."""
+        pcm = await self.read()
+        assert self._t0 is not None
+        return pcm, self._t0 + (self._blocks_read - 1) * self._block_s
+
     async def read(self) -> bytes:
         """The next ``block_ms`` of audio (file, then silence), waiting for its end time to pass."""
         if self._closed:

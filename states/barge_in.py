@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import structlog
 
 from states.endpointer import Endpointer, EndpointerSettings, Framer, SpeechStarted
@@ -38,9 +39,26 @@ class BargeInSettings:
     resume_after_ms: int = 2000
     """pause mode: how long a held answer waits for the interruption to prove real."""
     stop_words: tuple[str, ...] = STOP_WORDS
+    """An interruption that says only one of these ends the answer without a new question."""
     fillers: tuple[str, ...] = FILLERS
     """Utterances made only of these do not count as an interruption (pause mode resumes)."""
-    """An interruption that says only one of these ends the answer without a new question."""
+    aec_warmup_s: float = 6.0
+    """The echo canceller learns the room from the robot's own speech: until it has heard this
+    much of it (once per daemon start), its residue can pass for a user, so barge-in waits."""
+
+
+@dataclass
+class EchoTraining:
+    """How much robot speech the echo canceller has learned from (kept for the daemon's life)."""
+
+    far_s: float = 0.0
+
+    def ready(self, settings: BargeInSettings) -> bool:
+        return self.far_s >= settings.aec_warmup_s
+
+
+FAR_ACTIVE_RMS = 100.0
+"""A far-end frame quieter than this (int16 RMS, about -50 dBFS) teaches the canceller nothing."""
 
 
 @dataclass(frozen=True)
@@ -60,11 +78,15 @@ async def watch_for_barge_in(
     reference: EchoReferenceSource | None,
     settings: BargeInSettings,
     clock: Callable[[], float],
+    training: EchoTraining | None = None,
 ) -> Interruption:
-    """Return when the user has been speaking for ``min_speech_ms``. Runs until cancelled otherwise."""
-    vad.reset()
-    if aec is not None:
-        aec.reset()
+    """Return when the user has been speaking for ``min_speech_ms``. Runs until cancelled otherwise.
+
+    With an echo canceller that has not yet learned the room (``training``), the microphone is
+    still put through it, so that it learns, but nothing counts as an interruption yet.
+    """
+    training = training if training is not None else EchoTraining()
+    vad.reset()  # the echo canceller is not reset: it keeps what it learned of the room
     endpointer = Endpointer(
         EndpointerSettings(
             speech_start_ms=settings.min_speech_ms,
@@ -83,17 +105,29 @@ async def watch_for_barge_in(
         for near in aec_frames.push(block.pcm):
             end = start + len(near) / BYTES_PER_SECOND
             clean = near
+            learning = False
             if aec is not None:
                 far = reference.far_for(start, len(near)) if reference is not None else bytes(len(near))
                 clean = aec.process(near, far)
+                if not training.ready(settings):
+                    learning = True
+                    if _rms(far) >= FAR_ACTIVE_RMS:
+                        training.far_s += len(far) / BYTES_PER_SECOND
+                        if training.ready(settings):
+                            log.info("aec_trained", far_s=round(training.far_s, 1))
             start = end
             for frame in vad_frames.push(clean):
-                for event in endpointer.push(frame, vad.is_speech(frame)):
+                for event in endpointer.push(frame, not learning and vad.is_speech(frame)):
                     if isinstance(event, SpeechStarted):
                         now = clock()
                         onset = end - settings.min_speech_ms / 1000
                         log.info("barge_in_detected", reaction_ms=round((now - onset) * 1000))
                         return Interruption(audio=event.audio, onset=onset, detected=now)
+
+
+def _rms(pcm: bytes) -> float:
+    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
+    return float(np.sqrt(np.mean(samples * samples))) if len(samples) else 0.0
 
 
 def _squash(text: str) -> str:

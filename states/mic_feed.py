@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from states.ports import MIC_RATE, Microphone
+from states.ports import MIC_RATE, Microphone, TimedMicrophone
 
 log = structlog.get_logger()
 
@@ -96,7 +96,7 @@ class MicFeed:
     async def _run(self) -> None:
         while True:
             try:
-                pcm = await self.mic.read()
+                pcm, start = await self._read_timed()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a device error ends the turn, not the daemon
@@ -107,7 +107,15 @@ class MicFeed:
                     return
                 await self._recover()
                 continue
-            self._push(Block(pcm, self._clock()))
+            self._push(Block(pcm, start + len(pcm) / BYTES_PER_SECOND))
+
+    async def _read_timed(self) -> tuple[bytes, float]:
+        """A block and its capture time: the device's own when it tells (echo cancellation needs
+        it to the millisecond), else the time it arrived less its duration."""
+        if isinstance(self.mic, TimedMicrophone):
+            return await self.mic.read_timed()
+        pcm = await self.mic.read()
+        return pcm, self._clock() - len(pcm) / BYTES_PER_SECOND
 
     def _push(self, block: Block) -> None:
         self._blocks.append(block)

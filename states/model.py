@@ -20,7 +20,14 @@ from typing import Any
 import structlog
 from transitions.core import EventData
 
-from states.barge_in import BargeInSettings, Interruption, is_filler, is_stop_command, watch_for_barge_in
+from states.barge_in import (
+    BargeInSettings,
+    EchoTraining,
+    Interruption,
+    is_filler,
+    is_stop_command,
+    watch_for_barge_in,
+)
 from states.endpointer import EndpointerSettings
 from states.events import Transcript, TurnTimes
 from states.history import Conversation
@@ -153,6 +160,7 @@ class Assistant:
         self.feed = mic if isinstance(mic, MicFeed) else MicFeed(mic, clock=clock)
         self.speaker, self.vad = speaker, vad
         self.aec, self.echo_reference = aec, echo_reference
+        self.echo_training = EchoTraining()
         self.asr, self.llm, self.tts = asr, llm, tts
         self.conversation = conversation
         self.settings = settings
@@ -345,6 +353,7 @@ class Assistant:
             reference=self.echo_reference,
             settings=self.settings.barge_in,
             clock=self._clock,
+            training=self.echo_training,
         )
         return "barge_in", {"interruption": interruption}
 

@@ -29,6 +29,15 @@ class Microphone(Protocol):
 
 
 @runtime_checkable
+class TimedMicrophone(Microphone, Protocol):
+    """A microphone that knows when each block was captured (PyAudio, WAV files, the room)."""
+
+    async def read_timed(self) -> tuple[bytes, float]:
+        """The next block and the monotonic time its first sample was captured."""
+        ...
+
+
+@runtime_checkable
 class Speaker(Protocol):
     """A sound card on the wall clock. Writes are queued; ``flush`` drops the queue at once."""
 

@@ -15,6 +15,7 @@ from structlog.testing import capture_logs
 
 from daemon.app import App
 from daemon.config import (
+    AecSettings,
     AsrSettings,
     AudioSettings,
     BargeInConfig,
@@ -84,6 +85,7 @@ async def test_cutting_in_stops_the_answer_and_is_answered_next(tmp_path: Path, 
             audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
             vad=VadSettings(end_silence_ms=500),
             barge_in=BargeInConfig(mode=mode),
+            aec=AecSettings(engine="off"),  # no echo path here; tests/test_echo.py has one
         )
         app = App(settings, on_turn_end=turn_ended)
         await asyncio.wait_for(app.run(stop), 60)
@@ -144,6 +146,7 @@ async def test_a_false_interruption_pauses_then_the_whole_answer_is_heard(tmp_pa
             audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
             vad=VadSettings(end_silence_ms=500),
             barge_in=BargeInConfig(mode="pause", resume_after_ms=3000),
+            aec=AecSettings(engine="off"),
         )
         with capture_logs() as logs:
             app = App(settings, once=True)
