@@ -55,6 +55,7 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
         barge_in=BargeInSettings(
             enabled=settings.barge_in.enabled,
             min_speech_ms=settings.barge_in.min_speech_ms,
+            duck_after_ms=settings.barge_in.duck_after_ms,
             pre_roll_ms=v.pre_roll_ms,
             mode=settings.barge_in.mode,
             resume_after_ms=settings.barge_in.resume_after_ms,

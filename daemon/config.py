@@ -187,7 +187,10 @@ class BargeInConfig:
     enabled: bool = True
     """false: half-duplex, the microphone is ignored while the robot thinks and speaks."""
     min_speech_ms: int = 150
-    """User speech this long (after echo cancellation) stops the robot at once."""
+    """User speech this long (after echo cancellation) is an interruption."""
+    duck_after_ms: int = 32
+    """Playback pauses as soon as this much speech is heard, and plays on if it stays shorter
+    than min_speech_ms. 0: playback stops only at min_speech_ms."""
     mode: str = "pause"
     """pause: hold the rest of the answer, resume it if the interruption was false (no words, a
     filler, a cough) within resume_after_ms. cancel: close the LLM and TTS connections at once."""

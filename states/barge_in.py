@@ -8,6 +8,7 @@ the user said is lost.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,7 +32,10 @@ class BargeInSettings:
     enabled: bool = True
     """False: half-duplex, the microphone is ignored while the robot thinks and speaks."""
     min_speech_ms: int = 150
-    """User speech this long (after echo cancellation) stops the robot."""
+    """User speech this long (after echo cancellation) is an interruption."""
+    duck_after_ms: int = 32
+    """Playback pauses as soon as this much speech is heard, and plays on at once if it does not
+    last ``min_speech_ms``: the robot stops as fast as a person would. 0: wait for min_speech_ms."""
     pre_roll_ms: int = 300
     mode: str = "pause"
     """cancel: close the LLM and TTS connections at once. pause: hold the rest of the answer and
@@ -79,11 +83,14 @@ async def watch_for_barge_in(
     settings: BargeInSettings,
     clock: Callable[[], float],
     training: EchoTraining | None = None,
+    on_suspect: Callable[[bool], None] | None = None,
 ) -> Interruption:
     """Return when the user has been speaking for ``min_speech_ms``. Runs until cancelled otherwise.
 
     With an echo canceller that has not yet learned the room (``training``), the microphone is
     still put through it, so that it learns, but nothing counts as an interruption yet.
+    ``on_suspect(True)`` is called after ``duck_after_ms`` of speech, ``on_suspect(False)`` if it
+    then stops short of an interruption (or the watch ends without one).
     """
     training = training if training is not None else EchoTraining()
     vad.reset()  # the echo canceller is not reset: it keeps what it learned of the room
@@ -98,6 +105,65 @@ async def watch_for_barge_in(
     )
     aec_frames = Framer(aec.frame_bytes if aec is not None else vad.frame_bytes)
     vad_frames = Framer(vad.frame_bytes)
+    frame_s = vad.frame_bytes / BYTES_PER_SECOND
+    duck_frames = math.ceil(settings.duck_after_ms / 1000 / frame_s - 1e-9) if settings.duck_after_ms > 0 else 0
+    suspect = Suspicion(on_suspect, duck_frames, clock)
+    try:
+        return await _watch(feed, vad, aec, reference, settings, clock, training, endpointer, aec_frames,
+                            vad_frames, suspect)  # fmt: skip
+    finally:
+        suspect.clear()
+
+
+class Suspicion:
+    """Speech heard but not yet an interruption: playback pauses, and plays on if it was nothing."""
+
+    def __init__(self, callback: Callable[[bool], None] | None, frames: int, clock: Callable[[], float]) -> None:
+        self._callback = callback if frames > 0 else None
+        self._frames = frames
+        self._clock = clock
+        self.run = 0
+        self.active = False
+        self.since: float | None = None
+
+    def frame(self, speech: bool, frame_start: float) -> None:
+        if self._callback is None:
+            return
+        if not speech:
+            self.run = 0
+            self.clear()
+            return
+        self.run += 1
+        if self.run == 1:
+            self.since = frame_start
+        if self.run >= self._frames and not self.active:
+            self.active = True
+            self._callback(True)
+            log.debug("barge_in_suspected", ms=round((self._clock() - (self.since or 0)) * 1000))
+
+    def clear(self) -> None:
+        if self.active and self._callback is not None:
+            self.active = False
+            self._callback(False)
+
+    def confirm(self) -> None:
+        self.active = False  # the interruption takes over from here: no resume
+
+
+async def _watch(
+    feed: MicFeed,
+    vad: Vad,
+    aec: EchoCanceller | None,
+    reference: EchoReferenceSource | None,
+    settings: BargeInSettings,
+    clock: Callable[[], float],
+    training: EchoTraining,
+    endpointer: Endpointer,
+    aec_frames: Framer,
+    vad_frames: Framer,
+    suspect: Suspicion,
+) -> Interruption:
+    vad_start: float | None = None
     while True:
         block = await feed.read_block()
         # The framer may still hold the tail of the previous block: the first frame starts there.
@@ -115,13 +181,19 @@ async def watch_for_barge_in(
                         training.far_s += len(far) / BYTES_PER_SECOND
                         if training.ready(settings):
                             log.info("aec_trained", far_s=round(training.far_s, 1))
+            if vad_start is None:
+                vad_start = start - vad_frames.pending_bytes / BYTES_PER_SECOND
             start = end
             for frame in vad_frames.push(clean):
-                for event in endpointer.push(frame, not learning and vad.is_speech(frame)):
+                speech = not learning and vad.is_speech(frame)
+                suspect.frame(speech, vad_start)
+                vad_start += len(frame) / BYTES_PER_SECOND
+                for event in endpointer.push(frame, speech):
                     if isinstance(event, SpeechStarted):
+                        suspect.confirm()
                         now = clock()
                         onset = end - settings.min_speech_ms / 1000
-                        log.info("barge_in_detected", reaction_ms=round((now - onset) * 1000))
+                        log.info("barge_in_detected", confirmed_ms=round((now - onset) * 1000))
                         return Interruption(audio=event.audio, onset=onset, detected=now)
 
 

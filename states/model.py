@@ -329,6 +329,15 @@ class Assistant:
             return "stop", {"by_user": True}
         return "heard", {"transcript": transcript}
 
+    def _suspect(self, speech: bool) -> None:
+        """Someone may be cutting in: stop the sound now, play on if it was nothing."""
+        if speech:
+            self.speaker.pause()
+            log.info("barge_in_suspected")
+        elif self._held is None:
+            self.speaker.resume()
+            log.info("barge_in_dismissed")
+
     async def _resume_deadline(self) -> Trigger:
         """pause mode: an interruption still going on after resume_after_ms is real."""
         await asyncio.sleep(self.settings.barge_in.resume_after_ms / 1000)
@@ -354,6 +363,7 @@ class Assistant:
             settings=self.settings.barge_in,
             clock=self._clock,
             training=self.echo_training,
+            on_suspect=self._suspect,
         )
         return "barge_in", {"interruption": interruption}
 

@@ -301,7 +301,7 @@ async def test_pause_mode_resumes_the_answer_after_a_false_interruption() -> Non
         await asyncio.wait_for(assistant.settle(), TIMEOUT)
     assert turn.outcome == "answered" and not turn.interrupted
     assert turn.reply == "Let me tell you a long story about robots."
-    assert (speaker.pauses, speaker.resumes, speaker.flushes) == (1, 1, 0)
+    assert speaker.pauses >= 1 and (speaker.resumes, speaker.flushes) == (1, 0)
     assert [e["trigger"] for e in events(logs, "state_changed")] == [
         "wake", "heard", "start_speaking", "barge_in", "resume", "done"]  # fmt: skip
     assert len(events(logs, "turn_finished")) == 1  # the cough was not a turn
@@ -322,7 +322,7 @@ async def test_pause_mode_cancels_when_the_interruption_goes_on_past_the_deadlin
         llm.gate.set()
         second = await asyncio.wait_for(ended.get(), TIMEOUT)
     assert first.outcome == "interrupted" and first.reply == "Let me tell you a long story about robots."
-    assert speaker.pauses == 1 and speaker.flushes >= 1
+    assert speaker.pauses >= 1 and speaker.flushes >= 1
     assert second.transcript == "no wait tell me a joke" and second.outcome == "answered"
     assert llm.streams[0].closed_early
     assert events(logs, "barge_in_resumed") == []
@@ -338,6 +338,24 @@ async def test_cancel_mode_flushes_at_once_and_closes_the_llm_stream() -> None:
     first = await asyncio.wait_for(ended.get(), TIMEOUT)
     llm.gate.set()
     second = await asyncio.wait_for(ended.get(), TIMEOUT)
-    assert first.outcome == "interrupted" and speaker.pauses == 0 and speaker.flushes == 1
+    assert first.outcome == "interrupted" and speaker.flushes == 1  # paused when suspected, then dropped
     assert llm.streams[0].closed_early
     assert second.outcome == "answered" and second.transcript == "嗯"  # cancel mode does not judge
+
+
+async def test_a_blip_shorter_than_an_interruption_only_ducks_the_answer() -> None:
+    llm = FakeLlm(["Let me tell you a long story about robots. "])
+    llm.gate = asyncio.Event()
+    mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (0.06, True), (0.6, False)])
+    assistant, speaker, ended = make(mic=mic, llm=llm)
+    with capture_logs() as logs:
+        assert await assistant.wake()
+        for _ in range(500):
+            if events(logs, "barge_in_dismissed"):
+                break
+            await asyncio.sleep(0.01)
+        llm.gate.set()
+        turn = await asyncio.wait_for(ended.get(), TIMEOUT)
+    assert turn.outcome == "answered" and not turn.interrupted
+    assert speaker.pauses == speaker.resumes == 1 and speaker.flushes == 0
+    assert events(logs, "barge_in_detected") == []
