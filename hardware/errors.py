@@ -6,3 +6,6 @@ class HardwareError(Exception):
 
     The message names the device (``"microphone 'wav:question.wav'"``) and what went wrong.
     """
+
+    service = "audio"
+    """What a failed turn names as the failed part (``turn_failed service=audio``)."""
