@@ -4,7 +4,10 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := espeak-ng sox openssl libspeexdsp-dev
+# espeak-ng, sox: the stand-ins' voices; openssl: TLS test certificates; libspeexdsp-dev: the echo
+# canceller; portaudio19-dev: PyAudio; pulseaudio*, libasound2-plugins: a private sound server for
+# the tests of the live audio path.
+APT_PACKAGES := espeak-ng sox openssl libspeexdsp-dev portaudio19-dev pulseaudio pulseaudio-utils libasound2-plugins
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test system-packages venv clean
@@ -30,7 +33,7 @@ system-packages:
 $(STAMP): pyproject.toml | system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[stubs,aec,test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[stubs,aec,audio,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

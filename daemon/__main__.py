@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     stubs.add_argument("--tts-protocol", default="http", choices=("http", "websocket"))
     stubs.set_defaults(func=_cmd_stubs)
 
+    devices = sub.add_parser("devices", help="list the sound cards' inputs and outputs (for [audio])")
+    devices.set_defaults(func=_cmd_devices)
+
     demo = sub.add_parser("demo", help="one full voice turn against the stand-ins, WAV in, WAV out")
     demo.add_argument("--workdir", default="out", help="where the question and reply WAVs go (default: out)")
     demo.add_argument("--question", default=None, help="English question to speak (default: a weather question)")
@@ -102,6 +105,17 @@ def _cmd_stubs(args: argparse.Namespace) -> int:
     from daemon.stubs.runner import run_stubs
 
     return _run_until_signal(lambda stop: run_stubs(args, stop))
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    from hardware.pyaudio_io import format_devices, list_devices
+
+    try:
+        print(format_devices(list_devices()))
+    except HardwareError as exc:
+        print(f"moss-voice devices: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

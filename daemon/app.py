@@ -15,15 +15,16 @@ from daemon.clients.asr import FunAsrClient
 from daemon.clients.llm import OpenAiCompatibleLlm
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
-from daemon.devices import make_echo_canceller, open_devices
+from daemon.devices import make_echo_canceller, open_devices, reopen_microphone
 from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
 from daemon.resampled_tts import ResampledTts
 from hardware.vad import make_vad
 from states.barge_in import BargeInSettings
 from states.endpointer import EndpointerSettings
 from states.history import Conversation
+from states.mic_feed import MicFeed
 from states.model import Assistant, AssistantSettings, Earcons, Turn
-from states.ports import Speaker, TtsClient, Vad
+from states.ports import Microphone, Speaker, TtsClient, Vad
 from states.speech_text import SpeechTextSettings
 
 log = structlog.get_logger()
@@ -99,8 +100,9 @@ class App:
             mic, speaker = devices.mic, devices.speaker
             stack.push_async_callback(self._drain, speaker)
             vad = self._make_vad()
+            feed = MicFeed(mic, reopen=self._reopen_mic if s.audio.input.startswith("pyaudio:") else None)
             self.assistant = assistant = Assistant(
-                mic=mic,
+                mic=feed,
                 speaker=speaker,
                 vad=vad,
                 asr=asr,
@@ -164,6 +166,9 @@ class App:
             if result is not None:
                 await result
         self._turn_done.set()
+
+    async def _reopen_mic(self) -> Microphone:
+        return await reopen_microphone(self.settings.audio)
 
     @staticmethod
     async def _check_llm(llm: OpenAiCompatibleLlm) -> None:

@@ -115,9 +115,10 @@ class AudioSettings:
     """Where audio comes from and goes to. ``wav:PATH`` is a WAV file that behaves like a device."""
 
     input: str = "wav:question.wav"
-    """Microphone: ``wav:PATH``, or ``room:PATH`` (the file plus the echo of the speaker)."""
+    """Microphone: ``pyaudio:default``, ``pyaudio:NAME`` or ``pyaudio:INDEX`` (``moss-voice devices``
+    lists them), ``wav:PATH``, or ``room:PATH`` (the file plus the echo of the speaker)."""
     output: str = "wav:reply.wav"
-    """Speaker: ``wav:PATH``."""
+    """Speaker: ``pyaudio:default|NAME|INDEX`` or ``wav:PATH``."""
     output_rate: int | None = None
     """Sample rate of the output; default: the TTS server's rate (asked of the server)."""
     block_ms: int = 20

@@ -36,8 +36,8 @@ URL_SCHEMES: dict[str, tuple[str, ...]] = {
     "llm.url": ("http", "https"),
     "tts.url": ("http", "https", "ws", "wss"),
 }
-INPUT_SCHEMES = ("wav", "room")
-OUTPUT_SCHEMES = ("wav",)
+INPUT_SCHEMES = ("pyaudio", "wav", "room")
+OUTPUT_SCHEMES = ("pyaudio", "wav")
 SECRET_KEYS = {"llm.api_key": API_KEY_ENV}
 ZERO_ALLOWED = ("_turns", "pre_roll_ms", "delay_ms", "duck_after_ms")
 """Counts and durations that may be 0 (no history, no pre-roll); every other one must be positive."""
@@ -168,7 +168,7 @@ def _check_values(s: Settings) -> list[str]:
     for key, schemes in (("audio.input", INPUT_SCHEMES), ("audio.output", OUTPUT_SCHEMES)):
         scheme, _, rest = values[key].partition(":")
         if scheme not in schemes or not rest:
-            shapes = " or ".join(f"'{s}:PATH'" for s in schemes)
+            shapes = " or ".join(f"'{s}:{'DEVICE' if s == 'pyaudio' else 'PATH'}'" for s in schemes)
             problems.append(f"{key}: must look like {shapes}, got {values[key]!r}")
     for key in ("earcons.listening", "earcons.error"):
         if values[key] not in ("builtin", "off") and not Path(values[key]).is_file():

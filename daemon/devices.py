@@ -1,5 +1,6 @@
 """Open the microphone and speaker named in the config, and the echo reference between them.
 
+``pyaudio:default``, ``pyaudio:NAME``, ``pyaudio:INDEX`` is a sound card (``moss-voice devices``).
 ``wav:PATH`` plays or records a file on the wall clock. ``room:PATH`` (input only) is a simulated
 room: the file's speech plus the echo of what the speaker plays, for echo and barge-in tests and
 benchmarks.
@@ -13,13 +14,14 @@ from dataclasses import dataclass
 from daemon.config import AecSettings, AudioSettings
 from hardware.aec import NullEchoCanceller, SpeexEchoCanceller
 from hardware.errors import HardwareError
+from hardware.pyaudio_io import PyAudioMicrophone, PyAudioSpeaker
 from hardware.room import RoomAcoustics, RoomMicrophone, TappedSpeaker
 from hardware.wavfile import WavMicrophone, WavSpeaker
 from states.echo_reference import EchoReference
 from states.ports import EchoCanceller, Microphone, Speaker
 
-INPUT_KINDS = ("wav", "room")
-OUTPUT_KINDS = ("wav",)
+INPUT_KINDS = ("pyaudio", "wav", "room")
+OUTPUT_KINDS = ("pyaudio", "wav")
 
 
 @dataclass
@@ -37,24 +39,50 @@ async def open_devices(
     in_kind, _, in_target = audio.input.partition(":")
     out_kind, _, out_target = audio.output.partition(":")
     if in_kind not in INPUT_KINDS:
-        raise HardwareError(f"microphone {audio.input!r}: unknown kind {in_kind!r} (supported: wav:PATH, room:PATH)")
+        raise HardwareError(
+            f"microphone {audio.input!r}: unknown kind {in_kind!r} (supported: pyaudio:DEVICE, wav:PATH, room:PATH)"
+        )
     if out_kind not in OUTPUT_KINDS:
-        raise HardwareError(f"speaker {audio.output!r}: unknown kind {out_kind!r} (supported: wav:PATH)")
+        raise HardwareError(
+            f"speaker {audio.output!r}: unknown kind {out_kind!r} (supported: pyaudio:DEVICE, wav:PATH)"
+        )
+    if in_kind == "room" and out_kind != "wav":
+        raise HardwareError(f"microphone {audio.input!r}: a simulated room needs a wav: speaker to echo")
     reference = EchoReference(delay_ms=aec.reference_delay_ms) if aec.engine != "off" else None
-    wav_speaker = WavSpeaker(out_target, sample_rate=output_rate, block_ms=audio.block_ms)
-    tapped = in_kind == "room" or reference is not None
-    speaker: WavSpeaker | TappedSpeaker = TappedSpeaker(wav_speaker, reference=reference) if tapped else wav_speaker
-    mic: WavMicrophone | RoomMicrophone
+    speaker: WavSpeaker | TappedSpeaker | PyAudioSpeaker
+    if out_kind == "pyaudio":
+        speaker = PyAudioSpeaker(out_target, sample_rate=output_rate, block_ms=audio.block_ms)
+        if reference is not None:
+            speaker.on_played = reference.push  # what the card was handed, with when it is heard
+    else:
+        wav_speaker = WavSpeaker(out_target, sample_rate=output_rate, block_ms=audio.block_ms)
+        tapped = in_kind == "room" or reference is not None
+        speaker = TappedSpeaker(wav_speaker, reference=reference) if tapped else wav_speaker
+    mic: Microphone
     if in_kind == "room":
         assert isinstance(speaker, TappedSpeaker)
         mic = RoomMicrophone(in_target, speaker=speaker, acoustics=RoomAcoustics(), block_ms=audio.block_ms)
     else:
-        mic = WavMicrophone(in_target, block_ms=audio.block_ms)
-    await mic.open()
+        mic = new_microphone(audio)
+    await mic.open()  # type: ignore[attr-defined]
     stack.push_async_callback(mic.aclose)
     await speaker.open()
     stack.push_async_callback(speaker.aclose)
     return AudioDevices(mic=mic, speaker=speaker, reference=reference)
+
+
+def new_microphone(audio: AudioSettings) -> Microphone:
+    kind, _, target = audio.input.partition(":")
+    if kind == "pyaudio":
+        return PyAudioMicrophone(target, block_ms=audio.block_ms)
+    return WavMicrophone(target, block_ms=audio.block_ms)
+
+
+async def reopen_microphone(audio: AudioSettings) -> Microphone:
+    """The microphone again, after it failed (a USB microphone unplugged and plugged back)."""
+    mic = new_microphone(audio)
+    await mic.open()  # type: ignore[attr-defined]
+    return mic
 
 
 def make_echo_canceller(aec: AecSettings) -> EchoCanceller | None:

@@ -8,11 +8,12 @@ from collections.abc import Sequence
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.errors import AsrError, LlmError, TtsError
+from daemon.errors import AsrError, HardwareError, LlmError, TtsError
 from states.barge_in import BargeInSettings
 from states.endpointer import EndpointerSettings
 from states.history import Conversation
 from states.machine import State
+from states.mic_feed import MicFeed
 from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.speech_text import SpeechTextSettings
 from tests.fakes import SPEECH, FakeAsr, FakeLlm, FakeMic, FakeSpeaker, FakeTts, FakeVad
@@ -24,7 +25,7 @@ QUESTION_SCRIPT = [(0.3, False), (0.6, True), (0.5, False)]
 
 def make(
     *,
-    mic: FakeMic | None = None,
+    mic: FakeMic | MicFeed | None = None,
     asr: FakeAsr | None = None,
     llm: FakeLlm | None = None,
     tts: FakeTts | None = None,
@@ -359,3 +360,45 @@ async def test_a_blip_shorter_than_an_interruption_only_ducks_the_answer() -> No
     assert turn.outcome == "answered" and not turn.interrupted
     assert speaker.pauses == speaker.resumes == 1 and speaker.flushes == 0
     assert events(logs, "barge_in_detected") == []
+
+
+class DyingMic(FakeMic):
+    """A USB microphone pulled out after a few blocks."""
+
+    def __init__(self, blocks: int) -> None:
+        super().__init__([(5.0, False)])
+        self._left = blocks
+
+    async def read(self) -> bytes:
+        self._left -= 1
+        if self._left < 0:
+            raise HardwareError("microphone 'pyaudio:USB': the stream stopped (device gone?)")
+        return await super().read()
+
+
+async def test_a_lost_microphone_fails_the_turn_is_reopened_and_the_next_turn_works() -> None:
+    reopened: list[FakeMic] = []
+
+    async def reopen() -> FakeMic:
+        mic = FakeMic([(0.5, False), (0.6, True), (0.5, False)])  # the user speaks once woken again
+        reopened.append(mic)
+        return mic
+
+    feed = MicFeed(DyingMic(blocks=5), reopen=reopen, reopen_every_s=0.05)
+    asr = FakeAsr("(the lost turn)", "are you there")
+    assistant, _, ended = make(mic=feed, asr=asr, llm=FakeLlm(["Yes, I am here."]))
+    with capture_logs() as logs:
+        first = await one_turn(assistant, ended)
+        for _ in range(200):
+            if reopened:
+                break
+            await asyncio.sleep(0.01)
+        second = await one_turn(assistant, ended)
+    assert first.outcome == "failed" and first.failed_service == "audio"
+    assert "device gone" in (first.failure or "")
+    assert [e["event"] for e in logs if e["event"] in ("mic_failed", "mic_recovered")] == [
+        "mic_failed",
+        "mic_recovered",
+    ]
+    assert second.outcome == "answered" and second.reply == "Yes, I am here."
+    await assistant.aclose()
