@@ -386,7 +386,9 @@ class Assistant:
         except asyncio.CancelledError:
             # Interrupted: remember only what the user actually heard.
             turn.reply = progress.heard(self.speaker.audio_samples_played - played_before)
-            self.conversation.record(question, turn.reply, self._clock())
+            if turn.reply:  # the model should know it was cut off, not that it said all it meant to
+                said = turn.reply if turn.reply.endswith("…") else turn.reply + "…"
+                self.conversation.record(question, said, self._clock())
             raise
         turn.reply, turn.truncated, turn.finish_reason = outcome.spoken, outcome.truncated, outcome.finish_reason
         self.conversation.record(question, outcome.spoken, self._clock())

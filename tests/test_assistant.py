@@ -242,7 +242,7 @@ async def test_the_user_cutting_in_stops_the_answer_and_becomes_the_next_questio
     assert second.outcome == "answered" and second.transcript == "what about tomorrow"
     # the interrupted answer is in the history as it was heard
     assert [(m.role, m.content) for m in llm.requests[1]][1:3] == [
-        ("user", "tell me a story"), ("assistant", "Let me tell you a long story about robots.")]  # fmt: skip
+        ("user", "tell me a story"), ("assistant", "Let me tell you a long story about robots.…")]  # fmt: skip  (marked: cut off)
 
 
 async def test_a_stop_word_ends_the_answer_without_a_new_question() -> None:
