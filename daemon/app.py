@@ -18,6 +18,7 @@ from daemon.config import Settings
 from daemon.devices import make_echo_canceller, open_devices, reopen_microphone
 from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
 from daemon.resampled_tts import ResampledTts
+from hardware.errors import HardwareError
 from hardware.vad import make_vad
 from states.barge_in import BargeInSettings
 from states.endpointer import EndpointerSettings
@@ -196,5 +197,5 @@ class App:
     @staticmethod
     async def _drain(speaker: Speaker) -> None:
         """Let the last words (or the failure earcon) play out before the output closes."""
-        with contextlib.suppress(TimeoutError):
+        with contextlib.suppress(TimeoutError, HardwareError):
             await asyncio.wait_for(speaker.drain(), DRAIN_ON_EXIT_S)

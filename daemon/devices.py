@@ -12,6 +12,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
 from daemon.config import AecSettings, AudioSettings
+from daemon.reopening_speaker import ReopeningSpeaker
 from hardware.aec import NullEchoCanceller, SpeexEchoCanceller
 from hardware.errors import HardwareError
 from hardware.pyaudio_io import PyAudioMicrophone, PyAudioSpeaker
@@ -49,11 +50,18 @@ async def open_devices(
     if in_kind == "room" and out_kind != "wav":
         raise HardwareError(f"microphone {audio.input!r}: a simulated room needs a wav: speaker to echo")
     reference = EchoReference(delay_ms=aec.reference_delay_ms) if aec.engine != "off" else None
-    speaker: WavSpeaker | TappedSpeaker | PyAudioSpeaker
+    speaker: WavSpeaker | TappedSpeaker | ReopeningSpeaker
     if out_kind == "pyaudio":
-        speaker = PyAudioSpeaker(out_target, sample_rate=output_rate, block_ms=audio.block_ms)
-        if reference is not None:
-            speaker.on_played = reference.push  # what the card was handed, with when it is heard
+
+        async def reopen() -> Speaker:
+            card = PyAudioSpeaker(out_target, sample_rate=output_rate, block_ms=audio.block_ms)
+            if reference is not None:
+                card.on_played = reference.push  # what the card was handed, with when it is heard
+            await card.open()
+            return card
+
+        first = await reopen()
+        stack.push_async_callback((speaker := ReopeningSpeaker(first, reopen)).aclose)
     else:
         wav_speaker = WavSpeaker(out_target, sample_rate=output_rate, block_ms=audio.block_ms)
         tapped = in_kind == "room" or reference is not None
@@ -66,8 +74,9 @@ async def open_devices(
         mic = new_microphone(audio)
     await mic.open()  # type: ignore[attr-defined]
     stack.push_async_callback(mic.aclose)
-    await speaker.open()
-    stack.push_async_callback(speaker.aclose)
+    if not isinstance(speaker, ReopeningSpeaker):
+        await speaker.open()
+        stack.push_async_callback(speaker.aclose)
     return AudioDevices(mic=mic, speaker=speaker, reference=reference)
 
 

@@ -472,7 +472,10 @@ class Assistant:
             transcript=turn.transcript,
         )
         if self.earcons.error is not None:
-            await self.speaker.write(self.earcons.error(self.speaker.sample_rate))
+            try:
+                await self.speaker.write(self.earcons.error(self.speaker.sample_rate))
+            except Exception as exc:  # noqa: BLE001 - the speaker itself may be what failed
+                log.warning("earcon_failed", error=str(exc))
         await self._end_turn(turn, "failed")
 
     async def _end_turn(self, turn: Turn, outcome: str, *, interrupted: bool = False) -> None:

@@ -240,9 +240,9 @@ async def test_the_user_cutting_in_stops_the_answer_and_becomes_the_next_questio
     assert interruption_audio.count(SPEECH) == 16000 * 4 // 10
     assert interruption_audio.startswith(b"\x00\x00")
     assert second.outcome == "answered" and second.transcript == "what about tomorrow"
-    # the interrupted answer is in the history as it was heard
+    # the interrupted answer is in the history as it was heard, marked as cut off
     assert [(m.role, m.content) for m in llm.requests[1]][1:3] == [
-        ("user", "tell me a story"), ("assistant", "Let me tell you a long story about robots.…")]  # fmt: skip  (marked: cut off)
+        ("user", "tell me a story"), ("assistant", "Let me tell you a long story about robots.…")]  # fmt: skip
 
 
 async def test_a_stop_word_ends_the_answer_without_a_new_question() -> None:

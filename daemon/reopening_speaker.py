@@ -1,0 +1,110 @@
+"""A speaker that survives its device: when the sound card fails (a USB speaker unplugged), the
+turn ends with the error, and the device is reopened every few seconds until it is back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+
+import structlog
+
+from hardware.errors import HardwareError
+from states.ports import Speaker
+
+log = structlog.get_logger()
+
+
+class ReopeningSpeaker:
+    """Forwards the Speaker port to the current device; replaces the device when it fails."""
+
+    def __init__(
+        self, first: Speaker, reopen: Callable[[], Awaitable[Speaker]], *, reopen_every_s: float = 3.0
+    ) -> None:
+        self._inner: Speaker | None = first
+        self._reopen = reopen
+        self._reopen_every_s = reopen_every_s
+        self.sample_rate = first.sample_rate
+        self._played_before = 0  # samples heard on devices that are gone
+        self._task: asyncio.Task[None] | None = None
+        self._error: HardwareError | None = None
+
+    @property
+    def device(self) -> Speaker | None:
+        return self._inner
+
+    def _current(self) -> Speaker:
+        if self._inner is None:
+            raise self._error or HardwareError("speaker: being reopened")
+        return self._inner
+
+    def _failed(self, exc: HardwareError) -> None:
+        if self._inner is None:
+            return
+        log.error("speaker_failed", error=str(exc))
+        self._played_before += self._inner.audio_samples_played
+        old, self._inner, self._error = self._inner, None, exc
+        self._task = asyncio.create_task(self._recover(old), name="speaker-reopen")
+
+    async def _recover(self, old: Speaker) -> None:
+        with contextlib.suppress(Exception):
+            await old.aclose()
+        attempt = 0
+        while True:
+            await asyncio.sleep(self._reopen_every_s)
+            attempt += 1
+            try:
+                new = await self._reopen()
+            except Exception as exc:  # noqa: BLE001 - keep trying until the device is back
+                log.warning("speaker_reopen_failed", attempt=attempt, error=str(exc))
+                continue
+            self._inner, self._error = new, None
+            log.info("speaker_recovered", attempts=attempt)
+            return
+
+    async def write(self, pcm: bytes) -> None:
+        inner = self._current()
+        try:
+            await inner.write(pcm)
+        except HardwareError as exc:
+            self._failed(exc)
+            raise
+
+    async def drain(self) -> None:
+        inner = self._current()
+        try:
+            await inner.drain()
+        except HardwareError as exc:
+            self._failed(exc)
+            raise
+
+    async def wait_audible(self) -> float:
+        inner = self._current()
+        try:
+            return await inner.wait_audible()
+        except HardwareError as exc:
+            self._failed(exc)
+            raise
+
+    def flush(self) -> None:
+        if self._inner is not None:
+            self._inner.flush()
+
+    def pause(self) -> None:
+        if self._inner is not None:
+            self._inner.pause()
+
+    def resume(self) -> None:
+        if self._inner is not None:
+            self._inner.resume()
+
+    @property
+    def audio_samples_played(self) -> int:
+        return self._played_before + (self._inner.audio_samples_played if self._inner is not None else 0)
+
+    async def aclose(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.wait({self._task})
+        if self._inner is not None:
+            await self._inner.aclose()
