@@ -23,6 +23,8 @@ from daemon.stubs.runner import start_stubs
 from states.model import Turn
 
 LEAD_IN_S = 0.5
+EARCON_S = 0.4
+"""Room for the listening tone at the start of the output."""
 """Silence before the question, as when someone starts talking a moment after the wake."""
 
 
@@ -32,7 +34,7 @@ async def run_demo(workdir: str, *, question: str | None = None, stop: asyncio.E
     question = question or DEMO_QUESTION
     question_wav = out / "question.wav"
     reply_wav = out / "reply.wav"
-    await asyncio.to_thread(_speak_question, question, question_wav)
+    question_end = await asyncio.to_thread(_speak_question, question, question_wav)
     configure_logging("info", "console")
     print(f"moss-voice demo: question {question!r} spoken into {question_wav}\n", flush=True)
 
@@ -49,11 +51,12 @@ async def run_demo(workdir: str, *, question: str | None = None, stop: asyncio.E
         code = await app.run(stop)
 
     turn = app.turns[-1] if app.turns else None
-    print(_summary(turn, reply_wav), flush=True)
+    print(_summary(turn, reply_wav, question_end), flush=True)
     return code
 
 
-def _speak_question(text: str, path: Path) -> None:
+def _speak_question(text: str, path: Path) -> float:
+    """Write the question with a lead-in; return the time (s into the file) it ends."""
     make_question_wav(text, path)
     with wave.open(str(path), "rb") as w:
         rate, frames = w.getframerate(), w.readframes(w.getnframes())
@@ -63,9 +66,10 @@ def _speak_question(text: str, path: Path) -> None:
         w.setsampwidth(2)
         w.setframerate(rate)
         w.writeframes(lead + frames)
+    return LEAD_IN_S + len(frames) / 2 / rate
 
 
-def _summary(turn: Turn | None, reply_wav: Path) -> str:
+def _summary(turn: Turn | None, reply_wav: Path, question_end: float) -> str:
     if turn is None:
         return "\nNo turn finished."
     lines = ["", "=" * 72, f"turn {turn.id}: {turn.outcome}"]
@@ -82,22 +86,23 @@ def _summary(turn: Turn | None, reply_wav: Path) -> str:
     }
     for key, value in turn.times.latencies_ms().items():
         lines.append(f"    {labels[key]:<45} {value if value is not None else '-':>6}")
-    lines.append(f"  reply audio: {_describe_wav(reply_wav)}")
+    lines.append(f"  reply audio: {_describe_wav(reply_wav, question_end)}")
     lines.append("=" * 72)
     return "\n".join(lines)
 
 
-def _describe_wav(path: Path) -> str:
+def _describe_wav(path: Path, question_end: float) -> str:
     try:
         with wave.open(str(path), "rb") as w:
             rate = w.getframerate()
             samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
     except (OSError, wave.Error, EOFError) as exc:
         return f"{path}: unreadable ({exc})"
-    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 300)
+    skip = int(EARCON_S * rate)  # the listening tone at the start
+    loud = np.flatnonzero(np.abs(samples[skip:].astype(np.int32)) > 300) + skip
     if not len(loud):
-        return f"{path}: {len(samples) / rate:.1f} s at {rate} Hz, silent"
+        return f"{path}: {len(samples) / rate:.1f} s at {rate} Hz, no answer in it"
     return (
-        f"{path}: {len(samples) / rate:.1f} s at {rate} Hz, speech from {loud[0] / rate:.2f} s "
-        f"to {loud[-1] / rate:.2f} s"
+        f"{path}: {len(samples) / rate:.1f} s at {rate} Hz; the listening tone at 0 s, the answer from "
+        f"{loud[0] / rate:.2f} s to {loud[-1] / rate:.2f} s (the question ended at {question_end:.2f} s)"
     )
