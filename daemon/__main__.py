@@ -22,6 +22,11 @@ EXIT_CONFIG = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["bench", "latency"]:  # its options are its own, --help included
+        from daemon.bench.latency import main as latency_main
+
+        return int(latency_main(argv[2:]) or 0)
     args = _parser().parse_args(argv)
     try:
         return int(args.func(args))
@@ -73,6 +78,12 @@ def _parser() -> argparse.ArgumentParser:
     aec = bench_sub.add_parser("aec", help="echo cancellation: echo removed, double talk, VAD false triggers")
     aec.add_argument("--seconds", type=float, default=60.0, help="seconds of robot speech fed back (default 60)")
     aec.set_defaults(func=_cmd_bench_aec)
+    latency = bench_sub.add_parser(
+        "latency",
+        help="first-audio latency at the output, against the stand-ins, with injected service delays",
+        add_help=False,  # its own --help lists its options
+    )
+    latency.add_argument("args", nargs=argparse.REMAINDER, help="options of the latency benchmark (see --help)")
     barge = bench_sub.add_parser("barge-in", help="reaction to a user cutting in, over n interruptions")
     barge.add_argument("-n", type=int, default=20, help="interruptions (default 20)")
     barge.add_argument("--mode", choices=("pause", "cancel"), default="pause")

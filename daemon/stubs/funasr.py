@@ -116,8 +116,13 @@ class FunAsrBehaviour:
     """python-classic: answer the end marker with nothing, as when the VAD had already closed the segment."""
     extra_fields: dict[str, Any] = field(default_factory=dict)
     """Merged into every automatic result (e.g. timestamp as a string or an int, spk_name, slice_type)."""
+    final_delay_s: float = 0.0
+    """Wait this long after the end marker before the final result (the offline pass of a busy
+    server); benchmarks inject ASR latency with it. Not applied to ``script``."""
 
     def __post_init__(self) -> None:
+        if self.final_delay_s < 0:
+            raise ValueError(f"final_delay_s must be >= 0, got {self.final_delay_s}")
         if self.flavour not in ASR_FLAVOURS:
             raise ValueError(f"unknown flavour {self.flavour!r}; expected one of {', '.join(ASR_FLAVOURS)}")
         if self.misbehave is not None and self.misbehave not in MISBEHAVIOURS:
@@ -527,6 +532,8 @@ class _Utterance:
         if b.script is not None:
             await self._script(lambda step: step.after_end)
         else:
+            if b.final_delay_s > 0:
+                await asyncio.sleep(b.final_delay_s)
             text = await self._final_text()
             self.session.recognised = text
             if b.misbehave == "error":

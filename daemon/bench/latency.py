@@ -1,0 +1,308 @@
+"""``moss-voice bench latency``: what the user feels, measured at the audio output.
+
+For each scenario (service latencies injected into the stand-ins), ``n`` fresh daemon turns with
+a WAV microphone and a WAV speaker: the latency is read off the two timelines, from the last loud
+sample of the question in the input to the first reply sample in the output. The limit the
+services set (end silence + ASR + time to first token + first clause + TTS first chunk) is
+subtracted: the rest is moss-voice's overhead. The same turns through a sequential controller
+(whole transcript, whole answer, whole TTS, then play) give the ratio streaming saves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+import wave
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from daemon.app import App
+from daemon.bench.report import render_png, render_table
+from daemon.bench.scenarios import DEFAULT_SCENARIOS, QUESTION, SCENARIOS, Scenario, first_clause, limit_for
+from daemon.bench.sequential import run_sequential
+from daemon.bench.timeline import Reply, last_loud_s, read_pcm, reply_after
+from daemon.config import (
+    AecSettings,
+    AsrSettings,
+    AudioSettings,
+    LlmSettings,
+    Settings,
+    TtsSettings,
+    VadSettings,
+)
+from daemon.logs import configure_logging
+from daemon.stubs.funasr import FunAsrBehaviour, make_question_wav
+from daemon.stubs.openai import tokenize
+from daemon.stubs.paddlespeech import PaddleSpeechBehaviour, espeak_pcm
+from daemon.stubs.runner import demo_llm_behaviour, start_stubs
+from hardware.wavfile import WavMicrophone, WavSpeaker
+
+log = structlog.get_logger()
+
+RATE = 16000
+LEAD_IN_S = 0.5
+WINDOW_S = 8.0
+"""A streaming turn is stopped this long after its first reply sample (gaps are looked for in it)."""
+TURN_TIMEOUT_S = 90.0
+
+
+def make_input(workdir: Path) -> tuple[Path, float]:
+    """The question after LEAD_IN_S of silence; returns the path and where the speech ends (s)."""
+    raw = make_question_wav(QUESTION, workdir / "question-raw.wav")
+    pcm, rate = read_pcm(raw)
+    samples = np.concatenate([np.zeros(int(LEAD_IN_S * rate), dtype="<i2"), pcm])
+    path = workdir / "question.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(samples.tobytes())
+    return path, last_loud_s(samples, rate)
+
+
+def _settings(stubs: tuple[Any, Any, Any], scenario: Scenario, qwav: Path, out: Path) -> Settings:
+    asr, llm, tts = stubs
+    return Settings(
+        asr=AsrSettings(url=asr.url),
+        llm=LlmSettings(url=llm.url),
+        tts=TtsSettings(url=tts.url),
+        audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
+        vad=VadSettings(end_silence_ms=scenario.end_silence_ms),
+        aec=AecSettings(engine="off"),  # WAV devices: no echo path
+    )
+
+
+def _reply(mic: WavMicrophone, speaker: WavSpeaker, out: Path, speech_end_s: float) -> Reply | None:
+    assert mic.opened_at is not None and speaker.opened_at is not None
+    shift = speaker.opened_at - mic.opened_at
+    return reply_after(speaker.played_audio_spans, speaker.sample_rate, out, shift_s=shift, after_s=speech_end_s)
+
+
+async def streaming_turn(
+    settings: Settings, out: Path, speech_end_s: float, window_s: float
+) -> tuple[Reply | None, dict[str, float | None]]:
+    """One fresh daemon run (``once``), stopped ``window_s`` after the reply started."""
+    stop = asyncio.Event()
+    app = App(settings, once=True)
+
+    async def watch() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+            assistant = app.assistant
+            if assistant is None:
+                continue
+            mic, speaker = assistant.mic, assistant.speaker
+            if not isinstance(mic, WavMicrophone) or not isinstance(speaker, WavSpeaker):
+                continue
+            if mic.opened_at is None or speaker.opened_at is None:
+                continue
+            shift = speaker.opened_at - mic.opened_at
+            started = [a / speaker.sample_rate + shift for a, _ in speaker.played_audio_spans]
+            started = [t for t in started if t >= speech_end_s]
+            if started and time.monotonic() - mic.opened_at > started[0] + window_s:
+                stop.set()
+
+    watcher = asyncio.create_task(watch(), name="bench-watch")
+    try:
+        await asyncio.wait_for(app.run(stop), TURN_TIMEOUT_S)
+    finally:
+        watcher.cancel()
+        await asyncio.wait([watcher])
+    assert app.assistant is not None
+    mic, speaker = app.assistant.mic, app.assistant.speaker
+    assert isinstance(mic, WavMicrophone) and isinstance(speaker, WavSpeaker)
+    return _reply(mic, speaker, out, speech_end_s), _daemon_times(app, mic, speech_end_s)
+
+
+def _daemon_times(app: App, mic: WavMicrophone, speech_end_s: float) -> dict[str, float | None]:
+    """Where the daemon's own clock says the time went: ``vad_decided_ms`` is when the VAD ended
+    the utterance (after the real end of speech, end silence included), then the daemon's stages."""
+    if not app.turns or mic.opened_at is None:
+        return {}
+    times = app.turns[-1].times
+    figures: dict[str, float | None] = {
+        key: None if value is None else float(value) for key, value in times.latencies_ms().items()
+    }
+    decided = None if times.speech_end is None else (times.speech_end - mic.opened_at - speech_end_s) * 1000
+    figures["vad_decided_ms"] = None if decided is None else round(decided, 1)
+    return figures
+
+
+async def sequential_turn(settings: Settings, qwav: Path, out: Path, speech_end_s: float) -> Reply | None:
+    mic, speaker = await asyncio.wait_for(run_sequential(settings, qwav, out), TURN_TIMEOUT_S)
+    return _reply(mic, speaker, out, speech_end_s)
+
+
+async def tts_synth_s(text: str, rate: int = 24000, runs: int = 3) -> float:
+    """The stand-in TTS's own synthesis time for ``text`` (espeak-ng), median of ``runs``."""
+    times = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        await espeak_pcm(text, rate)
+        times.append(time.monotonic() - t0)
+    return statistics.median(times)
+
+
+def _turn_figures(reply: Reply | None, speech_end_s: float, limit_s: float | None) -> dict[str, float | None]:
+    if reply is None:
+        return {"first_audio_ms": None, "first_sound_ms": None, "overhead_ms": None, "longest_gap_ms": None}
+    first = (reply.first_audio_s - speech_end_s) * 1000
+    sound = None if reply.first_sound_s is None else (reply.first_sound_s - speech_end_s) * 1000
+    return {
+        "first_audio_ms": round(first, 1),
+        "first_sound_ms": None if sound is None else round(sound, 1),
+        "overhead_ms": None if limit_s is None else round(first - limit_s * 1000, 1),
+        "longest_gap_ms": round(reply.longest_gap_s * 1000, 1),
+        "audio_s": round(reply.audio_s, 2),
+    }
+
+
+def _stats(values: Sequence[float | None]) -> dict[str, float | None]:
+    valid = [v for v in values if v is not None]
+    if not valid:
+        return {"median": None, "p90": None, "max": None}
+    return {
+        "median": round(float(statistics.median(valid)), 1),
+        "p90": round(float(np.percentile(valid, 90)), 1),
+        "max": round(float(max(valid)), 1),
+    }
+
+
+async def measure_scenario(
+    scenario: Scenario, n: int, workdir: Path, *, sequential: bool = True, window_s: float = WINDOW_S
+) -> dict[str, Any]:
+    qwav, speech_end_s = await asyncio.to_thread(make_input, workdir)
+    clause, index = first_clause(scenario.answer)
+    synth = await tts_synth_s(clause)
+    limit = limit_for(scenario, tts_synth_s=synth)
+    turns: list[dict[str, Any]] = []
+    seq_turns: list[dict[str, Any]] = []
+    async with AsyncExitStack() as stack:
+        stubs = await start_stubs(
+            stack,
+            asr=FunAsrBehaviour(transcript_override=QUESTION, final_delay_s=scenario.asr_final_delay_s),
+            llm=demo_llm_behaviour(
+                answers={},
+                default_answer=scenario.answer,
+                first_token_delay_s=scenario.llm_ttft_s,
+                tokens_per_s=scenario.llm_tokens_per_s,
+            ),
+            tts=PaddleSpeechBehaviour(first_chunk_delay_s=scenario.tts_first_chunk_s, realtime_factor=scenario.tts_rtf),
+        )
+        for i in range(n):
+            out = workdir / f"{scenario.name}-stream-{i}.wav"
+            reply, daemon_times = await streaming_turn(
+                _settings(stubs, scenario, qwav, out), out, speech_end_s, window_s
+            )
+            turns.append({**_turn_figures(reply, speech_end_s, limit.total_s), "daemon": daemon_times})
+            log.warning("bench_turn", scenario=scenario.name, mode="streaming", turn=i, **turns[-1])
+            if sequential:
+                out = workdir / f"{scenario.name}-seq-{i}.wav"
+                reply = await sequential_turn(_settings(stubs, scenario, qwav, out), qwav, out, speech_end_s)
+                seq_turns.append(_turn_figures(reply, speech_end_s, None))
+                log.warning("bench_turn", scenario=scenario.name, mode="sequential", turn=i, **seq_turns[-1])
+    summary: dict[str, Any] = {
+        key: _stats([t.get(key) for t in turns])
+        for key in ("first_audio_ms", "first_sound_ms", "overhead_ms", "longest_gap_ms")
+    }
+    summary["daemon"] = {
+        key: _stats([t["daemon"].get(key) for t in turns if isinstance(t.get("daemon"), dict)])
+        for key in ("vad_decided_ms", "asr_final_ms", "llm_first_token_ms", "tts_first_audio_ms", "first_audio_ms")
+    }
+    if sequential:
+        summary["sequential_first_audio_ms"] = _stats([t.get("first_audio_ms") for t in seq_turns])
+        s, f = summary["sequential_first_audio_ms"]["median"], summary["first_audio_ms"]["median"]
+        summary["ratio_sequential_to_streaming"] = None if not s or not f else round(s / f, 2)
+    return {
+        "scenario": scenario.as_dict(),
+        "answer_tokens": len(tokenize(scenario.answer)),
+        "first_clause": clause,
+        "first_clause_token_index": index,
+        "tts_synth_ms": round(synth * 1000, 1),
+        "limit_ms": {
+            "end_silence": round(limit.end_silence_s * 1000, 1),
+            "asr": round(limit.asr_s * 1000, 1),
+            "ttft": round(limit.ttft_s * 1000, 1),
+            "first_clause": round(limit.first_clause_s * 1000, 1),
+            "tts": round(limit.tts_s * 1000, 1),
+            "total": round(limit.total_s * 1000, 1),
+        },
+        "turns": turns,
+        "sequential_turns": seq_turns,
+        "summary": summary,
+    }
+
+
+async def measure(
+    names: Sequence[str], n: int, workdir: Path, *, sequential: bool = True, window_s: float = WINDOW_S
+) -> dict[str, Any]:
+    results: dict[str, Any] = {"n": n, "window_s": window_s, "scenarios": {}}
+    for name in names:
+        sdir = workdir / name
+        sdir.mkdir(parents=True, exist_ok=True)
+        results["scenarios"][name] = await measure_scenario(
+            SCENARIOS[name], n, sdir, sequential=sequential, window_s=window_s
+        )
+    return results
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="moss-voice bench latency", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=5, help="turns per scenario (default 5)")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help=f"repeatable; default: {', '.join(DEFAULT_SCENARIOS)}",
+    )
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
+    parser.add_argument("--png", type=Path, metavar="PATH", help="latency breakdown chart (needs matplotlib)")
+    parser.add_argument("--no-sequential", action="store_true", help="skip the sequential comparison")
+    parser.add_argument("--window", type=float, default=WINDOW_S, help="seconds of each answer to play (gaps)")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("-n must be at least 1")
+    if args.window <= 0:
+        parser.error("--window must be positive")
+    return args
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure what ``args`` asks for; the WAV files go to ``--keep`` or a temporary folder."""
+    names = args.scenario or list(DEFAULT_SCENARIOS)
+    sequential, window_s = not args.no_sequential, args.window
+    if args.keep is not None:
+        await asyncio.to_thread(args.keep.mkdir, parents=True, exist_ok=True)
+        return await measure(names, args.n, args.keep, sequential=sequential, window_s=window_s)
+    with tempfile.TemporaryDirectory(prefix="moss-bench-") as tmp:
+        return await measure(names, args.n, Path(tmp), sequential=sequential, window_s=window_s)
+
+
+def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> str:
+    """Write ``--json`` and ``--png``; return the text to print (the table and where things went)."""
+    lines = [render_table(results)]
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+        lines.append(f"raw figures: {args.json}")
+    if args.png is not None:
+        problem = render_png(results, args.png)
+        lines.append(problem or f"chart: {args.png}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_logging("warning", "console")
+    results = asyncio.run(run(args))
+    print(write_outputs(results, args))
+    return 0

@@ -1,0 +1,122 @@
+"""The latency benchmark's table and chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+STAGES = ("end_silence", "asr", "ttft", "first_clause", "tts")
+STAGE_LABELS = {
+    "end_silence": "end silence (VAD)",
+    "asr": "ASR final",
+    "ttft": "LLM first token",
+    "first_clause": "LLM first clause",
+    "tts": "TTS first chunk",
+    "overhead": "moss-voice overhead",
+}
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def _pair(stats: dict[str, float | None] | None) -> str:
+    if not stats:
+        return "-"
+    return f"{_ms(stats.get('median'))} / {_ms(stats.get('p90'))}"
+
+
+def _vad_lag(r: dict[str, Any]) -> float | None:
+    """Median time the VAD took, beyond the configured end silence, to end the utterance."""
+    decided = r["summary"].get("daemon", {}).get("vad_decided_ms", {}).get("median")
+    return None if decided is None else decided - r["limit_ms"]["end_silence"]
+
+
+def render_table(results: dict[str, Any]) -> str:
+    """Median / p90 per figure and scenario, in ms."""
+    rows = [
+        (
+            "scenario",
+            "limit",
+            "first audio",
+            "overhead",
+            "of it VAD",
+            "first sound",
+            "longest gap (max)",
+            "sequential",
+            "seq/stream",
+        )
+    ]
+    for name, r in results["scenarios"].items():
+        s = r["summary"]
+        gap = s["longest_gap_ms"]
+        rows.append(
+            (
+                name,
+                _ms(r["limit_ms"]["total"]),
+                _pair(s["first_audio_ms"]),
+                _pair(s["overhead_ms"]),
+                _ms(_vad_lag(r)),
+                _pair(s["first_sound_ms"]),
+                f"{_pair(gap)} ({_ms(gap.get('max'))})",
+                _pair(s.get("sequential_first_audio_ms")),
+                "-" if s.get("ratio_sequential_to_streaming") is None else f"{s['ratio_sequential_to_streaming']:.2f}x",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        f"latency at the output, end of the user's speech -> first reply sample; median / p90 in ms, n={results['n']}"
+    ]
+    for k, row in enumerate(rows):
+        lines.append(
+            "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        )
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append("overhead = first audio - limit; 'of it VAD': the VAD ended the utterance this long after")
+    lines.append("the last loud sample plus the end silence (median; the daemon's own clock)")
+    lines.append("")
+    lines.append("limit = end silence + ASR final + LLM first token + first clause + TTS first chunk:")
+    for name, r in results["scenarios"].items():
+        lim = r["limit_ms"]
+        parts = " + ".join(f"{_ms(lim[k])}" for k in STAGES)
+        lines.append(f"  {name}: {parts} = {_ms(lim['total'])}  (first clause {r['first_clause']!r})")
+    return "\n".join(lines)
+
+
+def render_png(results: dict[str, Any], path: Path) -> str | None:
+    """Stacked bars of the latency breakdown per scenario; a message instead if matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install 'moss-voice[bench]'): no chart"
+    names = list(results["scenarios"])
+    fig, ax = plt.subplots(figsize=(2.2 * len(names) + 3, 5))
+    bottoms = [0.0] * len(names)
+    for stage in (*STAGES, "overhead"):
+        heights = []
+        for name in names:
+            r = results["scenarios"][name]
+            value = r["summary"]["overhead_ms"]["median"] if stage == "overhead" else r["limit_ms"][stage]
+            heights.append(max(value or 0.0, 0.0))
+        ax.bar(names, heights, bottom=bottoms, label=STAGE_LABELS[stage])
+        bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
+    for i, name in enumerate(names):
+        summary = results["scenarios"][name]["summary"]
+        seq = summary.get("sequential_first_audio_ms", {}).get("median")
+        ratio = summary.get("ratio_sequential_to_streaming")
+        label = f"{bottoms[i]:.0f} ms"
+        if seq:  # as text: its bar would dwarf the breakdown
+            label += f"\nsequential {seq:.0f} ms" + (f" ({ratio:.1f}x)" if ratio else "")
+        ax.annotate(label, (i, bottoms[i]), textcoords="offset points", xytext=(0, 4), ha="center", fontsize="small")
+    ax.set_ylim(0, max(bottoms, default=1.0) * 1.3)
+    ax.set_ylabel("ms, end of speech -> first reply sample (median)")
+    ax.set_title(f"moss-voice latency breakdown (n={results['n']})")
+    ax.legend(loc="upper left", fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return None
