@@ -391,6 +391,18 @@ def _resampler(in_rate: int, out_rate: int) -> Any:
 # --------------------------------------------------------------------------- microphone
 
 
+async def _open_in_thread(name: str, open_blocking: Callable[[], Any], thread_name: str) -> Any:
+    """Run a device's blocking open off the loop, bounded in time, every failure a HardwareError."""
+    try:
+        return await _in_thread(open_blocking, name=thread_name, timeout=_OPEN_TIMEOUT_S, discard=_discard_opened)
+    except TimeoutError as exc:
+        raise HardwareError(f"{name}: opening the device took longer than {_OPEN_TIMEOUT_S:.0f} s") from exc
+    except HardwareError as exc:
+        raise HardwareError(f"{name}: {exc}") from exc
+    except Exception as exc:  # PortAudio failing to initialise (OSError) and the like
+        raise HardwareError(f"{name}: cannot open: {exc!r}") from exc
+
+
 class PyAudioMicrophone:
     """The Microphone port on a PortAudio input device: 16 kHz mono int16 blocks of ``block_ms``.
 
@@ -460,16 +472,7 @@ class PyAudioMicrophone:
         if self._stream is not None:
             return
         self._loop = asyncio.get_running_loop()
-        try:
-            pa, stream, device, fmt = await _in_thread(
-                self._open_blocking, name="mic-open", timeout=_OPEN_TIMEOUT_S, discard=_discard_opened
-            )
-        except TimeoutError as exc:
-            raise HardwareError(f"{self.name}: opening the device took longer than {_OPEN_TIMEOUT_S:.0f} s") from exc
-        except HardwareError as exc:
-            raise HardwareError(f"{self.name}: {exc}") from exc
-        except Exception as exc:  # PortAudio failing to initialise (OSError) and the like
-            raise HardwareError(f"{self.name}: cannot open: {exc!r}") from exc
+        pa, stream, device, fmt = await _open_in_thread(self.name, self._open_blocking, "mic-open")
         self._pa, self._stream, self.device_info, self.stream_format = pa, stream, device, fmt
         self._last_audio = self._loop.time()
         if self._closed:  # closed while opening
@@ -773,16 +776,7 @@ class PyAudioSpeaker:
         if self._stream is not None:
             return
         self._loop = asyncio.get_running_loop()
-        try:
-            pa, stream, device, fmt = await _in_thread(
-                self._open_blocking, name="speaker-open", timeout=_OPEN_TIMEOUT_S, discard=_discard_opened
-            )
-        except TimeoutError as exc:
-            raise HardwareError(f"{self.name}: opening the device took longer than {_OPEN_TIMEOUT_S:.0f} s") from exc
-        except HardwareError as exc:
-            raise HardwareError(f"{self.name}: {exc}") from exc
-        except Exception as exc:  # PortAudio failing to initialise (OSError) and the like
-            raise HardwareError(f"{self.name}: cannot open: {exc!r}") from exc
+        pa, stream, device, fmt = await _open_in_thread(self.name, self._open_blocking, "speaker-open")
         self._pa, self._stream, self.device_info, self.stream_format = pa, stream, device, fmt
         self._output_latency = float(stream.get_output_latency())
         self._last_callback = self._loop.time()
