@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from daemon.config import AecSettings, AudioSettings
 from daemon.reopening_speaker import ReopeningSpeaker
-from hardware.aec import NullEchoCanceller, SpeexEchoCanceller
+from hardware.aec import make_echo_canceller as hardware_echo_canceller
 from hardware.errors import HardwareError
 from hardware.pyaudio_io import PyAudioMicrophone, PyAudioSpeaker
 from hardware.room import RoomAcoustics, RoomMicrophone, TappedSpeaker
@@ -95,8 +95,7 @@ async def reopen_microphone(audio: AudioSettings) -> Microphone:
 
 
 def make_echo_canceller(aec: AecSettings) -> EchoCanceller | None:
+    """None when off: no canceller, no reference, and barge-in does not wait for one to learn."""
     if aec.engine == "off":
         return None
-    if aec.engine == "speex":
-        return SpeexEchoCanceller(frame_ms=aec.frame_ms, filter_ms=aec.filter_ms)
-    return NullEchoCanceller()
+    return hardware_echo_canceller(aec.engine, frame_ms=aec.frame_ms, filter_ms=aec.filter_ms)

@@ -62,6 +62,7 @@ import numpy as np
 import structlog
 
 from hardware.errors import HardwareError
+from hardware.pcm import PcmFramer
 from hardware.wavfile import MIC_RATE
 
 log = structlog.get_logger()
@@ -746,7 +747,7 @@ class PyAudioSpeaker:
         self._consumed_total = 0  # bytes ever handed to the device or dropped by flush()
 
         # Loop thread only.
-        self._odd = b""
+        self._samples = PcmFramer(2)  # an odd trailing byte waits for its partner
         self._resample: Any = None  # sample_rate -> device rate
         self._tap_resample: Any = None  # device rate -> 16 kHz
         self._timeline: _Timeline | None = None
@@ -840,11 +841,9 @@ class PyAudioSpeaker:
         Waits only while more than ``max_queue_s`` is queued."""
         self._check_usable()
         self._check_active()
-        data = self._odd + bytes(pcm)
-        whole = len(data) - len(data) % 2
-        self._odd = data[whole:]
-        if whole:
-            samples = np.frombuffer(data, "<i2", count=whole // 2)
+        data = self._samples.feed(bytes(pcm))
+        if data:
+            samples = np.frombuffer(data, "<i2")
             if self._resample is not None:
                 samples = _to_int16(self._resample.resample_chunk(samples.astype(np.float32) / 32768.0))
             self._enqueue(samples)
@@ -891,7 +890,7 @@ class PyAudioSpeaker:
             self._buf.clear()
             self._consumed_total = self._queued_total
         self._played_total = max(self._played_total, self._queued_total)
-        self._odd = b""
+        self._samples.close()
         if self._resample is not None:
             self._resample.clear()
         self._period_open = False

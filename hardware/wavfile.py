@@ -32,6 +32,7 @@ import numpy as np
 import structlog
 
 from hardware.errors import HardwareError
+from hardware.pcm import PcmFramer
 
 log = structlog.get_logger()
 
@@ -342,7 +343,7 @@ class WavSpeaker:
         self._wake = asyncio.Event()
 
         self._queue = bytearray()
-        self._odd = b""
+        self._samples = PcmFramer(2)  # an odd trailing byte waits for its partner
         self._period_open = False
         self._audible_at: float | None = None
         self._last_audio_end: float | None = None
@@ -410,15 +411,13 @@ class WavSpeaker:
         """Queue int16 mono PCM at ``sample_rate``. An odd trailing byte waits for its partner.
         Waits only while more than ``max_queue_s`` is queued."""
         self._check_usable()
-        data = self._odd + bytes(pcm)
-        whole = len(data) - len(data) % 2
-        self._odd = data[whole:]
-        if whole == 0:
+        data = self._samples.feed(bytes(pcm))
+        if not data:
             return
         if not self._period_open:  # the first audio since idle or flush: a new audible period
             self._period_open = True
             self._audible_at = None
-        self._queue += data[:whole]
+        self._queue += data
         await self._wait_until(lambda: len(self._queue) <= self._max_queue_bytes)
 
     async def drain(self) -> None:
@@ -447,7 +446,7 @@ class WavSpeaker:
         """Drop everything queued and not yet played (barge-in). Blocks already written stay."""
         dropped = len(self._queue) // 2
         self._queue.clear()
-        self._odd = b""
+        self._samples.close()
         self._paused = False
         self._period_open = False
         self._audible_at = None

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import pytest
 
-from daemon.clients.b64stream import Base64StreamDecoder, PcmFramer
+from daemon.clients.b64stream import Base64StreamDecoder
+from hardware.pcm import PcmFramer
 
 
 def _pcm(size: int, seed: int = 1) -> bytes:

@@ -1,10 +1,11 @@
-"""Incremental base64 decoding and whole-sample framing for streamed TTS audio.
+"""Incremental base64 decoding for streamed TTS audio.
 
 PaddleSpeech's HTTP stream is a bare concatenation of base64 strings with no separator
 (protocols.md 2.3). httpx does not preserve the server's chunk boundaries, so the text must
 be decoded incrementally, whatever the re-chunking, and a ``=``-padded group in the middle
-of the stream must end a segment instead of silently ending the decode (2.7). Decoded
-bytes are then cut to whole 16-bit samples, because a decode boundary can fall inside one.
+of the stream must end a segment instead of silently ending the decode (2.7). The decoded
+bytes are then cut to whole 16-bit samples by ``hardware.pcm.PcmFramer``, because a decode
+boundary can fall inside one.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import binascii
 import re
 
-__all__ = ["Base64StreamDecoder", "PcmFramer"]
+__all__ = ["Base64StreamDecoder"]
 
 _INVALID = re.compile(rb"[^A-Za-z0-9+/=\s]")
 """Anything outside the standard alphabet, the padding character and ASCII whitespace."""
@@ -120,35 +121,3 @@ class Base64StreamDecoder:
         if isinstance(text, bytes | bytearray | memoryview):
             return bytes(text)
         raise TypeError(f"expected bytes or str, got {type(text).__name__}")
-
-
-class PcmFramer:
-    """Cut a byte stream into whole frames (2 bytes for 16-bit mono, 4 for stereo).
-
-    The bytes of a frame split across two pieces are held back until the rest arrives, so a
-    sound card never receives half a sample (protocols.md 2.6 and 2.8.10).
-    """
-
-    def __init__(self, frame_bytes: int = 2) -> None:
-        if frame_bytes < 1:
-            raise ValueError(f"frame_bytes must be positive, got {frame_bytes}")
-        self.frame_bytes = frame_bytes
-        self._rest = b""
-
-    @property
-    def pending(self) -> int:
-        """Bytes held back because they are not a whole frame yet."""
-        return len(self._rest)
-
-    def feed(self, data: bytes) -> bytes:
-        """Return the whole frames of the held-back bytes plus ``data``; keep the remainder."""
-        if self._rest:
-            data = self._rest + data
-        cut = len(data) - len(data) % self.frame_bytes
-        self._rest = data[cut:]
-        return data[:cut]
-
-    def close(self) -> bytes:
-        """End of the stream: return (and forget) the incomplete frame, usually b""."""
-        rest, self._rest = self._rest, b""
-        return rest

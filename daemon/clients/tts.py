@@ -21,9 +21,10 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from daemon.clients.b64stream import Base64StreamDecoder, PcmFramer
+from daemon.clients.b64stream import Base64StreamDecoder
 from daemon.config import TtsSettings
 from daemon.errors import TtsError, TtsTimeout
+from hardware.pcm import PcmFramer
 from states.ports import TtsClient
 
 log = structlog.get_logger()

@@ -1,0 +1,35 @@
+"""Whole samples out of a byte stream cut anywhere: a sound card never gets half a sample."""
+
+from __future__ import annotations
+
+
+class PcmFramer:
+    """Cut a byte stream into whole frames (2 bytes for 16-bit mono, 4 for stereo).
+
+    The bytes of a frame split across two pieces are held back until the rest arrives, so a
+    sound card never receives half a sample (protocols.md 2.6 and 2.8.10).
+    """
+
+    def __init__(self, frame_bytes: int = 2) -> None:
+        if frame_bytes < 1:
+            raise ValueError(f"frame_bytes must be positive, got {frame_bytes}")
+        self.frame_bytes = frame_bytes
+        self._rest = b""
+
+    @property
+    def pending(self) -> int:
+        """Bytes held back because they are not a whole frame yet."""
+        return len(self._rest)
+
+    def feed(self, data: bytes) -> bytes:
+        """Return the whole frames of the held-back bytes plus ``data``; keep the remainder."""
+        if self._rest:
+            data = self._rest + data
+        cut = len(data) - len(data) % self.frame_bytes
+        self._rest = data[cut:]
+        return data[:cut]
+
+    def close(self) -> bytes:
+        """End of the stream: return (and forget) the incomplete frame, usually b""."""
+        rest, self._rest = self._rest, b""
+        return rest
