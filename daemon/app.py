@@ -44,6 +44,7 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
         endpointer=EndpointerSettings(
             speech_start_ms=v.speech_start_ms,
             end_silence_ms=v.end_silence_ms,
+            end_trim_ms=v.end_trim_ms,
             pre_roll_ms=v.pre_roll_ms,
             max_utterance_s=v.max_utterance_s,
             no_speech_timeout_s=v.no_speech_timeout_s,

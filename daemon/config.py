@@ -151,6 +151,10 @@ class VadSettings:
     """Speech this long starts an utterance (shorter blips are ignored)."""
     end_silence_ms: int = 700
     """Silence this long ends the utterance."""
+    end_trim_ms: int = 200
+    """The VAD says "speech" a little after the voice stops (Silero: about 100 ms). Up to this
+    much quiet audio at its end counts as silence already, so the reply is not delayed by it.
+    0 trusts the VAD alone."""
     pre_roll_ms: int = 300
     """Audio kept from before the speech start, so the first syllable is not lost."""
     max_utterance_s: float = 15.0

@@ -39,7 +39,7 @@ URL_SCHEMES: dict[str, tuple[str, ...]] = {
 INPUT_SCHEMES = ("pyaudio", "wav", "room")
 OUTPUT_SCHEMES = ("pyaudio", "wav")
 SECRET_KEYS = {"llm.api_key": API_KEY_ENV}
-ZERO_ALLOWED = ("_turns", "pre_roll_ms", "delay_ms", "duck_after_ms")
+ZERO_ALLOWED = ("_turns", "pre_roll_ms", "delay_ms", "duck_after_ms", "trim_ms")
 """Counts and durations that may be 0 (no history, no pre-roll); every other one must be positive."""
 TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "list", "dict": "table"}
 

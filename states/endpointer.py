@@ -10,9 +10,18 @@ Guarantee (audio conservation): the bytes of ``SpeechStarted.audio`` followed by
 ``SpeechAudio.audio`` are exactly the input frames from the start of the pre-roll to the frame
 on which the end was decided, each once and in order.
 
-All durations are converted to whole frames, rounding up (``ceil(ms / frame_ms)``).
-One ``Endpointer`` handles one utterance; after ``SpeechEnded`` or ``NoSpeech`` it is ``done``
-and ``push`` returns ``[]`` until ``reset()``.
+The end of an utterance is measured from where the voice stopped, not from where the VAD
+noticed: a neural VAD keeps saying "speech" for a few frames after the voice stops (Silero:
+about 100 ms, and it may flicker back for a frame), and that hangover would add straight to the
+reply latency. So silence is counted from the last loud 2 ms of a speech frame (loud against the
+room's noise floor): the quiet audio the VAD still calls speech after it counts as silence, up to
+``end_trim_ms`` (a longer quiet run is a soft voice, not a hangover). The end is still decided
+only once the VAD says non-speech, and ``end_early`` may then end the utterance inside a VAD
+frame that is still being filled, as soon as the silence is long enough.
+
+Durations other than the end silence are converted to whole frames, rounding up
+(``ceil(ms / frame_ms)``). One ``Endpointer`` handles one utterance; after ``SpeechEnded`` or
+``NoSpeech`` it is ``done`` and ``push`` returns ``[]`` until ``reset()``.
 """
 
 from __future__ import annotations
@@ -22,7 +31,18 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Literal, TypeAlias
 
+import numpy as np
+
 _EPS = 1e-9
+
+LEVEL_BLOCK = 32
+"""Loudness is judged on 2 ms blocks (32 samples at 16 kHz): fine enough to find where a voice stopped."""
+MIN_GATE_RMS = 30.0
+"""A block quieter than this (int16 RMS, about -60 dBFS) is silence in any room."""
+GATE_OVER_FLOOR = 2.0
+"""A block is voice only when it is louder than the room's noise floor by this factor (6 dB)."""
+FLOOR_RISE = 0.05
+"""How fast the noise floor follows a louder room, per non-speech frame (it drops at once)."""
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,9 @@ class EndpointerSettings:
     pre_roll_ms: int = 300
     """Audio kept from before the speech onset and sent first, so the VAD's late reaction
     does not cut off the first syllable (plosives and fricatives read as non-speech)."""
+    end_trim_ms: int = 200
+    """At most this much quiet audio at the end of the frames the VAD still calls speech counts
+    towards ``end_silence_ms`` (the VAD's hangover). 0 trusts the VAD's verdicts alone."""
     max_utterance_s: float = 15.0
     """Hard cap on one utterance from its onset (someone talking on and on, or a TV): the
     utterance is cut and answered."""
@@ -79,6 +102,50 @@ class NoSpeech:
 EndpointerEvent: TypeAlias = SpeechStarted | SpeechAudio | SpeechEnded | NoSpeech
 
 
+class LoudnessGate:
+    """Tells a voice from the room's noise by loudness alone.
+
+    The noise floor is learnt from the frames the VAD calls non-speech: it drops at once to a
+    quieter frame and rises slowly. Before it has heard any, only ``MIN_GATE_RMS`` counts, so
+    an unknown room makes the gate call more audio loud, which trims less, never more.
+    """
+
+    def __init__(self) -> None:
+        self.floor: float | None = None
+        """Int16 RMS of the room's noise, once heard."""
+
+    @property
+    def threshold(self) -> float:
+        if self.floor is None:
+            return MIN_GATE_RMS
+        return max(MIN_GATE_RMS, self.floor * GATE_OVER_FLOOR)
+
+    def learn(self, samples: np.ndarray) -> None:
+        """One frame the VAD called non-speech."""
+        if not len(samples):
+            return
+        rms = float(np.sqrt(np.mean(np.square(samples, dtype=np.float64))))
+        if self.floor is None or rms < self.floor:
+            self.floor = rms
+        else:
+            self.floor += (rms - self.floor) * FLOOR_RISE
+
+    def quiet_tail(self, samples: np.ndarray) -> int:
+        """How many samples at the end of ``samples`` come after its last loud block (all of
+        them when none is loud)."""
+        n = len(samples)
+        if n == 0:
+            return 0
+        starts = np.arange(0, n, LEVEL_BLOCK)
+        energy = np.add.reduceat(np.square(samples, dtype=np.float64), starts)
+        lengths = np.diff(np.append(starts, n))
+        loud = np.flatnonzero(energy > self.threshold**2 * lengths)
+        if not len(loud):
+            return n
+        last = int(loud[-1])
+        return n - int(starts[last] + lengths[last])
+
+
 def _frames(ms: float, frame_ms: float) -> int:
     return max(0, math.ceil(ms / frame_ms - _EPS))
 
@@ -99,6 +166,12 @@ class Endpointer:
         self.start_required = max(1, math.ceil(settings.speech_start_ratio * self.start_frames - _EPS))
         """Speech frames needed in that window."""
         self.end_frames = max(1, _frames(settings.end_silence_ms, self.frame_ms))
+        """Whole non-speech frames that end the utterance when the VAD is trusted alone."""
+        self.frame_samples = frame_bytes // 2
+        self.end_samples = max(1, round(settings.end_silence_ms * sample_rate / 1000))
+        self.trim_samples = max(0, round(settings.end_trim_ms * sample_rate / 1000))
+        self.gate = LoudnessGate()
+        """Kept across ``reset()``: the room's noise floor does not change between utterances."""
         self.pre_roll_frames = _frames(settings.pre_roll_ms, self.frame_ms)
         self.max_frames = max(self.start_frames, _frames(settings.max_utterance_s * 1000, self.frame_ms))
         timeout = settings.no_speech_timeout_s
@@ -112,7 +185,17 @@ class Endpointer:
         self._done = False
         self._frames_seen = 0
         self._speech_frames = 0
-        self._silence_run = 0
+        self._heard_silence = 0
+        """Samples of the frames the VAD called non-speech since the voice was last heard."""
+        self._quiet_speech = 0
+        """Quiet samples in the frames the VAD called speech since the voice was last heard: its
+        hangover, counted as silence."""
+        self._last_speech = False
+
+    @property
+    def _silence(self) -> int:
+        """Samples of silence since the voice was last heard."""
+        return self._heard_silence + self._quiet_speech
 
     @property
     def in_speech(self) -> bool:
@@ -143,6 +226,8 @@ class Endpointer:
         history.append((frame, is_speech))
         window_start = max(0, len(history) - self.start_frames)
         window = [s for _, s in list(history)[window_start:]]
+        if not is_speech:
+            self.gate.learn(np.frombuffer(frame, dtype="<i2"))
         if is_speech and sum(window) >= self.start_required:
             onset = window_start + window.index(True)
             frames = list(history)
@@ -150,7 +235,8 @@ class Endpointer:
             audio = b"".join(f for f, _ in pre_roll) + b"".join(f for f, _ in frames[onset:])
             self._in_speech = True
             self._speech_frames = len(frames) - onset
-            self._silence_run = 0
+            self._heard_silence = self._quiet_speech = 0
+            self._last_speech = True
             history.clear()
             events: list[EndpointerEvent] = [SpeechStarted(audio)]
             if self._speech_frames >= self.max_frames:
@@ -164,13 +250,40 @@ class Endpointer:
 
     def _push_in_speech(self, frame: bytes, is_speech: bool) -> list[EndpointerEvent]:
         self._speech_frames += 1
-        self._silence_run = 0 if is_speech else self._silence_run + 1
+        samples = np.frombuffer(frame, dtype="<i2")
+        if not is_speech:
+            self._heard_silence += len(samples)
+            self.gate.learn(samples)
+        elif not self.trim_samples:
+            self._heard_silence = self._quiet_speech = 0
+        else:
+            tail = self.gate.quiet_tail(samples)
+            if tail < len(samples):  # the voice: silence starts after its last loud block
+                self._heard_silence, self._quiet_speech = 0, tail
+            else:
+                self._quiet_speech += tail
+                if self._quiet_speech > self.trim_samples:  # too long for a hangover: a soft voice
+                    self._heard_silence = self._quiet_speech = 0
+        self._last_speech = is_speech
         events: list[EndpointerEvent] = [SpeechAudio(frame)]
-        if self._silence_run >= self.end_frames:
+        if not is_speech and self._silence >= self.end_samples:
             events.append(self._end("silence"))
         elif self._speech_frames >= self.max_frames:
             events.append(self._end("max_length"))
         return events
+
+    def end_early(self, pending: bytes) -> list[EndpointerEvent]:
+        """Audio of a VAD frame still being filled (``Framer.pending``): once the VAD has heard
+        silence, the utterance may end inside that frame instead of at its end, when these
+        samples are quiet too and bring the silence to ``end_silence_ms``. Returns
+        ``[SpeechEnded]`` or ``[]``. The samples are silence and are not part of the utterance.
+        Off when ``end_trim_ms`` is 0."""
+        if not self._in_speech or self._last_speech or not self.trim_samples:
+            return []
+        samples = np.frombuffer(pending[: len(pending) // 2 * 2], dtype="<i2")
+        if self._silence + len(samples) < self.end_samples or self.gate.quiet_tail(samples) < len(samples):
+            return []
+        return [self._end("silence")]
 
     def _end(self, reason: Literal["silence", "max_length"]) -> SpeechEnded:
         self._in_speech = False
@@ -203,6 +316,11 @@ class Framer:
     @property
     def pending_bytes(self) -> int:
         return len(self._pending)
+
+    @property
+    def pending(self) -> bytes:
+        """The start of the next frame: the audio that does not make a whole frame yet."""
+        return bytes(self._pending)
 
     def clear(self) -> None:
         self._pending.clear()

@@ -59,31 +59,32 @@ async def listen_for_utterance(
                 block = captured.pcm
             if session is None and opening.done():
                 session = opening.result()  # a dead ASR fails the turn now, not when speech starts
-            for frame in frames.push(block):
-                for event in endpointer.push(frame, vad.is_speech(frame)):
-                    if isinstance(event, NoSpeech):
-                        log.info("no_speech", waited_s=settings.no_speech_timeout_s)
-                        return None
-                    if isinstance(event, SpeechStarted):
-                        times.speech_start = clock()
-                        log.info("speech_started")
-                        if session is None:
-                            session = await opening
-                        await session.send_audio(event.audio)
-                    elif isinstance(event, SpeechAudio):
-                        assert session is not None
-                        await session.send_audio(event.audio)
-                    elif isinstance(event, SpeechEnded):
-                        assert session is not None
-                        times.speech_end = clock()
-                        log.info(
-                            "speech_ended",
-                            reason=event.reason,
-                            speech_ms=round((times.speech_end - (times.speech_start or times.speech_end)) * 1000),
-                        )
-                        transcript = await session.finish()
-                        times.asr_final = clock()
-                        return transcript
+            events = [event for frame in frames.push(block) for event in endpointer.push(frame, vad.is_speech(frame))]
+            events.extend(endpointer.end_early(frames.pending))
+            for event in events:
+                if isinstance(event, NoSpeech):
+                    log.info("no_speech", waited_s=settings.no_speech_timeout_s)
+                    return None
+                if isinstance(event, SpeechStarted):
+                    times.speech_start = clock()
+                    log.info("speech_started")
+                    if session is None:
+                        session = await opening
+                    await session.send_audio(event.audio)
+                elif isinstance(event, SpeechAudio):
+                    assert session is not None
+                    await session.send_audio(event.audio)
+                elif isinstance(event, SpeechEnded):
+                    assert session is not None
+                    times.speech_end = clock()
+                    log.info(
+                        "speech_ended",
+                        reason=event.reason,
+                        speech_ms=round((times.speech_end - (times.speech_start or times.speech_end)) * 1000),
+                    )
+                    transcript = await session.finish()
+                    times.asr_final = clock()
+                    return transcript
     finally:
         if session is None:
             session = _take_result(opening)

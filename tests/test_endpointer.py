@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 
 from states.endpointer import (
@@ -19,6 +20,7 @@ from states.endpointer import (
 FRAME_BYTES = 640  # 20 ms at 16 kHz
 
 SETTINGS = EndpointerSettings(
+    end_trim_ms=0,  # the VAD verdicts alone: these frames carry indices, not sound
     speech_start_ms=100,  # 5 frames
     speech_start_ratio=1.0,
     end_silence_ms=200,  # 10 frames
@@ -147,6 +149,7 @@ def test_audio_is_conserved_from_pre_roll_to_end(seed: int) -> None:
         pre_roll_ms=100,
         max_utterance_s=3.0,
         no_speech_timeout_s=None,
+        end_trim_ms=0,
     )
     ep = Endpointer(settings, FRAME_BYTES)
     events = run(ep, verdicts)
@@ -186,3 +189,118 @@ def test_framer_cuts_mic_blocks_into_vad_frames() -> None:
     assert b"".join(out) == stream[:5120]
     assert framer.pending_bytes == 0
     assert framer.push(b"\1\2") == [] and framer.pending_bytes == 2
+
+
+# The end measured from where the voice stopped: real sound, 20 ms frames of 320 samples.
+
+TRIM = EndpointerSettings(
+    speech_start_ms=100,  # 5 frames
+    speech_start_ratio=1.0,
+    end_silence_ms=200,  # 10 frames
+    end_trim_ms=100,  # 5 frames
+    pre_roll_ms=0,
+    no_speech_timeout_s=None,
+)
+SAMPLES = FRAME_BYTES // 2
+
+
+def voice(samples: int = SAMPLES) -> np.ndarray:
+    return (3000 * np.sin(np.arange(samples) * 2 * np.pi * 220 / 16000)).astype("<i2")
+
+
+def noise(rms: float, samples: int = SAMPLES, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, rms, samples).astype("<i2")
+
+
+def end_index(ep: Endpointer, frames: list[tuple[np.ndarray, bool]]) -> int | None:
+    """Index of the frame on which the utterance ended."""
+    for i, (pcm, speech) in enumerate(frames):
+        if any(isinstance(e, SpeechEnded) for e in ep.push(pcm.tobytes(), speech)):
+            return i
+    return None
+
+
+def test_the_vads_hangover_counts_as_silence() -> None:
+    """The VAD says speech for 3 frames after the voice stopped: the end comes 10 frames after
+    the voice stopped, not 10 frames after the VAD noticed."""
+    silent = np.zeros(SAMPLES, dtype="<i2")
+    frames = [(silent, False)] * 5 + [(voice(), True)] * 10 + [(silent, True)] * 3 + [(silent, False)] * 20
+    assert end_index(Endpointer(TRIM, FRAME_BYTES), frames) == 14 + 10
+    untrimmed = EndpointerSettings(**{**TRIM.__dict__, "end_trim_ms": 0})
+    assert end_index(Endpointer(untrimmed, FRAME_BYTES), frames) == 14 + 3 + 10
+
+
+def test_the_quiet_end_of_the_last_loud_frame_counts_too() -> None:
+    silent = np.zeros(SAMPLES, dtype="<i2")
+    half = np.concatenate([voice(SAMPLES // 2), np.zeros(SAMPLES // 2, dtype="<i2")])
+    frames = [(silent, False)] * 5 + [(voice(), True)] * 9 + [(half, True)] + [(silent, False)] * 20
+    # 10 ms of the half frame + 9 frames of 20 ms = 190 ms: the 10th silent frame ends it.
+    assert end_index(Endpointer(TRIM, FRAME_BYTES), frames) == 14 + 10
+
+
+def test_a_quiet_run_longer_than_end_trim_ms_is_a_soft_voice() -> None:
+    """400 ms of quiet 'speech' is not a hangover: at most end_trim_ms of it counts as silence."""
+    silent = np.zeros(SAMPLES, dtype="<i2")
+    frames = [(silent, False)] * 5 + [(voice(), True)] * 10 + [(silent, True)] * 20 + [(silent, False)] * 20
+    end = end_index(Endpointer(TRIM, FRAME_BYTES), frames)
+    assert end is not None and 34 + 5 <= end <= 34 + 10
+
+
+def test_silence_counts_from_the_voice_across_a_flicker_of_the_vad() -> None:
+    """Silero's verdict may bounce back to speech for a quiet frame after the voice stopped."""
+    silent = np.zeros(SAMPLES, dtype="<i2")
+    flicker = [(silent, True), (silent, False), (silent, True)] + [(silent, False)] * 20
+    frames = [(silent, False)] * 5 + [(voice(), True)] * 10 + flicker
+    assert end_index(Endpointer(TRIM, FRAME_BYTES), frames) == 14 + 10
+
+
+def test_the_end_waits_for_the_vad_to_say_non_speech() -> None:
+    silent = np.zeros(SAMPLES, dtype="<i2")
+    frames = [(voice(), True)] * 10 + [(silent, False)] * 6 + [(silent, True)] * 5 + [(silent, False)] * 3
+    # 120 ms heard + 80 ms of hangover reach 200 ms on a frame the VAD calls speech: the end comes
+    # with the next non-speech frame.
+    assert end_index(Endpointer(TRIM, FRAME_BYTES), frames) == 9 + 6 + 5 + 1
+
+
+def test_room_noise_is_quiet_once_the_floor_is_learnt() -> None:
+    room = noise(500)
+    hangover = [(noise(500, seed=i), True) for i in range(3)]
+    tail = [(noise(500, seed=10 + i), False) for i in range(20)]
+    learnt = [(noise(500, seed=30 + i), False) for i in range(5)] + [(voice() + room, True)] * 10
+    assert end_index(Endpointer(TRIM, FRAME_BYTES), learnt + hangover + tail) == 14 + 10
+    # Never heard the room: the noise counts as voice, and nothing is trimmed (the safe side).
+    unheard = [(voice() + room, True)] * 10
+    assert end_index(Endpointer(TRIM, FRAME_BYTES), unheard + hangover + tail) == 9 + 3 + 10
+
+
+def test_the_floor_is_kept_across_utterances() -> None:
+    ep = Endpointer(TRIM, FRAME_BYTES)
+    for i in range(5):
+        ep.push(noise(500, seed=i).tobytes(), False)
+    floor = ep.gate.floor
+    assert floor is not None and 400 < floor < 600
+    ep.reset()
+    assert ep.gate.floor == floor
+
+
+def test_end_early_ends_inside_a_frame_that_is_still_being_filled() -> None:
+    silent = np.zeros(SAMPLES, dtype="<i2")
+    ep = Endpointer(TRIM, FRAME_BYTES)
+    for pcm, speech in [(silent, False)] * 5 + [(voice(), True)] * 10:
+        ep.push(pcm.tobytes(), speech)
+    assert ep.end_early(b"\0" * 100) == []  # the VAD has not heard silence yet
+    for _ in range(9):
+        assert not any(isinstance(e, SpeechEnded) for e in ep.push(silent.tobytes(), False))
+    # 180 ms heard: 10 ms more of a quiet partial frame is not enough, 20 ms is.
+    assert ep.end_early(bytes(SAMPLES)) == []
+    assert ep.end_early(voice().tobytes()) == []  # loud: the user is talking again
+    assert ep.end_early(bytes(FRAME_BYTES)) == [SpeechEnded("silence")]
+    assert ep.done
+
+
+def test_end_early_is_off_without_trimming() -> None:
+    settings = EndpointerSettings(**{**TRIM.__dict__, "end_trim_ms": 0})
+    ep = Endpointer(settings, FRAME_BYTES)
+    for pcm, speech in [(voice(), True)] * 5 + [(np.zeros(SAMPLES, dtype="<i2"), False)] * 9:
+        ep.push(pcm.tobytes(), speech)
+    assert ep.end_early(bytes(FRAME_BYTES * 2)) == []
