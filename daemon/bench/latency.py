@@ -26,7 +26,7 @@ import numpy as np
 import structlog
 
 from daemon.app import App
-from daemon.bench.report import render_png, render_table
+from daemon.bench.report import render_breakdown, render_png, render_table
 from daemon.bench.scenarios import DEFAULT_SCENARIOS, QUESTION, SCENARIOS, Scenario, first_clause, limit_for
 from daemon.bench.sequential import run_sequential
 from daemon.bench.timeline import Reply, last_loud_s, read_pcm, reply_after
@@ -53,6 +53,8 @@ LEAD_IN_S = 0.5
 WINDOW_S = 8.0
 """A streaming turn is stopped this long after its first reply sample (gaps are looked for in it)."""
 TURN_TIMEOUT_S = 90.0
+BLOCK_MS = AudioSettings().block_ms
+"""The devices' period by default: the daemon's own default."""
 
 
 def make_input(workdir: Path) -> tuple[Path, float]:
@@ -69,13 +71,15 @@ def make_input(workdir: Path) -> tuple[Path, float]:
     return path, last_loud_s(samples, rate)
 
 
-def _settings(stubs: tuple[Any, Any, Any], scenario: Scenario, qwav: Path, out: Path) -> Settings:
+def _settings(
+    stubs: tuple[Any, Any, Any], scenario: Scenario, qwav: Path, out: Path, block_ms: int = BLOCK_MS
+) -> Settings:
     asr, llm, tts = stubs
     return Settings(
         asr=AsrSettings(url=asr.url),
         llm=LlmSettings(url=llm.url),
         tts=TtsSettings(url=tts.url),
-        audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
+        audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}", block_ms=block_ms),
         vad=VadSettings(end_silence_ms=scenario.end_silence_ms),
         aec=AecSettings(engine="off"),  # WAV devices: no echo path
     )
@@ -134,7 +138,21 @@ def _daemon_times(app: App, mic: WavMicrophone, speech_end_s: float) -> dict[str
     }
     decided = None if times.speech_end is None else (times.speech_end - mic.opened_at - speech_end_s) * 1000
     figures["vad_decided_ms"] = None if decided is None else round(decided, 1)
+    for name, a, b in STEPS:
+        start, end = getattr(times, a), getattr(times, b)
+        figures[name] = None if start is None or end is None else round((end - start) * 1000, 1)
     return figures
+
+
+STEPS = (
+    ("step_asr_ms", "speech_end", "asr_final"),
+    ("step_to_llm_ms", "asr_final", "llm_request"),
+    ("step_llm_ms", "llm_request", "llm_first_token"),
+    ("step_to_tts_ms", "llm_first_token", "tts_request"),
+    ("step_tts_ms", "tts_request", "tts_first_audio"),
+    ("step_to_speaker_ms", "tts_first_audio", "first_audio"),
+)
+"""The daemon's own clock, stage by stage from the end of speech to the first audio."""
 
 
 async def sequential_turn(settings: Settings, qwav: Path, out: Path, speech_end_s: float) -> Reply | None:
@@ -178,7 +196,13 @@ def _stats(values: Sequence[float | None]) -> dict[str, float | None]:
 
 
 async def measure_scenario(
-    scenario: Scenario, n: int, workdir: Path, *, sequential: bool = True, window_s: float = WINDOW_S
+    scenario: Scenario,
+    n: int,
+    workdir: Path,
+    *,
+    sequential: bool = True,
+    window_s: float = WINDOW_S,
+    block_ms: int = BLOCK_MS,
 ) -> dict[str, Any]:
     qwav, speech_end_s = await asyncio.to_thread(make_input, workdir)
     clause, index = first_clause(scenario.answer)
@@ -201,13 +225,13 @@ async def measure_scenario(
         for i in range(n):
             out = workdir / f"{scenario.name}-stream-{i}.wav"
             reply, daemon_times = await streaming_turn(
-                _settings(stubs, scenario, qwav, out), out, speech_end_s, window_s
+                _settings(stubs, scenario, qwav, out, block_ms), out, speech_end_s, window_s
             )
             turns.append({**_turn_figures(reply, speech_end_s, limit.total_s), "daemon": daemon_times})
             log.warning("bench_turn", scenario=scenario.name, mode="streaming", turn=i, **turns[-1])
             if sequential:
                 out = workdir / f"{scenario.name}-seq-{i}.wav"
-                reply = await sequential_turn(_settings(stubs, scenario, qwav, out), qwav, out, speech_end_s)
+                reply = await sequential_turn(_settings(stubs, scenario, qwav, out, block_ms), qwav, out, speech_end_s)
                 seq_turns.append(_turn_figures(reply, speech_end_s, None))
                 log.warning("bench_turn", scenario=scenario.name, mode="sequential", turn=i, **seq_turns[-1])
     summary: dict[str, Any] = {
@@ -216,7 +240,14 @@ async def measure_scenario(
     }
     summary["daemon"] = {
         key: _stats([t["daemon"].get(key) for t in turns if isinstance(t.get("daemon"), dict)])
-        for key in ("vad_decided_ms", "asr_final_ms", "llm_first_token_ms", "tts_first_audio_ms", "first_audio_ms")
+        for key in (
+            "vad_decided_ms",
+            "asr_final_ms",
+            "llm_first_token_ms",
+            "tts_first_audio_ms",
+            "first_audio_ms",
+            *(name for name, _, _ in STEPS),
+        )
     }
     if sequential:
         summary["sequential_first_audio_ms"] = _stats([t.get("first_audio_ms") for t in seq_turns])
@@ -243,14 +274,20 @@ async def measure_scenario(
 
 
 async def measure(
-    names: Sequence[str], n: int, workdir: Path, *, sequential: bool = True, window_s: float = WINDOW_S
+    names: Sequence[str],
+    n: int,
+    workdir: Path,
+    *,
+    sequential: bool = True,
+    window_s: float = WINDOW_S,
+    block_ms: int = BLOCK_MS,
 ) -> dict[str, Any]:
-    results: dict[str, Any] = {"n": n, "window_s": window_s, "scenarios": {}}
+    results: dict[str, Any] = {"n": n, "window_s": window_s, "block_ms": block_ms, "scenarios": {}}
     for name in names:
         sdir = workdir / name
         sdir.mkdir(parents=True, exist_ok=True)
         results["scenarios"][name] = await measure_scenario(
-            SCENARIOS[name], n, sdir, sequential=sequential, window_s=window_s
+            SCENARIOS[name], n, sdir, sequential=sequential, window_s=window_s, block_ms=block_ms
         )
     return results
 
@@ -268,12 +305,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--png", type=Path, metavar="PATH", help="latency breakdown chart (needs matplotlib)")
     parser.add_argument("--no-sequential", action="store_true", help="skip the sequential comparison")
     parser.add_argument("--window", type=float, default=WINDOW_S, help="seconds of each answer to play (gaps)")
+    parser.add_argument(
+        "--block-ms",
+        type=int,
+        default=BLOCK_MS,
+        help=f"the devices' period, audio.block_ms (default {BLOCK_MS}): the output device adds up to one",
+    )
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
     args = parser.parse_args(argv)
     if args.n < 1:
         parser.error("-n must be at least 1")
     if args.window <= 0:
         parser.error("--window must be positive")
+    if args.block_ms <= 0 or 16000 * args.block_ms % 1000:
+        parser.error("--block-ms must be a positive whole number of 16 kHz samples")
     return args
 
 
@@ -283,14 +328,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     sequential, window_s = not args.no_sequential, args.window
     if args.keep is not None:
         await asyncio.to_thread(args.keep.mkdir, parents=True, exist_ok=True)
-        return await measure(names, args.n, args.keep, sequential=sequential, window_s=window_s)
+        return await measure(names, args.n, args.keep, sequential=sequential, window_s=window_s, block_ms=args.block_ms)
     with tempfile.TemporaryDirectory(prefix="moss-bench-") as tmp:
-        return await measure(names, args.n, Path(tmp), sequential=sequential, window_s=window_s)
+        return await measure(names, args.n, Path(tmp), sequential=sequential, window_s=window_s, block_ms=args.block_ms)
 
 
 def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> str:
     """Write ``--json`` and ``--png``; return the text to print (the table and where things went)."""
-    lines = [render_table(results)]
+    lines = [render_table(results), "", render_breakdown(results)]
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         lines.append(f"raw figures: {args.json}")

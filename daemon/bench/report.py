@@ -84,6 +84,62 @@ def render_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+OVERHEAD_PARTS = (
+    ("VAD", "vad_decided_ms", "end_silence"),
+    ("ASR hop", "step_asr_ms", "asr"),
+    ("to LLM", "step_to_llm_ms", None),
+    ("LLM hop", "step_llm_ms", "ttft"),
+    ("first clause", "step_to_tts_ms", "first_clause"),
+    ("TTS hop", "step_tts_ms", "tts"),
+    ("output device", "step_to_speaker_ms", None),
+)
+"""Where the overhead goes: each stage on the daemon's clock minus what the service was set to cost."""
+
+
+def overhead_parts(r: dict[str, Any]) -> dict[str, float | None]:
+    """Median ms each stage took beyond its share of the limit (``r``: one scenario's results)."""
+    daemon = r["summary"].get("daemon", {})
+    parts: dict[str, float | None] = {}
+    for label, step, limit in OVERHEAD_PARTS:
+        value = daemon.get(step, {}).get("median")
+        parts[label] = None if value is None else value - (r["limit_ms"][limit] if limit else 0.0)
+    return parts
+
+
+def render_breakdown(results: dict[str, Any]) -> str:
+    """A second table: the overhead stage by stage (median ms, the daemon's own clock)."""
+    labels = [label for label, _, _ in OVERHEAD_PARTS]
+    rows = [("scenario", *labels, "sum", "overhead")]
+    for name, r in results["scenarios"].items():
+        parts = overhead_parts(r)
+        known = [v for v in parts.values() if v is not None]
+        rows.append(
+            (
+                name,
+                *(_ms1(parts[label]) for label in labels),
+                _ms1(sum(known) if known else None),
+                _ms1(r["summary"]["overhead_ms"]["median"]),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["where the overhead goes, median ms (a stage's time on the daemon's clock minus its part of the limit):"]
+    for k, row in enumerate(rows):
+        lines.append(
+            "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        )
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    lines.append(
+        f"output device: from the first audio written to its first sample played; the speaker's period is "
+        f"audio.block_ms = {results.get('block_ms', '?')} ms"
+    )
+    return "\n".join(lines)
+
+
+def _ms1(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def render_png(results: dict[str, Any], path: Path) -> str | None:
     """Stacked bars of the latency breakdown per scenario; a message instead if matplotlib is missing."""
     try:
