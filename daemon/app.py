@@ -185,7 +185,7 @@ class App:
         v = self.settings.vad
         if v.engine == "webrtc":
             return make_vad("webrtc", aggressiveness=v.webrtc_aggressiveness)
-        return make_vad("silero", threshold=v.silero_threshold)
+        return make_vad("silero", threshold=v.silero_threshold, gate_db=v.silero_gate_db)
 
     @staticmethod
     async def _tts_rate(tts: TtsClient) -> int:

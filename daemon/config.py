@@ -146,6 +146,9 @@ class VadSettings:
     engine: str = "silero"
     """silero | webrtc. silero rejects steady noise (motors, fans); webrtc takes it for speech."""
     silero_threshold: float = 0.5
+    silero_gate_db: float = 6.0
+    """Frames less than this much louder than the room's noise floor are silence without running
+    the model: a quiet room costs almost no CPU. 0 runs the model on every frame."""
     webrtc_aggressiveness: int = 3
     speech_start_ms: int = 120
     """Speech this long starts an utterance (shorter blips are ignored)."""

@@ -39,7 +39,7 @@ URL_SCHEMES: dict[str, tuple[str, ...]] = {
 INPUT_SCHEMES = ("pyaudio", "wav", "room")
 OUTPUT_SCHEMES = ("pyaudio", "wav")
 SECRET_KEYS = {"llm.api_key": API_KEY_ENV}
-ZERO_ALLOWED = ("_turns", "pre_roll_ms", "delay_ms", "duck_after_ms", "trim_ms")
+ZERO_ALLOWED = ("_turns", "pre_roll_ms", "delay_ms", "duck_after_ms", "trim_ms", "gate_db")
 """Counts and durations that may be 0 (no history, no pre-roll); every other one must be positive."""
 TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "list", "dict": "table"}
 
@@ -188,6 +188,8 @@ def _check_values(s: Settings) -> list[str]:
         problems.append(f"audio.output_rate: must be between 8000 and 192000, got {s.audio.output_rate}")
     if not 0.0 < s.vad.silero_threshold < 1.0:
         problems.append(f"vad.silero_threshold: must be between 0 and 1, got {s.vad.silero_threshold}")
+    if not 0.0 <= s.vad.silero_gate_db <= 40.0:
+        problems.append(f"vad.silero_gate_db: must be between 0 and 40, got {s.vad.silero_gate_db}")
     if s.vad.webrtc_aggressiveness not in (0, 1, 2, 3):
         problems.append(f"vad.webrtc_aggressiveness: must be 0, 1, 2 or 3, got {s.vad.webrtc_aggressiveness}")
     if s.aec.frame_ms not in (10, 20):

@@ -96,6 +96,41 @@ def test_silero_reset_clears_the_model_state(sounds: dict[str, bytes]) -> None:
     assert again_without_reset != first[0]  # the state did carry over before reset()
 
 
+def frames_of(pcm: bytes) -> list[bytes]:
+    return [pcm[i : i + 1024] for i in range(0, len(pcm) - 1023, 1024)]
+
+
+def test_the_gate_spares_the_model_a_quiet_room(sounds: dict[str, bytes]) -> None:
+    vad = SileroVad()
+    frames = frames_of(sounds["room_tone"])
+    assert not any(vad.is_speech(f) for f in frames)
+    assert vad.frames_judged <= 2 and vad.frames_gated == len(frames) - vad.frames_judged
+    assert vad.noise_floor_dbfs is not None and -80 < vad.noise_floor_dbfs < -50
+
+
+@pytest.mark.parametrize("sound", ["white_noise", "motor"])
+def test_loud_noise_always_goes_to_the_model(sounds: dict[str, bytes], sound: str) -> None:
+    vad = SileroVad()
+    assert not any(vad.is_speech(f) for f in frames_of(sounds[sound]))
+    assert vad.frames_gated == 0
+
+
+@pytest.mark.parametrize("attenuation_db", [0, 30])
+def test_the_gate_keeps_the_verdicts_on_speech(sounds: dict[str, bytes], attenuation_db: int) -> None:
+    """Loud or quiet speech: the gate changes the model's verdict on hardly any frame."""
+    pcm = np.frombuffer(sounds["speech_en"], dtype="<i2") * 10 ** (-attenuation_db / 20)
+    frames = frames_of(pcm.astype("<i2").tobytes())
+    gated, open_ = SileroVad(), SileroVad(gate_db=0)
+    differ = sum(gated.is_speech(f) != open_.is_speech(f) for f in frames)
+    assert gated.frames_gated > 0 and open_.frames_gated == 0
+    assert differ <= 0.05 * len(frames)
+
+
+def test_the_gate_is_checked() -> None:
+    with pytest.raises(ValueError, match="gate_db"):
+        SileroVad(gate_db=-1)
+
+
 def test_silero_and_endpointer_find_one_utterance(tmp_path: Path) -> None:
     """The LISTENING pipeline minus the network: mic blocks -> frames -> VAD -> endpointer."""
     speech = load_wav_16k_mono(synth_speech(tmp_path / "q.wav", SPEECH_EN))
