@@ -97,6 +97,12 @@ class Turn:
     finish_reason: str | None = None
     failed_service: str | None = None
     failure: str | None = None
+    cancelled_at: float | None = None
+    """Clock time the assistant decided to cancel this turn's answer while it was still running
+    (streaming, synthesising or held): what cancel propagation is measured from. None: never cut."""
+    cancel_reason: str | None = None
+    """Why: ``barge_in`` (cancel mode: the interruption was confirmed), ``interruption_real`` or
+    ``resume_deadline`` (pause mode: the held answer is dropped), or the trigger that left the state."""
 
     @property
     def ok(self) -> bool:
@@ -198,6 +204,10 @@ class Assistant:
             self._owned.discard(reply)
             self._held = HeldReply(reply, self.turn)
         if name not in HANDOVER_TRIGGERS:
+            if reply in self._owned and reply is not None and not reply.done() and self.turn is not None:
+                interruption: Interruption | None = event.kwargs.get("interruption")
+                at = interruption.detected if interruption is not None else self._clock()
+                _decide_cancel(self.turn, at, name)
             await self._cancel_tasks()
         self._leaving_turn = self.turn
 
@@ -243,7 +253,7 @@ class Assistant:
             self._spawn(self._watch(), "barge-in")
 
     async def on_enter_IDLE(self, event: EventData) -> None:
-        await self._drop_held()
+        await self._drop_held(event.event.name)
         if event.event.name == "stop":
             self.speaker.flush()
 
@@ -316,7 +326,7 @@ class Assistant:
         if self._held is not None and is_filler(text, self.settings.barge_in.fillers):
             log.info("barge_in_false", text=text)  # a cough, "嗯": the answer goes on
             return "resume", {}
-        await self._drop_held()  # the interruption is real
+        await self._drop_held("interruption_real")
         if transcript is None:
             return "no_speech", {}
         turn.transcript = text
@@ -341,14 +351,16 @@ class Assistant:
     async def _resume_deadline(self) -> Trigger:
         """pause mode: an interruption still going on after resume_after_ms is real."""
         await asyncio.sleep(self.settings.barge_in.resume_after_ms / 1000)
-        await self._drop_held()
+        await self._drop_held("resume_deadline")
         return NO_TRIGGER
 
-    async def _drop_held(self) -> None:
+    async def _drop_held(self, reason: str) -> None:
         """Cancel a held answer: what was heard goes to history, the rest is dropped."""
         held, self._held = self._held, None
         if held is None:
             return
+        if not held.task.done():
+            _decide_cancel(held.turn, self._clock(), reason)
         held.task.cancel()
         await asyncio.wait({held.task}, timeout=TASK_CANCEL_TIMEOUT_S)
         self.speaker.flush()
@@ -450,7 +462,7 @@ class Assistant:
         if self.state is not State.IDLE:
             await self.stop()
         await self._cancel_tasks()
-        await self._drop_held()
+        await self._drop_held("shutdown")
         await self.settle()
         await self.feed.aclose()
 
@@ -495,6 +507,13 @@ class Assistant:
             result = self._on_turn_end(turn)
             if result is not None:
                 await result
+
+
+def _decide_cancel(turn: Turn, at: float, reason: str) -> None:
+    """Record the decision to cut ``turn``'s running answer (the first one counts)."""
+    if turn.cancelled_at is None:
+        turn.cancelled_at, turn.cancel_reason = at, reason
+        log.debug("reply_cancel_decided", turn_id=turn.id, reason=reason)
 
 
 def _name(state: Any) -> str:

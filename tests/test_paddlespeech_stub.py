@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -198,6 +199,29 @@ async def test_stop_does_not_wait_for_a_hanging_request(stub: PaddleSpeechStub) 
     await writer.wait_closed()
 
 
+async def test_a_client_leaving_mid_stream_is_timed(stub: PaddleSpeechStub) -> None:
+    stub.behaviour = PaddleSpeechBehaviour(chunk_delay_s=0.5)  # a long sentence, slowly
+    async with httpx.AsyncClient() as http:
+        request = http.build_request("POST", stub.url, json={"text": "One. Two. Three. Four. Five."})
+        response = await asyncio.wait_for(http.send(request, stream=True), TIMEOUT)
+        chunks = response.aiter_raw()
+        assert await asyncio.wait_for(anext(chunks), TIMEOUT)
+        await chunks.aclose()  # type: ignore[attr-defined]
+        closed_at = time.monotonic()
+        await response.aclose()
+    await stub.wait_for_disconnects(1, timeout=TIMEOUT)
+    assert stub.disconnects == 1 and stub.completed == 0
+    (seen,) = stub.disconnect_times
+    assert closed_at <= seen < closed_at + 2.0
+
+
+async def test_a_finished_stream_is_no_disconnect(stub: PaddleSpeechStub) -> None:
+    async with httpx.AsyncClient() as http:
+        response = await http.post(stub.url, json={"text": "Hello."}, timeout=TIMEOUT)
+    assert response.status_code == 200 and response.content
+    assert stub.completed == 1 and stub.disconnects == 0 and stub.disconnect_times == []
+
+
 # -- websocket -------------------------------------------------------------------------------------
 
 
@@ -271,3 +295,17 @@ async def test_http_mode_has_no_websocket_and_websocket_mode_no_post(
         async with connect(stub.url.replace("http://", "ws://"), proxy=None, open_timeout=TIMEOUT):
             pass
     assert rejected.value.response.status_code == 403
+
+
+async def test_ws_close_mid_stream_is_timed_when_it_came_not_at_the_next_send(ws_stub: PaddleSpeechStub) -> None:
+    # the stand-in, like the real server, only notices at its next send, 2 s after the close
+    ws_stub.behaviour = PaddleSpeechBehaviour(chunk_delay_s=2.0)
+    async with connect(ws_stub.url, proxy=None) as ws:
+        await ws.send(json.dumps({"task": "tts", "signal": "start"}))
+        await _recv(ws)
+        await ws.send(json.dumps({"text": "One. Two. Three.", "spk_id": 0}))
+        assert (await _recv(ws))["status"] == 1
+        closed_at = time.monotonic()
+    await ws_stub.wait_for_disconnects(1, timeout=TIMEOUT)
+    (seen,) = ws_stub.disconnect_times
+    assert closed_at <= seen < closed_at + 1.0

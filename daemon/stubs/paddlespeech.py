@@ -21,6 +21,7 @@ import json
 import re
 import socket
 import struct
+import time
 import uuid
 from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -64,6 +65,8 @@ _SENTENCE_SPLIT = re.compile(r"(?<=[。！？；：，、!?;:,])|(?<=\.)(?=\s|$)
 """PaddleSpeech synthesizes sentence by sentence (merge_sentences=False); split after punctuation."""
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _GARBAGE = b"<html>this is not base64!</html>\n"
+_CLOSED_AT = "paddlespeech_stub.closed_at"
+"""Scope key of a websocket's close time, a list holding one time.monotonic() once it closed."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,8 @@ class PaddleSpeechStub:
 
     Observation hooks: ``requests`` (every synthesis request received), ``ws_messages``
     (every websocket JSON message), ``samplerate_requests``, ``completed`` (streams that
-    ended normally), ``disconnects`` (clients that went away mid-stream) and ``refused``.
+    ended normally), ``disconnects`` (clients that went away mid-stream), ``disconnect_times``
+    (``time.monotonic()`` when each of those was seen) and ``refused``.
     """
 
     def __init__(
@@ -149,6 +153,7 @@ class PaddleSpeechStub:
         self.samplerate_requests = 0
         self.completed = 0
         self.disconnects = 0
+        self.disconnect_times: list[float] = []
         self.refused = 0
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -184,7 +189,7 @@ class PaddleSpeechStub:
             sock.setblocking(False)
             self.port = sock.getsockname()[1]
             config = uvicorn.Config(
-                _quiet_aborts(self._build_app()),
+                _quiet_aborts(_watch_ws_close(self._build_app())),
                 http=self._protocol_class(),
                 ws="websockets-sansio",
                 lifespan="off",
@@ -236,6 +241,11 @@ class PaddleSpeechStub:
             while self.disconnects < count:
                 self._changed.clear()
                 await self._changed.wait()
+
+    def _record_disconnect(self, at: float | None = None) -> None:
+        """A client went away before its stream ended (``at``: when it closed, if known; else now)."""
+        self.disconnect_times.append(time.monotonic() if at is None else at)
+        self._note(disconnects=1)
 
     def _note(self, **changes: int) -> None:
         for name, delta in changes.items():
@@ -293,7 +303,7 @@ class PaddleSpeechStub:
             return PlainTextResponse("Internal Server Error", status_code=500)
         if behaviour.misbehave == "error_500":
             return PlainTextResponse("Internal Server Error", status_code=500)
-        return StreamingResponse(self._http_body(behaviour, body["text"]))
+        return _ClosingStreamingResponse(self._http_body(behaviour, body["text"]))
 
     async def _http_body(self, behaviour: PaddleSpeechBehaviour, text: str) -> AsyncIterator[bytes]:
         """The response body: one base64 string per chunk, no separator, nothing else."""
@@ -315,7 +325,7 @@ class PaddleSpeechStub:
                 raise _StubAbort(f"no audio for {text!r}: 200 with zero chunks, then an abrupt close")
             self._note(completed=1)
         except (asyncio.CancelledError, GeneratorExit):
-            self._note(disconnects=1)
+            self._record_disconnect()
             log.info("paddlespeech_stub_client_gone", protocol="http", chunks_sent=sent)
             raise
 
@@ -326,7 +336,7 @@ class PaddleSpeechStub:
         try:
             done, _ = await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if disconnected in done:
-                self._note(disconnects=1)
+                self._record_disconnect()
         finally:
             for task in (disconnected, stopping):
                 task.cancel()
@@ -402,7 +412,9 @@ class PaddleSpeechStub:
             if sent:
                 self._note(completed=1)
         except (WebSocketDisconnect, OSError) as exc:
-            self._note(disconnects=1)
+            # Noticed at this send; the close itself may have come a pacing delay earlier.
+            closed_at = websocket.scope.get(_CLOSED_AT) or [None]
+            self._record_disconnect(closed_at[0])
             log.info("paddlespeech_stub_client_gone", protocol="websocket", chunks_sent=sent)
             raise _ClientGone() from exc
 
@@ -453,6 +465,53 @@ class PaddleSpeechStub:
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes the body generator as soon as the response ends, so that a client that went away
+    is counted at once (GeneratorExit), not whenever the generator is garbage-collected."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            aclose = getattr(self.body_iterator, "aclose", None)
+            if aclose is not None:
+                await aclose()
+
+
+def _watch_ws_close(app: ASGIApp) -> ASGIApp:
+    """Read each websocket's messages as they arrive, in order, into a queue the handler reads.
+
+    The handler, like the real server, only notices a client that closed at its next send, up
+    to a pacing delay later; reading eagerly records when the close really came
+    (``scope[_CLOSED_AT]``), so that ``disconnect_times`` are the moments the connection closed.
+    """
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "websocket":
+            await app(scope, receive, send)
+            return
+        inbox: asyncio.Queue[Message] = asyncio.Queue()
+        closed_at: list[float] = []
+
+        async def pump() -> None:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    closed_at.append(time.monotonic())
+                inbox.put_nowait(message)
+                if message["type"] == "websocket.disconnect":
+                    return
+
+        reader = asyncio.create_task(pump(), name="paddlespeech-stub-ws-reader")
+        try:
+            await app({**scope, _CLOSED_AT: closed_at}, inbox.get, send)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+
+    return wrapped
 
 
 def _quiet_aborts(app: ASGIApp) -> ASGIApp:
