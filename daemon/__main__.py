@@ -78,6 +78,15 @@ def _parser() -> argparse.ArgumentParser:
     aec = bench_sub.add_parser("aec", help="echo cancellation: echo removed, double talk, VAD false triggers")
     aec.add_argument("--seconds", type=float, default=60.0, help="seconds of robot speech fed back (default 60)")
     aec.set_defaults(func=_cmd_bench_aec)
+    idle = bench_sub.add_parser("idle", help="cost while waiting for a wake word: start to ready, idle CPU, peak RSS")
+    idle.add_argument("-n", type=int, default=5, help="daemon starts to time (default 5)")
+    idle.add_argument("--window", type=float, default=20.0, metavar="SECONDS", help="idle window (default 20)")
+    idle.add_argument("--pipeline-seconds", type=float, default=30.0, metavar="SECONDS", help="default 30")
+    idle.add_argument("--input", metavar="SPEC", help="daemon microphone (default: a room-noise WAV)")
+    idle.add_argument("--output", metavar="SPEC", help="daemon speaker (default: a WAV file)")
+    idle.add_argument("--no-importtime", action="store_true", help="skip the start under -X importtime")
+    idle.add_argument("--json", metavar="PATH", help="write the raw figures here")
+    idle.set_defaults(func=_cmd_bench_idle)
     latency = bench_sub.add_parser(
         "latency",
         help="first-audio latency at the output, against the stand-ins, with injected service delays",
@@ -87,6 +96,8 @@ def _parser() -> argparse.ArgumentParser:
     barge = bench_sub.add_parser("barge-in", help="reaction to a user cutting in, over n interruptions")
     barge.add_argument("-n", type=int, default=20, help="interruptions (default 20)")
     barge.add_argument("--mode", choices=("pause", "cancel"), default="pause")
+    barge.add_argument("--tts-protocol", choices=("http", "websocket"), default="http")
+    barge.add_argument("--json", metavar="PATH", help="also write the raw figures here")
     barge.set_defaults(func=_cmd_bench_barge_in)
     return parser
 
@@ -147,10 +158,23 @@ def _cmd_bench_aec(args: argparse.Namespace) -> int:
     return int(aec_eval.main(["--seconds", str(args.seconds)]) or 0)
 
 
+def _cmd_bench_idle(args: argparse.Namespace) -> int:
+    from daemon import bench_idle
+
+    argv = ["-n", str(args.n), "--window", str(args.window), "--pipeline-seconds", str(args.pipeline_seconds)]
+    for flag, value in (("--input", args.input), ("--output", args.output), ("--json", args.json)):
+        if value:
+            argv += [flag, value]
+    if args.no_importtime:
+        argv.append("--no-importtime")
+    return int(bench_idle.main(argv) or 0)
+
+
 def _cmd_bench_barge_in(args: argparse.Namespace) -> int:
     from daemon import bench_barge_in
 
-    return int(bench_barge_in.main(["-n", str(args.n), "--mode", args.mode]) or 0)
+    argv = ["-n", str(args.n), "--mode", args.mode, "--tts-protocol", args.tts_protocol]
+    return int(bench_barge_in.main(argv + (["--json", args.json] if args.json else [])) or 0)
 
 
 def _config_failed(path: str | None, exc: ConfigError) -> int:
