@@ -13,6 +13,7 @@ STAGE_LABELS = {
     "first_clause": "LLM first clause",
     "tts": "TTS first chunk",
     "overhead": "moss-voice overhead",
+    "device": "output device's period (audio.block_ms)",
 }
 
 
@@ -152,11 +153,17 @@ def render_png(results: dict[str, Any], path: Path) -> str | None:
     names = list(results["scenarios"])
     fig, ax = plt.subplots(figsize=(2.2 * len(names) + 3, 5))
     bottoms = [0.0] * len(names)
-    for stage in (*STAGES, "overhead"):
+    for stage in (*STAGES, "overhead", "device"):
         heights = []
         for name in names:
             r = results["scenarios"][name]
-            value = r["summary"]["overhead_ms"]["median"] if stage == "overhead" else r["limit_ms"][stage]
+            device = overhead_parts(r).get("output device") or 0.0
+            if stage == "device":
+                value = device
+            elif stage == "overhead":
+                value = (r["summary"]["overhead_ms"]["median"] or 0.0) - device
+            else:
+                value = r["limit_ms"][stage]
             heights.append(max(value or 0.0, 0.0))
         ax.bar(names, heights, bottom=bottoms, label=STAGE_LABELS[stage])
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]

@@ -132,7 +132,9 @@ class PaddleSpeechStub:
     Observation hooks: ``requests`` (every synthesis request received), ``ws_messages``
     (every websocket JSON message), ``samplerate_requests``, ``completed`` (streams that
     ended normally), ``disconnects`` (clients that went away mid-stream), ``disconnect_times``
-    (``time.monotonic()`` when each of those was seen) and ``refused``.
+    (``time.monotonic()`` when each of those was seen), ``refused``, and ``synth_log``: one
+    ``(sentence, seconds)`` per sentence the voice synthesized, in order (what the service itself
+    spent, before the configured delays).
     """
 
     def __init__(
@@ -154,6 +156,7 @@ class PaddleSpeechStub:
         self.completed = 0
         self.disconnects = 0
         self.disconnect_times: list[float] = []
+        self.synth_log: list[tuple[str, float]] = []
         self.refused = 0
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -445,7 +448,9 @@ class PaddleSpeechStub:
                 yield pcm, base64.b64encode(pcm)
             return
         for sentence in _sentences(text):
+            started = time.monotonic()
             pcm = await espeak_pcm(sentence, behaviour.sample_rate)
+            self.synth_log.append((sentence, time.monotonic() - started))
             pcm += bytes(-len(pcm) % (2 * HOP_SAMPLES))
             for chunk in _split_chunks(pcm):
                 yield chunk, base64.b64encode(chunk)
