@@ -5,7 +5,7 @@ question, and cuts into every answer with the next question, ``n`` times. Two fi
 interruption:
 
 * the *reaction*, read off the timelines: from where the interrupting speech starts in the input
-  file to where the speaker's queued audio ends in the output;
+  file (its first loud sample) to where the speaker's queued audio ends in the output;
 * the *cancel propagation*: from the daemon's decision to cancel the answer
   (``Turn.cancelled_at``: the interruption confirmed in ``cancel`` mode, the held answer dropped
   in ``pause`` mode) to the moment the LLM and TTS stand-ins saw their connection closed
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from daemon.app import App
+from daemon.bench.timeline import first_loud_s
 from daemon.config import (
     AecSettings,
     AsrSettings,
@@ -134,8 +135,8 @@ async def measure(n: int, mode: str, workdir: Path, *, tts_protocol: str = "http
         path = make_question_wav(question, workdir / f"q{i}.wav")
         with wave.open(str(path), "rb") as src:
             pcm = np.frombuffer(src.readframes(src.getnframes()), dtype="<i2")
-        if i > 0:
-            onsets.append(t)
+        if i > 0:  # the onset is the first loud sample: espeak-ng may start with up to 50 ms of silence
+            onsets.append(t + (first_loud_s(pcm, RATE, 0.0) or 0.0))
         pieces.append(pcm)
         t += len(pcm) / RATE
         gap = CUT_IN_AFTER_S if i < n else 8.0
