@@ -367,6 +367,10 @@ class Assistant:
         await self._end_turn(held.turn, "interrupted", interrupted=True)
 
     async def _watch(self) -> Trigger:
+        # Let the reply put its LLM request on the wire first: the microphone's backlog (the
+        # blocks heard while the ASR finished) costs a millisecond or two of VAD, off the
+        # critical path.
+        await asyncio.sleep(0)
         interruption = await watch_for_barge_in(
             feed=self.feed,
             vad=self.vad,
