@@ -46,7 +46,7 @@ from daemon.logs import configure_logging
 from daemon.stubs.funasr import QUESTIONS, make_question_wav
 from daemon.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.stubs.runner import demo_llm_behaviour, start_stubs
-from hardware.wavfile import WavSpeaker
+from hardware.wavfile import WavSpeaker, write_wav
 from states.model import Turn
 
 RATE = 16000
@@ -143,11 +143,7 @@ async def measure(n: int, mode: str, workdir: Path, *, tts_protocol: str = "http
         pieces.append(np.zeros(int(gap * RATE), dtype="<i2"))
         t += gap
     question_wav = workdir / "session.wav"
-    with wave.open(str(question_wav), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(np.concatenate(pieces).tobytes())
+    write_wav(question_wav, np.concatenate(pieces), RATE)
 
     turns: list[Turn] = []
     stop = asyncio.Event()

@@ -34,7 +34,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from hardware.wavfile import write_wav
 
 RATE = 16000
 BLOCK_MS = 20
@@ -236,15 +237,6 @@ def speech_audio(seconds: float, folder: Path) -> np.ndarray:
     speech = np.tile(once, math.ceil(seconds * RATE / len(once)))[: int(seconds * RATE)]
     mixed = speech.astype(np.int32) + room_noise(seconds, seed=5)
     return np.clip(mixed, -32768, 32767).astype("<i2")
-
-
-def write_wav(path: Path, pcm: np.ndarray) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(RATE)
-        w.writeframes(pcm.astype("<i2").tobytes())
-    return path
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -658,7 +650,7 @@ async def measure(
 
     if n < 1 or window_s <= 0 or pipeline_s <= 0:
         raise BenchError("n, the window and the pipeline seconds must be positive")
-    mic_spec = audio_input or f"wav:{write_wav(workdir / 'room.wav', room_noise(max(60.0, window_s + 30.0)))}"
+    mic_spec = audio_input or f"wav:{write_wav(workdir / 'room.wav', room_noise(max(60.0, window_s + 30.0)), RATE)}"
     out_spec = audio_output or f"wav:{workdir / 'out.wav'}"
     starts: list[Start] = []
     idle: Idle | None = None
@@ -677,7 +669,7 @@ async def measure(
             idle = watched or idle
         short_start = None
         if audio_input is None:
-            short = f"wav:{write_wav(workdir / 'short.wav', room_noise(1.0))}"
+            short = f"wav:{write_wav(workdir / 'short.wav', room_noise(1.0), RATE)}"
             config = write_config(
                 workdir / "short.toml", asr=asr.url, llm=llm.url, tts=tts.url, audio_input=short, audio_output=out_spec
             )

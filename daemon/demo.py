@@ -20,6 +20,7 @@ from daemon.logs import configure_logging
 from daemon.stubs.answers import DEMO_QUESTION
 from daemon.stubs.funasr import make_question_wav
 from daemon.stubs.runner import start_stubs
+from hardware.wavfile import write_wav
 from states.model import Turn
 
 LEAD_IN_S = 0.5
@@ -60,12 +61,7 @@ def _speak_question(text: str, path: Path) -> float:
     make_question_wav(text, path)
     with wave.open(str(path), "rb") as w:
         rate, frames = w.getframerate(), w.readframes(w.getnframes())
-    lead = b"\x00\x00" * int(LEAD_IN_S * rate)
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(lead + frames)
+    write_wav(path, b"\x00\x00" * int(LEAD_IN_S * rate) + frames, rate)
     return LEAD_IN_S + len(frames) / 2 / rate
 
 

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import wave
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import structlog
 from daemon.logs import configure_logging
 from hardware.errors import HardwareError
 from hardware.vad import ENGINES, make_vad
-from hardware.wavfile import load_wav_16k_mono
+from hardware.wavfile import load_wav_16k_mono, write_wav
 
 log = structlog.get_logger()
 
@@ -55,12 +54,7 @@ class VadResult:
 def write_wav16(path: Path, samples: np.ndarray, rate: int = RATE) -> Path:
     """Write float samples in [-1, 1] as a 16-bit mono WAV."""
     pcm = np.clip(np.rint(np.asarray(samples, dtype=np.float64) * 32767), -32768, 32767).astype("<i2")
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.tobytes())
-    return path
+    return write_wav(path, pcm, rate)
 
 
 def synth_speech(path: Path, text: str, voice: str = "en-us") -> Path:

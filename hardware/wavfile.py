@@ -24,6 +24,7 @@ import math
 import os
 import struct
 import time
+import wave
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import TracebackType
@@ -68,6 +69,17 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         return _decode_wav(path)
     except _WavProblem as exc:
         raise HardwareError(f"WAV file '{path}': {exc}") from exc
+
+
+def write_wav(path: str | Path, samples: np.ndarray | bytes, rate: int) -> Path:
+    """Write int16 mono samples (an array, or little-endian bytes) as a 16-bit mono WAV file."""
+    pcm = samples if isinstance(samples, bytes) else np.asarray(samples).astype("<i2").tobytes()
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return Path(path)
 
 
 def _decode_wav(path: str | Path) -> tuple[np.ndarray, int]:

@@ -17,6 +17,7 @@ import soxr
 
 from daemon.aec_eval import erle_db
 from daemon.vad_eval import synth_speech
+from hardware import wavfile
 from hardware.aec import SpeexEchoCanceller
 from hardware.errors import HardwareError
 from hardware.room import RoomAcoustics, RoomMicrophone, TappedSpeaker
@@ -71,12 +72,7 @@ async def settle() -> None:
 
 
 def write_wav(path: Path, pcm: np.ndarray, rate: int = RATE) -> Path:
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm.astype("<i2").tobytes())
-    return path
+    return wavfile.write_wav(path, pcm, rate)
 
 
 def file_samples(path: Path) -> np.ndarray:

@@ -16,7 +16,6 @@ import json
 import statistics
 import tempfile
 import time
-import wave
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -52,7 +51,7 @@ from daemon.stubs.funasr import FunAsrBehaviour, make_question_wav
 from daemon.stubs.openai import tokenize
 from daemon.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.stubs.runner import demo_llm_behaviour, start_stubs
-from hardware.wavfile import WavMicrophone, WavSpeaker
+from hardware.wavfile import WavMicrophone, WavSpeaker, write_wav
 
 log = structlog.get_logger()
 
@@ -70,12 +69,7 @@ def make_input(workdir: Path) -> tuple[Path, float]:
     raw = make_question_wav(QUESTION, workdir / "question-raw.wav")
     pcm, rate = read_pcm(raw)
     samples = np.concatenate([np.zeros(int(LEAD_IN_S * rate), dtype="<i2"), pcm])
-    path = workdir / "question.wav"
-    with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(samples.tobytes())
+    path = write_wav(workdir / "question.wav", samples, rate)
     return path, last_loud_s(samples, rate)
 
 

@@ -31,9 +31,10 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+
+from daemon.stubs.streaming import ClosingStreamingResponse
 
 __all__ = [
     "EXAMPLE_STREAM",
@@ -248,19 +249,6 @@ class _InLoopServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
-
-
-class _ClosingStreamingResponse(StreamingResponse):
-    """Closes the body generator as soon as the response ends, so that a client that went away
-    is seen at once (GeneratorExit) rather than whenever the generator is garbage-collected."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
 
 def _content_text(content: Any) -> str:
@@ -588,7 +576,7 @@ class OpenAiStub:
             events = self._llama_events(b, plan, ctl)
         else:
             events = self._vllm_events(b, plan, ctl)
-        return _ClosingStreamingResponse(self._observed(events, ctl, b), media_type="text/event-stream")
+        return ClosingStreamingResponse(self._observed(events, ctl, b), media_type="text/event-stream")
 
     # -- helpers ------------------------------------------------------------------------
 

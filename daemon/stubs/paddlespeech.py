@@ -33,11 +33,13 @@ import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from daemon.stubs.streaming import ClosingStreamingResponse
 
 log = structlog.get_logger()
 
@@ -306,7 +308,7 @@ class PaddleSpeechStub:
             return PlainTextResponse("Internal Server Error", status_code=500)
         if behaviour.misbehave == "error_500":
             return PlainTextResponse("Internal Server Error", status_code=500)
-        return _ClosingStreamingResponse(self._http_body(behaviour, body["text"]))
+        return ClosingStreamingResponse(self._http_body(behaviour, body["text"]))
 
     async def _http_body(self, behaviour: PaddleSpeechBehaviour, text: str) -> AsyncIterator[bytes]:
         """The response body: one base64 string per chunk, no separator, nothing else."""
@@ -470,19 +472,6 @@ class PaddleSpeechStub:
 
 
 # -- helpers -------------------------------------------------------------------------------------
-
-
-class _ClosingStreamingResponse(StreamingResponse):
-    """Closes the body generator as soon as the response ends, so that a client that went away
-    is counted at once (GeneratorExit), not whenever the generator is garbage-collected."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            aclose = getattr(self.body_iterator, "aclose", None)
-            if aclose is not None:
-                await aclose()
 
 
 def _watch_ws_close(app: ASGIApp) -> ASGIApp:
