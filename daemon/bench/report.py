@@ -82,7 +82,47 @@ def render_table(results: dict[str, Any]) -> str:
         lim = r["limit_ms"]
         parts = " + ".join(f"{_ms(lim[k])}" for k in STAGES)
         lines.append(f"  {name}: {parts} = {_ms(lim['total'])}  (first clause {r['first_clause']!r})")
+    lines.append("")
+    lines.extend(render_targets(results))
     return "\n".join(lines)
+
+
+TARGET_OVERHEAD_MS = 20.0
+TARGET_RATIO = 4.0
+TARGET_GAP_MS = 50.0
+
+
+def render_targets(results: dict[str, Any]) -> list[str]:
+    """The issue's targets, checked on this run: overhead, the sequential ratio, gaps."""
+    lines = ["targets:"]
+    for name, r in results["scenarios"].items():
+        s = r["summary"]
+        overhead, gap = s["overhead_ms"]["median"], s["longest_gap_ms"]["max"]
+        parts = overhead_parts(r)
+        vad, device = parts.get("VAD"), parts.get("output device")
+        waits = ""
+        if overhead is not None and vad is not None and device is not None:
+            waits = (
+                f" (of it {_ms(vad)} waiting for the microphone block that completes the silence, {_ms(device)}"
+                f" for the speaker's next period; the rest {_ms(overhead - vad - device)})"
+            )
+        checks = [
+            f"overhead median {_ms(overhead)} ms < {TARGET_OVERHEAD_MS:.0f}: {_met(overhead, TARGET_OVERHEAD_MS)}"
+            + waits,
+            f"longest gap {_ms(gap)} ms <= {TARGET_GAP_MS:.0f}: {_met(gap, TARGET_GAP_MS, inclusive=True)}",
+        ]
+        ratio = s.get("ratio_sequential_to_streaming")
+        if ratio is not None:
+            ok = "met" if ratio >= TARGET_RATIO else "NOT met"
+            checks.append(f"sequential/streaming {ratio:.1f}x >= {TARGET_RATIO:.0f}x: {ok}")
+        lines.append(f"  {name}: " + "; ".join(checks))
+    return lines
+
+
+def _met(value: float | None, limit: float, *, inclusive: bool = False) -> str:
+    if value is None:
+        return "not measured"
+    return "met" if value < limit or (inclusive and value == limit) else "NOT met"
 
 
 OVERHEAD_PARTS = (
