@@ -5,7 +5,8 @@ a WAV microphone and a WAV speaker: the latency is read off the two timelines, f
 sample of the question in the input to the first reply sample in the output. The limit the
 services set (end silence + ASR + time to first token + first clause + TTS first chunk) is
 subtracted: the rest is moss-voice's overhead. The same turns through a sequential controller
-(whole transcript, whole answer, whole TTS, then play) give the ratio streaming saves.
+(whole transcript, whole answer, whole TTS, then play) give the ratio streaming saves. The
+stand-ins run in a process of their own (``stub_process``), as the services run on another machine.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import statistics
 import tempfile
 import time
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from daemon.bench.scenarios import (
     limit_for,
 )
 from daemon.bench.sequential import run_sequential
+from daemon.bench.stub_process import StubProcess, StubUrls
 from daemon.bench.timeline import Reply, last_loud_s, read_pcm, reply_after
 from daemon.config import (
     AecSettings,
@@ -50,7 +51,7 @@ from daemon.logs import configure_logging
 from daemon.stubs.funasr import FunAsrBehaviour, make_question_wav
 from daemon.stubs.openai import tokenize
 from daemon.stubs.paddlespeech import PaddleSpeechBehaviour
-from daemon.stubs.runner import demo_llm_behaviour, start_stubs
+from daemon.stubs.runner import demo_llm_behaviour
 from hardware.wavfile import WavMicrophone, WavSpeaker, write_wav
 
 log = structlog.get_logger()
@@ -73,14 +74,11 @@ def make_input(workdir: Path) -> tuple[Path, float]:
     return path, last_loud_s(samples, rate)
 
 
-def _settings(
-    stubs: tuple[Any, Any, Any], scenario: Scenario, qwav: Path, out: Path, block_ms: int = BLOCK_MS
-) -> Settings:
-    asr, llm, tts = stubs
+def _settings(urls: StubUrls, scenario: Scenario, qwav: Path, out: Path, block_ms: int = BLOCK_MS) -> Settings:
     return Settings(
-        asr=AsrSettings(url=asr.url),
-        llm=LlmSettings(url=llm.url),
-        tts=TtsSettings(url=tts.url),
+        asr=AsrSettings(url=urls.asr),
+        llm=LlmSettings(url=urls.llm),
+        tts=TtsSettings(url=urls.tts),
         audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}", block_ms=block_ms),
         vad=VadSettings(end_silence_ms=scenario.end_silence_ms),
         aec=AecSettings(engine="off"),  # WAV devices: no echo path
@@ -202,27 +200,25 @@ async def measure_scenario(
     synths: list[float] = []
     turns: list[dict[str, Any]] = []
     seq_turns: list[dict[str, Any]] = []
-    async with AsyncExitStack() as stack:
-        stubs = await start_stubs(
-            stack,
-            asr=FunAsrBehaviour(transcript_override=QUESTION, final_delay_s=scenario.asr_final_delay_s),
-            llm=demo_llm_behaviour(
-                answers={},
-                default_answer=scenario.answer,
-                first_token_delay_s=scenario.llm_ttft_s,
-                tokens_per_s=scenario.llm_tokens_per_s,
-            ),
-            tts=PaddleSpeechBehaviour(first_chunk_delay_s=scenario.tts_first_chunk_s, realtime_factor=scenario.tts_rtf),
-        )
-        tts_stub = stubs[2]
+    async with StubProcess(
+        asr=FunAsrBehaviour(transcript_override=QUESTION, final_delay_s=scenario.asr_final_delay_s),
+        llm=demo_llm_behaviour(
+            answers={},
+            default_answer=scenario.answer,
+            first_token_delay_s=scenario.llm_ttft_s,
+            tokens_per_s=scenario.llm_tokens_per_s,
+        ),
+        tts=PaddleSpeechBehaviour(first_chunk_delay_s=scenario.tts_first_chunk_s, realtime_factor=scenario.tts_rtf),
+    ) as stubs:
         for i in range(n):
             out = workdir / f"{scenario.name}-stream-{i}.wav"
-            synthesized = len(tts_stub.synth_log)
+            synthesized = len(await stubs.synth_log())
             reply, daemon_times = await streaming_turn(
-                _settings(stubs, scenario, qwav, out, block_ms), out, speech_end_s, window_s
+                _settings(stubs.urls, scenario, qwav, out, block_ms), out, speech_end_s, window_s
             )
             # The stand-in's own time for the first sentence of this answer (espeak-ng), from its log.
-            synth = tts_stub.synth_log[synthesized][1] if len(tts_stub.synth_log) > synthesized else 0.0
+            synth_log = await stubs.synth_log()
+            synth = synth_log[synthesized][1] if len(synth_log) > synthesized else 0.0
             synths.append(synth)
             limits.append(limit_for(scenario, tts_synth_s=synth))
             turns.append(
@@ -235,7 +231,9 @@ async def measure_scenario(
             log.warning("bench_turn", scenario=scenario.name, mode="streaming", turn=i, **turns[-1])
             if sequential:
                 out = workdir / f"{scenario.name}-seq-{i}.wav"
-                reply = await sequential_turn(_settings(stubs, scenario, qwav, out, block_ms), qwav, out, speech_end_s)
+                reply = await sequential_turn(
+                    _settings(stubs.urls, scenario, qwav, out, block_ms), qwav, out, speech_end_s
+                )
                 seq_turns.append(_turn_figures(reply, speech_end_s, None))
                 log.warning("bench_turn", scenario=scenario.name, mode="sequential", turn=i, **seq_turns[-1])
     summary: dict[str, Any] = {
