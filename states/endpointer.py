@@ -153,7 +153,13 @@ def _frames(ms: float, frame_ms: float) -> int:
 class Endpointer:
     """Finds one utterance in a stream of VAD-labelled frames (see the module docstring)."""
 
-    def __init__(self, settings: EndpointerSettings, frame_bytes: int, sample_rate: int = 16000) -> None:
+    def __init__(
+        self,
+        settings: EndpointerSettings,
+        frame_bytes: int,
+        sample_rate: int = 16000,
+        gate: LoudnessGate | None = None,
+    ) -> None:
         if frame_bytes <= 0 or frame_bytes % 2:
             raise ValueError(f"frame_bytes must be a positive whole number of int16 samples, got {frame_bytes}")
         if not 0.0 < settings.speech_start_ratio <= 1.0:
@@ -167,11 +173,11 @@ class Endpointer:
         """Speech frames needed in that window."""
         self.end_frames = max(1, _frames(settings.end_silence_ms, self.frame_ms))
         """Whole non-speech frames that end the utterance when the VAD is trusted alone."""
-        self.frame_samples = frame_bytes // 2
         self.end_samples = max(1, round(settings.end_silence_ms * sample_rate / 1000))
         self.trim_samples = max(0, round(settings.end_trim_ms * sample_rate / 1000))
-        self.gate = LoudnessGate()
-        """Kept across ``reset()``: the room's noise floor does not change between utterances."""
+        self.gate = gate if gate is not None else LoudnessGate()
+        """The room's noise floor: kept across ``reset()``, and passed in to outlive this
+        endpointer (the next utterance may start before any silence was heard, in a barge-in)."""
         self.pre_roll_frames = _frames(settings.pre_roll_ms, self.frame_ms)
         self.max_frames = max(self.start_frames, _frames(settings.max_utterance_s * 1000, self.frame_ms))
         timeout = settings.no_speech_timeout_s

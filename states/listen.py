@@ -11,6 +11,7 @@ from states.endpointer import (
     Endpointer,
     EndpointerSettings,
     Framer,
+    LoudnessGate,
     NoSpeech,
     SpeechAudio,
     SpeechEnded,
@@ -33,6 +34,7 @@ async def listen_for_utterance(
     clock: Callable[[], float],
     initial_audio: bytes = b"",
     deaf_until: float | None = None,
+    loudness: LoudnessGate | None = None,
 ) -> Transcript | None:
     """Return what the user said, or None when nobody spoke before the no-speech timeout.
 
@@ -40,10 +42,11 @@ async def listen_for_utterance(
     (and TLS) is not on the latency path. Audio before the speech start is never sent, except the
     pre-roll the endpointer keeps. ``initial_audio`` (what a barge-in already captured) is heard
     first, then the live microphone. Audio captured before ``deaf_until`` is dropped (the
-    microphone hears the listening earcon).
+    microphone hears the listening earcon). ``loudness``: the room's noise floor, kept from one
+    utterance to the next (the end of speech is measured against it).
     """
     vad.reset()
-    endpointer = Endpointer(settings, vad.frame_bytes, mic.sample_rate)
+    endpointer = Endpointer(settings, vad.frame_bytes, mic.sample_rate, gate=loudness)
     frames = Framer(vad.frame_bytes)
     opening = asyncio.create_task(asr.open_session(), name="asr-connect")
     session: AsrSession | None = None

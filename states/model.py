@@ -28,7 +28,7 @@ from states.barge_in import (
     is_stop_command,
     watch_for_barge_in,
 )
-from states.endpointer import EndpointerSettings
+from states.endpointer import EndpointerSettings, LoudnessGate
 from states.events import Transcript, TurnTimes
 from states.history import Conversation
 from states.listen import listen_for_utterance
@@ -167,6 +167,8 @@ class Assistant:
         self.speaker, self.vad = speaker, vad
         self.aec, self.echo_reference = aec, echo_reference
         self.echo_training = EchoTraining()
+        self.loudness = LoudnessGate()
+        """The room's noise floor, learnt by the endpointer across utterances."""
         self.asr, self.llm, self.tts = asr, llm, tts
         self.conversation = conversation
         self.settings = settings
@@ -321,6 +323,7 @@ class Assistant:
             clock=self._clock,
             initial_audio=initial_audio,
             deaf_until=deaf_until,
+            loudness=self.loudness,
         )
         text = transcript.text.strip() if transcript is not None else ""
         if self._held is not None and is_filler(text, self.settings.barge_in.fillers):

@@ -11,6 +11,7 @@ from states.endpointer import (
     Endpointer,
     EndpointerSettings,
     Framer,
+    LoudnessGate,
     NoSpeech,
     SpeechAudio,
     SpeechEnded,
@@ -304,3 +305,13 @@ def test_end_early_is_off_without_trimming() -> None:
     for pcm, speech in [(voice(), True)] * 5 + [(np.zeros(SAMPLES, dtype="<i2"), False)] * 9:
         ep.push(pcm.tobytes(), speech)
     assert ep.end_early(bytes(FRAME_BYTES * 2)) == []
+
+
+def test_a_gate_passed_in_outlives_the_endpointer() -> None:
+    """The assistant keeps one noise floor for the room: the next utterance starts knowing it."""
+    gate = LoudnessGate()
+    first = Endpointer(TRIM, FRAME_BYTES, gate=gate)
+    for i in range(5):
+        first.push(noise(500, seed=i).tobytes(), False)
+    second = Endpointer(TRIM, FRAME_BYTES, gate=gate)
+    assert second.gate is gate and gate.floor is not None and 400 < gate.floor < 600
