@@ -12,6 +12,7 @@ import httpx
 import structlog
 
 from daemon.clients.asr import FunAsrClient
+from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
@@ -92,8 +93,8 @@ class App:
         started = time.monotonic()
         async with AsyncExitStack() as stack:
             tls = httpx.create_ssl_context()  # built once: each costs ~25 ms of the start
-            llm_http = await stack.enter_async_context(httpx.AsyncClient(verify=tls))
-            tts_http = await stack.enter_async_context(httpx.AsyncClient(verify=tls))
+            llm_http = await stack.enter_async_context(make_http_client(tls))
+            tts_http = await stack.enter_async_context(make_http_client(tls))
             llm = OpenAiCompatibleLlm(s.llm, llm_http)
             tts = make_tts(s.tts, tts_http)
             asr = FunAsrClient(s.asr)

@@ -13,11 +13,11 @@ import time
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import httpx
 import structlog
 
 from daemon.app import assistant_settings
 from daemon.clients.asr import FunAsrClient
+from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
@@ -37,8 +37,8 @@ async def run_sequential(settings: Settings, question_wav: Path, output_wav: Pat
     Stops once the answer has started playing: the first audio is all it is measured for.
     """
     async with AsyncExitStack() as stack:
-        llm_http = await stack.enter_async_context(httpx.AsyncClient())
-        tts_http = await stack.enter_async_context(httpx.AsyncClient())
+        llm_http = await stack.enter_async_context(make_http_client())
+        tts_http = await stack.enter_async_context(make_http_client())
         llm = OpenAiCompatibleLlm(settings.llm, llm_http)
         tts = make_tts(settings.tts, tts_http)
         rate = await tts.sample_rate()

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import structlog
 
+from daemon.clients.http_pool import send_retrying_stale
 from daemon.clients.sse import SseError, SseParser
 from daemon.config import LlmSettings
 from daemon.errors import LlmAuthError, LlmError, LlmNotFoundError, LlmTimeout
@@ -389,7 +390,7 @@ class OpenAiCompatibleLlm:
         try:
             try:
                 async with asyncio.timeout_at(deadline):
-                    response = await self._http.send(request, stream=True)
+                    response = await send_retrying_stale(self._http, request)
             except TimeoutError as exc:
                 raise LlmTimeout(f"no response from {url} within {self._settings.first_token_timeout_s:g} s") from exc
             except httpx.TimeoutException as exc:

@@ -22,6 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from daemon.clients.b64stream import Base64StreamDecoder
+from daemon.clients.http_pool import send_retrying_stale
 from daemon.config import TtsSettings
 from daemon.errors import TtsError, TtsTimeout
 from hardware.pcm import PcmFramer
@@ -235,7 +236,7 @@ class PaddleSpeechHttpTts:
         request = self._http.build_request("POST", url, json=body, timeout=_http_timeout(self._settings))
         started = self._clock()
         try:
-            response = await self._http.send(request, stream=True)
+            response = await send_retrying_stale(self._http, request)
         except httpx.TimeoutException as exc:
             error: TtsError = TtsTimeout(f"TTS request to {url} timed out: {_describe(exc)}")
             log.warning("tts_error", url=url, error=str(error))
