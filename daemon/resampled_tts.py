@@ -21,6 +21,9 @@ class ResampledTts:
     async def sample_rate(self) -> int:
         return self._target
 
+    async def warm_up(self) -> None:
+        await self._inner.warm_up()
+
     @asynccontextmanager
     async def synthesize(self, text: str) -> AsyncIterator[AsyncIterator[bytes]]:
         source_rate = await self._inner.sample_rate()

@@ -35,6 +35,7 @@ async def listen_for_utterance(
     initial_audio: bytes = b"",
     deaf_until: float | None = None,
     loudness: LoudnessGate | None = None,
+    on_speech_end: Callable[[], None] | None = None,
 ) -> Transcript | None:
     """Return what the user said, or None when nobody spoke before the no-speech timeout.
 
@@ -43,7 +44,9 @@ async def listen_for_utterance(
     pre-roll the endpointer keeps. ``initial_audio`` (what a barge-in already captured) is heard
     first, then the live microphone. Audio captured before ``deaf_until`` is dropped (the
     microphone hears the listening earcon). ``loudness``: the room's noise floor, kept from one
-    utterance to the next (the end of speech is measured against it).
+    utterance to the next (the end of speech is measured against it). ``on_speech_end`` is
+    called as soon as the end of the utterance is decided, before the ASR's final result (the
+    replying services can get ready meanwhile).
     """
     vad.reset()
     endpointer = Endpointer(settings, vad.frame_bytes, mic.sample_rate, gate=loudness)
@@ -80,6 +83,8 @@ async def listen_for_utterance(
                 elif isinstance(event, SpeechEnded):
                     assert session is not None
                     times.speech_end = clock()
+                    if on_speech_end is not None:
+                        on_speech_end()
                     log.info(
                         "speech_ended",
                         reason=event.reason,

@@ -179,6 +179,7 @@ class Assistant:
         self._owned: set[asyncio.Task[None]] = set()
         """The tasks of the current state(s): cancelled when the state is left."""
         self._runners: set[asyncio.Task[None]] = set()
+        self._warm_ups: set[asyncio.Task[None]] = set()
         self._reply_task: asyncio.Task[None] | None = None
         self._held: HeldReply | None = None
         self.turn: Turn | None = None
@@ -324,6 +325,7 @@ class Assistant:
             initial_audio=initial_audio,
             deaf_until=deaf_until,
             loudness=self.loudness,
+            on_speech_end=self._warm_up_services,
         )
         text = transcript.text.strip() if transcript is not None else ""
         if self._held is not None and is_filler(text, self.settings.barge_in.fillers):
@@ -464,8 +466,24 @@ class Assistant:
             if not task.cancelled() and task.exception() is not None:
                 log.warning("task_failed_while_cancelled", task=task.get_name(), error=repr(task.exception()))
 
+    def _warm_up_services(self) -> None:
+        """The user has finished speaking: open the LLM and TTS connections while the ASR
+        finishes, so the requests do not wait for TCP and TLS handshakes (an idle connection is
+        closed after a few seconds, so earlier would be too early for a long question). Not a
+        state's task: it may outlive LISTENING, and it never fails."""
+        task = asyncio.create_task(self._warm_up(), name="warm-up")
+        self._warm_ups.add(task)
+        task.add_done_callback(self._warm_ups.discard)
+
+    async def _warm_up(self) -> None:
+        await asyncio.gather(self.llm.warm_up(), self.tts.warm_up())
+
     async def aclose(self) -> None:
         """Stop whatever runs (daemon shutdown). The current turn ends as ``stopped``."""
+        for task in self._warm_ups:
+            task.cancel()
+        if self._warm_ups:
+            await asyncio.wait(self._warm_ups)
         if self.state is not State.IDLE:
             await self.stop()
         await self._cancel_tasks()

@@ -117,6 +117,11 @@ class LlmClient(Protocol):
         """Leaving the context before the end closes the connection, which aborts generation."""
         ...
 
+    async def warm_up(self) -> None:
+        """Have a connection ready for the request to come (the user has just finished speaking),
+        so that it does not wait for TCP and TLS handshakes. Never raises."""
+        ...
+
 
 class TtsClient(Protocol):
     async def sample_rate(self) -> int:
@@ -125,6 +130,10 @@ class TtsClient(Protocol):
 
     def synthesize(self, text: str) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
         """PCM chunks of whole samples for ``text``. Zero audio or a cut stream raises TtsError."""
+        ...
+
+    async def warm_up(self) -> None:
+        """As ``LlmClient.warm_up``. Never raises."""
         ...
 
 

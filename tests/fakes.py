@@ -163,6 +163,10 @@ class FakeLlm:
         self.gate: asyncio.Event | None = None
         self.requests: list[list[ChatMessage]] = []
         self.streams: list[FakeLlmStream] = []
+        self.warm_ups = 0
+
+    async def warm_up(self) -> None:
+        self.warm_ups += 1
 
     @asynccontextmanager
     async def stream_chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[FakeLlmStream]:
@@ -180,9 +184,13 @@ class FakeTts:
         self.fail_on = set(fail_on)
         self.error = error or RuntimeError("tts broke")
         self.texts: list[str] = []
+        self.warm_ups = 0
 
     async def sample_rate(self) -> int:
         return self.rate
+
+    async def warm_up(self) -> None:
+        self.warm_ups += 1
 
     @asynccontextmanager
     async def synthesize(self, text: str) -> AsyncIterator[AsyncIterator[bytes]]:

@@ -84,6 +84,23 @@ async def test_a_full_turn_goes_through_every_state_and_is_reported() -> None:
     assert speaker.audio == SPEECH * sum(len(t) for t in assistant.tts.texts)  # type: ignore[attr-defined]
 
 
+async def test_the_llm_and_tts_connections_are_warmed_up_once_the_user_has_spoken() -> None:
+    llm, tts = FakeLlm(["Noon."]), FakeTts()
+    assistant, _, ended = make(llm=llm, tts=tts)
+    assert await assistant.wake()
+    assert (llm.warm_ups, tts.warm_ups) == (0, 0)  # woken, but nobody has spoken yet
+    await asyncio.wait_for(ended.get(), TIMEOUT)
+    await asyncio.wait_for(assistant.settle(), TIMEOUT)
+    assert (llm.warm_ups, tts.warm_ups) == (1, 1)
+
+
+async def test_nobody_speaking_warms_nothing_up() -> None:
+    llm, tts = FakeLlm(), FakeTts()
+    assistant, _, ended = make(mic=FakeMic([(2.0, False)]), llm=llm, tts=tts)
+    turn = await one_turn(assistant, ended)
+    assert turn.outcome == "no_speech" and (llm.warm_ups, tts.warm_ups) == (0, 0)
+
+
 async def test_the_asr_gets_the_speech_with_its_pre_roll_and_nothing_long_before() -> None:
     asr = FakeAsr("hello")
     assistant, _, ended = make(asr=asr)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import LlmStream, OpenAiCompatibleLlm, error_message
 from daemon.config import LlmSettings
 from daemon.errors import LlmAuthError, LlmError, LlmNotFoundError, LlmTimeout, ServiceTimeout
@@ -765,3 +766,18 @@ async def test_errors_are_logged(http: httpx.AsyncClient, stub: OpenAiStub) -> N
 async def test_implements_the_port(http: httpx.AsyncClient) -> None:
     llm: LlmClient = OpenAiCompatibleLlm(make_settings("http://h/v1"), http)
     assert callable(llm.stream_chat)
+
+
+async def test_warm_up_leaves_an_open_connection_for_the_question(stub: OpenAiStub) -> None:
+    async with make_http_client() as http:
+        llm = OpenAiCompatibleLlm(make_settings(stub.url), http)
+        await asyncio.wait_for(llm.warm_up(), T)
+        await collect(llm)
+    warm, chat = stub.requests[-2], stub.requests[-1]
+    assert warm.path.endswith("/models") and chat.path.endswith("/chat/completions")
+    assert warm.client is not None and warm.client == chat.client  # the same connection
+
+
+async def test_warm_up_against_a_dead_server_is_quiet(http: httpx.AsyncClient) -> None:
+    llm = OpenAiCompatibleLlm(make_settings("http://127.0.0.1:9/v1", connect_timeout_s=0.5), http)
+    await asyncio.wait_for(llm.warm_up(), T)  # no exception: the question itself will say it

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from daemon.clients.http_pool import make_http_client
 from daemon.clients.tts import (
     PaddleSpeechHttpTts,
     PaddleSpeechWsTts,
@@ -455,3 +456,17 @@ async def test_make_tts_picks_the_protocol_from_the_url(http: httpx.AsyncClient)
     ws_tts: TtsClient = make_tts(TtsSettings(url="wss://h:8092/paddlespeech/tts/streaming"), http)
     assert isinstance(http_tts, PaddleSpeechHttpTts)
     assert isinstance(ws_tts, PaddleSpeechWsTts)
+
+
+async def test_warm_up_asks_the_sample_rate_and_the_sentence_follows(stub: PaddleSpeechStub) -> None:
+    async with make_http_client() as http:
+        tts = PaddleSpeechHttpTts(_settings(stub.url), http)
+        await asyncio.wait_for(tts.warm_up(), TIMEOUT)
+        assert stub.samplerate_requests == 1
+        assert b"".join(await _collect(tts, "你好。")) == PCM
+
+
+async def test_warm_up_against_a_dead_server_is_quiet(http: httpx.AsyncClient, closed_port: int) -> None:
+    tts = PaddleSpeechHttpTts(_settings(f"http://127.0.0.1:{closed_port}/paddlespeech/tts/streaming"), http)
+    await asyncio.wait_for(tts.warm_up(), TIMEOUT)
+    await asyncio.wait_for(PaddleSpeechWsTts(_settings("ws://127.0.0.1:9/x")).warm_up(), TIMEOUT)  # a no-op

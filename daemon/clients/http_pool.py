@@ -38,6 +38,19 @@ def make_http_client(tls: ssl.SSLContext | None = None) -> httpx.AsyncClient:
     )
 
 
+async def warm_up_connection(
+    http: httpx.AsyncClient, url: str, *, headers: dict[str, str] | None = None, timeout_s: float, service: str
+) -> None:
+    """GET ``url`` and drop the answer: the pool keeps the connection open (``KEEPALIVE_EXPIRY_S``)
+    for the request that follows. Never raises; a failure is only logged, as the request itself
+    will report a dead server."""
+    try:
+        response = await http.get(url, headers=headers, timeout=timeout_s)
+        await response.aclose()
+    except httpx.HTTPError as exc:
+        log.debug("warm_up_failed", service=service, url=url, error=f"{type(exc).__name__}: {exc}")
+
+
 async def send_retrying_stale(http: httpx.AsyncClient, request: httpx.Request) -> httpx.Response:
     """``http.send(request, stream=True)``, sent once more if the connection died before any
     response (see the module docstring). Other errors, and a second failure, are raised."""

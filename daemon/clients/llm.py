@@ -29,7 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import structlog
 
-from daemon.clients.http_pool import send_retrying_stale
+from daemon.clients.http_pool import send_retrying_stale, warm_up_connection
 from daemon.clients.sse import SseError, SseParser
 from daemon.config import LlmSettings
 from daemon.errors import LlmAuthError, LlmError, LlmNotFoundError, LlmTimeout
@@ -482,6 +482,18 @@ class OpenAiCompatibleLlm:
                 raise error
             await asyncio.sleep(min(delay, remaining))
             delay = min(delay * 1.6, _BACKOFF_MAX_S)
+
+    async def warm_up(self) -> None:
+        """A cheap GET of /models while the ASR finishes: the chat request that follows finds an
+        open connection (servers close idle ones after 5 s, and a TLS handshake to a remote GPU
+        server costs round trips). Never raises: the request itself reports a dead server."""
+        await warm_up_connection(
+            self._http,
+            self._models_url,
+            headers=self._headers(),
+            timeout_s=self._settings.connect_timeout_s,
+            service="llm",
+        )
 
     def _pick_model(self, served: list[str], has_health: bool, *, ms: int) -> str:
         model = self._settings.model

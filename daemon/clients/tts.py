@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from daemon.clients.b64stream import Base64StreamDecoder
-from daemon.clients.http_pool import send_retrying_stale
+from daemon.clients.http_pool import send_retrying_stale, warm_up_connection
 from daemon.config import TtsSettings
 from daemon.errors import TtsError, TtsTimeout
 from hardware.pcm import PcmFramer
@@ -225,6 +225,13 @@ class PaddleSpeechHttpTts:
     async def sample_rate(self) -> int:
         return await self._rate.get()
 
+    async def warm_up(self) -> None:
+        """A GET of .../samplerate while the ASR and the LLM work, so the first sentence's POST
+        finds an open connection. Never raises."""
+        await warm_up_connection(
+            self._http, self._settings.samplerate_url, timeout_s=self._settings.connect_timeout_s, service="tts"
+        )
+
     def synthesize(self, text: str) -> AbstractAsyncContextManager[TtsAudioStream]:
         return self._synthesize(text)
 
@@ -309,6 +316,9 @@ class PaddleSpeechWsTts:
 
     async def sample_rate(self) -> int:
         return await self._rate.get()
+
+    async def warm_up(self) -> None:
+        """Nothing: every sentence has a websocket of its own, opened when it is sent."""
 
     def synthesize(self, text: str) -> AbstractAsyncContextManager[TtsAudioStream]:
         return self._synthesize(text)
