@@ -33,6 +33,16 @@ class StubProcessError(Exception):
 
 
 @dataclass(frozen=True)
+class StubBehaviours:
+    """What the child starts (pickled across): the three behaviours, the TTS protocol."""
+
+    asr: FunAsrBehaviour | None
+    llm: OpenAiBehaviour | None
+    tts: PaddleSpeechBehaviour | None
+    tts_protocol: str
+
+
+@dataclass(frozen=True)
 class StubUrls:
     asr: str
     llm: str
@@ -51,7 +61,7 @@ class StubProcess:
         tts: PaddleSpeechBehaviour | None = None,
         tts_protocol: str = "http",
     ) -> None:
-        self._behaviours = (asr, llm, tts, tts_protocol)
+        self._behaviours = StubBehaviours(asr, llm, tts, tts_protocol)
         self._conn: Connection | None = None
         self._process: Any = None
         self._lock = asyncio.Lock()
@@ -62,7 +72,7 @@ class StubProcess:
         parent, child = context.Pipe()
         self._conn = parent
         self._process = context.Process(
-            target=_child_main, args=(child, *self._behaviours), name="moss-voice-stubs", daemon=True
+            target=_child_main, args=(child, self._behaviours), name="moss-voice-stubs", daemon=True
         )
         self._process.start()
         child.close()
@@ -121,32 +131,20 @@ class StubProcess:
                 await asyncio.to_thread(process.join, STOP_TIMEOUT_S)
 
 
-def _child_main(
-    conn: Connection,
-    asr: FunAsrBehaviour | None,
-    llm: OpenAiBehaviour | None,
-    tts: PaddleSpeechBehaviour | None,
-    tts_protocol: str,
-) -> None:
+def _child_main(conn: Connection, behaviours: StubBehaviours) -> None:
     from daemon.logs import configure_logging
 
     configure_logging("warning", "console", stream=sys.stderr)
-    asyncio.run(_serve(conn, asr, llm, tts, tts_protocol))
+    asyncio.run(_serve(conn, behaviours))
 
 
-async def _serve(
-    conn: Connection,
-    asr: FunAsrBehaviour | None,
-    llm: OpenAiBehaviour | None,
-    tts: PaddleSpeechBehaviour | None,
-    tts_protocol: str,
-) -> None:
+async def _serve(conn: Connection, b: StubBehaviours) -> None:
     from daemon.stubs.runner import start_stubs
 
     async with AsyncExitStack() as stack:
         try:
             asr_stub, llm_stub, tts_stub = await start_stubs(
-                stack, asr=asr, llm=llm, tts=tts, tts_protocol=tts_protocol
+                stack, asr=b.asr, llm=b.llm, tts=b.tts, tts_protocol=b.tts_protocol
             )
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
