@@ -24,7 +24,7 @@ EXIT_CONFIG = 2
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:2] == ["bench", "latency"]:  # its options are its own, --help included
-        from daemon.bench.latency import main as latency_main
+        from daemon.tools.bench.latency import main as latency_main
 
         return int(latency_main(argv[2:]) or 0)
     args = _parser().parse_args(argv)
@@ -124,7 +124,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 def _cmd_stubs(args: argparse.Namespace) -> int:
     configure_logging("info", "auto")
-    from daemon.stubs.runner import run_stubs
+    from daemon.tools.stubs.runner import run_stubs
 
     return _run_until_signal(lambda stop: run_stubs(args, stop))
 
@@ -141,25 +141,25 @@ def _cmd_devices(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    from daemon.tools.demo import run_demo
 
     return _run_until_signal(lambda stop: run_demo(args.workdir, question=args.question, stop=stop))
 
 
 def _cmd_bench_vad(args: argparse.Namespace) -> int:
-    from daemon import vad_eval
+    from daemon.tools.bench import vad as vad_eval
 
     return int(vad_eval.main([]) or 0)
 
 
 def _cmd_bench_aec(args: argparse.Namespace) -> int:
-    from daemon import aec_eval
+    from daemon.tools.bench import aec as aec_eval
 
     return int(aec_eval.main(["--seconds", str(args.seconds)]) or 0)
 
 
 def _cmd_bench_idle(args: argparse.Namespace) -> int:
-    from daemon import bench_idle
+    from daemon.tools.bench import idle as bench_idle
 
     argv = ["-n", str(args.n), "--window", str(args.window), "--pipeline-seconds", str(args.pipeline_seconds)]
     for flag, value in (("--input", args.input), ("--output", args.output), ("--json", args.json)):
@@ -171,7 +171,7 @@ def _cmd_bench_idle(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench_barge_in(args: argparse.Namespace) -> int:
-    from daemon import bench_barge_in
+    from daemon.tools.bench import barge_in as bench_barge_in
 
     argv = ["-n", str(args.n), "--mode", args.mode, "--tts-protocol", args.tts_protocol]
     return int(bench_barge_in.main(argv + (["--json", args.json] if args.json else [])) or 0)

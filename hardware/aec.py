@@ -6,7 +6,7 @@ robot's own voice should not look like a user talking over it.
 
 * ``SpeexEchoCanceller``: SpeexDSP's adaptive filter (MDF), through the ``speexaec`` binding
   (Debian's ``libspeexdsp``). About 0.05 ms of CPU per 10 ms frame; 30-40 dB less echo once it has
-  converged (a few seconds of far-end speech); near-end speech passes (``daemon/aec_eval.py``).
+  converged (a few seconds of far-end speech); near-end speech passes (``daemon/tools/bench/aec.py``).
 * ``NullEchoCanceller``: passes the microphone through, for when AEC is off.
 
 Both take one frame of near end (microphone) and one of far end (reference) at a time, int16 mono,

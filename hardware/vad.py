@@ -7,7 +7,7 @@ Two engines, both matching the ``Vad`` port of ``states.ports`` by shape:
 * ``WebrtcVad``: the WebRTC GMM detector (webrtcvad-wheels). 10/20/30 ms frames, a few µs each,
   but it reports broadband or steady noise (fans, motors, white noise) as speech.
 
-``daemon/vad_eval.py`` measures both; run ``python -m daemon.vad_eval`` for the figures.
+``daemon/tools/bench/vad.py`` measures both; run ``python -m daemon.tools.bench.vad`` for the figures.
 """
 
 from __future__ import annotations

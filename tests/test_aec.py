@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.aec_eval import count_triggers, erle_db
-from daemon.vad_eval import synth_speech
+from daemon.tools.bench.aec import count_triggers, erle_db
+from daemon.tools.bench.vad import synth_speech
 from hardware.aec import ENGINES, NullEchoCanceller, SpeexEchoCanceller, make_echo_canceller
 from hardware.room import RoomAcoustics
 from hardware.wavfile import load_wav_16k_mono

@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from daemon.clients.asr import FunAsrClient, FunAsrSession, build_config_message
 from daemon.config import AsrSettings
 from daemon.errors import AsrError, AsrTimeout
-from daemon.stubs.funasr import FunAsrBehaviour, FunAsrStub, ScriptStep
+from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub, ScriptStep
 from states.events import Transcript
 from states.ports import AsrClient, AsrSession
 

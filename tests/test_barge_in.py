@@ -24,9 +24,9 @@ from daemon.config import (
     TtsSettings,
     VadSettings,
 )
-from daemon.stubs.funasr import FunAsrBehaviour, make_question_wav
-from daemon.stubs.paddlespeech import PaddleSpeechBehaviour
-from daemon.stubs.runner import demo_llm_behaviour, start_stubs
+from daemon.tools.stubs.funasr import FunAsrBehaviour, make_question_wav
+from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
+from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 from states.model import Turn
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.bench_barge_in import (
+from daemon.tools.bench.barge_in import (
     MATCH_WINDOW_S,
     Propagation,
     Reaction,

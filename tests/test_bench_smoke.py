@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from daemon.bench.latency import parse_args, run, write_outputs
-from daemon.bench.scenarios import SCENARIOS, first_clause, limit_for, make_answer
-from daemon.bench.timeline import reply_after
 from daemon.clients.asr import FunAsrClient
 from daemon.config import AsrSettings
-from daemon.stubs.funasr import FunAsrBehaviour, FunAsrStub
-from daemon.stubs.openai import tokenize
+from daemon.tools.bench.latency import parse_args, run, write_outputs
+from daemon.tools.bench.scenarios import SCENARIOS, first_clause, limit_for, make_answer
+from daemon.tools.bench.timeline import reply_after
+from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
+from daemon.tools.stubs.openai import tokenize
 
 FIGURES = ("first_audio_ms", "first_sound_ms", "overhead_ms", "longest_gap_ms")
 

@@ -15,9 +15,9 @@ from structlog.testing import capture_logs
 
 from daemon.app import EXIT_ANSWERED, EXIT_FAILED, App
 from daemon.config import AsrSettings, AudioSettings, LlmSettings, Settings, TtsSettings, VadSettings
-from daemon.stubs.funasr import FunAsrBehaviour, make_question_wav
-from daemon.stubs.paddlespeech import PaddleSpeechBehaviour
-from daemon.stubs.runner import demo_llm_behaviour, start_stubs
+from daemon.tools.stubs.funasr import FunAsrBehaviour, make_question_wav
+from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
+from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 from states.model import Turn
 
 pytestmark = pytest.mark.slow

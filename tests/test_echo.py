@@ -14,10 +14,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.app import App
-from daemon.bench_barge_in import LONG_ANSWER
 from daemon.config import AsrSettings, AudioSettings, BargeInConfig, LlmSettings, Settings, TtsSettings, VadSettings
-from daemon.stubs.funasr import make_question_wav
-from daemon.stubs.runner import demo_llm_behaviour, start_stubs
+from daemon.tools.bench.barge_in import LONG_ANSWER
+from daemon.tools.stubs.funasr import make_question_wav
+from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 from states.model import Turn
 
 pytestmark = pytest.mark.slow

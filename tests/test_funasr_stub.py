@@ -15,7 +15,7 @@ from websockets.asyncio.client import connect
 
 from daemon.clients.asr import FunAsrClient, build_config_message
 from daemon.config import AsrSettings
-from daemon.stubs.funasr import (
+from daemon.tools.stubs.funasr import (
     ESPEAK_VOICE,
     GRAMMAR_PATH,
     QUESTIONS,

@@ -16,8 +16,8 @@ from structlog.testing import capture_logs
 
 from daemon.app import App
 from daemon.config import AsrSettings, AudioSettings, LlmSettings, Settings, TtsSettings, VadSettings
-from daemon.stubs.funasr import make_question_wav
-from daemon.stubs.runner import demo_llm_behaviour, start_stubs
+from daemon.tools.stubs.funasr import make_question_wav
+from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 from tests.pulse import PulseServer, pulse_server
 
 pytestmark = pytest.mark.slow

@@ -19,7 +19,7 @@ from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import LlmStream, OpenAiCompatibleLlm, error_message
 from daemon.config import LlmSettings
 from daemon.errors import LlmAuthError, LlmError, LlmNotFoundError, LlmTimeout, ServiceTimeout
-from daemon.stubs.openai import EXAMPLE_STREAM, OpenAiBehaviour, OpenAiStub, tokenize
+from daemon.tools.stubs.openai import EXAMPLE_STREAM, OpenAiBehaviour, OpenAiStub, tokenize
 from states.events import ChatMessage, LlmResult
 from states.ports import LlmClient
 

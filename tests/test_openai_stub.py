@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from daemon.stubs.openai import EXAMPLE_STREAM, OpenAiBehaviour, OpenAiStub, tokenize
+from daemon.tools.stubs.openai import EXAMPLE_STREAM, OpenAiBehaviour, OpenAiStub, tokenize
 
 T = 5.0
 

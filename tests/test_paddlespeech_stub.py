@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from daemon.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub, espeak_pcm
+from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub, espeak_pcm
 
 TIMEOUT = 10.0
 

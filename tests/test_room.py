@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import soxr
 
-from daemon.aec_eval import erle_db
-from daemon.vad_eval import synth_speech
+from daemon.tools.bench.aec import erle_db
+from daemon.tools.bench.vad import synth_speech
 from hardware import wavfile
 from hardware.aec import SpeexEchoCanceller
 from hardware.errors import HardwareError

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from daemon.clients.sse import SseError, SseParser
-from daemon.stubs.openai import EXAMPLE_STREAM
+from daemon.tools.stubs.openai import EXAMPLE_STREAM
 
 
 def parse_in_chunks(stream: bytes, cuts: list[int]) -> list[str]:

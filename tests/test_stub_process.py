@@ -7,8 +7,8 @@ import asyncio
 import httpx
 import pytest
 
-from daemon.bench.stub_process import StubProcess, StubProcessError
 from daemon.clients.tts import build_http_request
+from daemon.tools.bench.stub_process import StubProcess, StubProcessError
 
 
 async def test_the_stand_ins_serve_from_their_own_process_and_report_their_synthesis() -> None:

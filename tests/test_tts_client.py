@@ -21,7 +21,7 @@ from daemon.clients.tts import (
 )
 from daemon.config import TtsSettings
 from daemon.errors import TtsError, TtsTimeout
-from daemon.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
+from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
 from states.ports import TtsClient
 
 TIMEOUT = 10.0

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.vad_eval import (
+from daemon.tools.bench.vad import (
     RATE,
     SPEECH_EN,
     format_table,

@@ -25,19 +25,6 @@ import numpy as np
 import structlog
 
 from daemon.app import App
-from daemon.bench.report import render_breakdown, render_png, render_table
-from daemon.bench.scenarios import (
-    DEFAULT_SCENARIOS,
-    QUESTION,
-    SCENARIOS,
-    Limit,
-    Scenario,
-    first_clause,
-    limit_for,
-)
-from daemon.bench.sequential import run_sequential
-from daemon.bench.stub_process import StubProcess, StubUrls
-from daemon.bench.timeline import Reply, last_loud_s, read_pcm, reply_after
 from daemon.config import (
     AecSettings,
     AsrSettings,
@@ -48,10 +35,23 @@ from daemon.config import (
     VadSettings,
 )
 from daemon.logs import configure_logging
-from daemon.stubs.funasr import FunAsrBehaviour, make_question_wav
-from daemon.stubs.openai import tokenize
-from daemon.stubs.paddlespeech import PaddleSpeechBehaviour
-from daemon.stubs.runner import demo_llm_behaviour
+from daemon.tools.bench.report import render_breakdown, render_png, render_table
+from daemon.tools.bench.scenarios import (
+    DEFAULT_SCENARIOS,
+    QUESTION,
+    SCENARIOS,
+    Limit,
+    Scenario,
+    first_clause,
+    limit_for,
+)
+from daemon.tools.bench.sequential import run_sequential
+from daemon.tools.bench.stub_process import StubProcess, StubUrls
+from daemon.tools.bench.timeline import Reply, last_loud_s, read_pcm, reply_after
+from daemon.tools.stubs.funasr import FunAsrBehaviour, make_question_wav
+from daemon.tools.stubs.openai import tokenize
+from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
+from daemon.tools.stubs.runner import demo_llm_behaviour
 from hardware.wavfile import WavMicrophone, WavSpeaker, write_wav
 
 log = structlog.get_logger()

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from daemon.stubs.streaming import ClosingStreamingResponse
+from daemon.tools.stubs.streaming import ClosingStreamingResponse
 
 __all__ = [
     "EXAMPLE_STREAM",

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 
 import structlog
 
-from daemon.stubs.answers import ANSWERS, DEFAULT_ANSWER
-from daemon.stubs.funasr import FunAsrBehaviour, FunAsrStub
-from daemon.stubs.openai import OpenAiBehaviour, OpenAiStub
-from daemon.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
+from daemon.tools.stubs.answers import ANSWERS, DEFAULT_ANSWER
+from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
+from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
+from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
 
 log = structlog.get_logger()
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from daemon.stubs.openai import tokenize
+from daemon.tools.stubs.openai import tokenize
 from states.speech_text import SpeechText, SpeechTextSettings
 
 QUESTION = "what is the weather like today"

@@ -1,5 +1,5 @@
 """Benchmarks of what the user feels, on the wall clock with the stand-ins (``moss-voice bench ...``)."""
 
-from daemon.bench.latency import main
+from daemon.tools.bench.latency import main
 
 __all__ = ["main"]

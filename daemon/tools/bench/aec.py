@@ -1,7 +1,7 @@
 """Measure echo cancellation for barge-in: echo removed, the user kept, and VAD false triggers.
 
-    python -m daemon.aec_eval                   # 60 s of the robot's own speech as echo
-    python -m daemon.aec_eval --seconds 120 --filter-ms 128
+    python -m daemon.tools.bench.aec                   # 60 s of the robot's own speech as echo
+    python -m daemon.tools.bench.aec --seconds 120 --filter-ms 128
 
 Everything is offline, on the simulated room of ``hardware/room.py`` (``RoomAcoustics``: the
 speaker's output delayed 40 ms and scaled x0.5, two weaker reflections, noise at rms 10). The far
@@ -37,7 +37,7 @@ import numpy as np
 import structlog
 
 from daemon.logs import configure_logging
-from daemon.vad_eval import synth_speech
+from daemon.tools.bench.vad import synth_speech
 from hardware.aec import NullEchoCanceller, SpeexEchoCanceller
 from hardware.errors import HardwareError
 from hardware.room import RoomAcoustics
@@ -309,7 +309,7 @@ def format_report(r: AecReport) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.aec_eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m daemon.tools.bench.aec", description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=60.0, help="length of the robot's speech (default 60)")
     parser.add_argument("--frame-ms", type=int, default=10)
     parser.add_argument("--filter-ms", type=int, default=256)

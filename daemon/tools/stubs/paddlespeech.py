@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from daemon.stubs.streaming import ClosingStreamingResponse
+from daemon.tools.stubs.streaming import ClosingStreamingResponse
 
 log = structlog.get_logger()
 

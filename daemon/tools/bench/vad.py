@@ -1,7 +1,7 @@
 """Measure the VAD engines: how much of each test sound they call speech, and their CPU cost.
 
-    python -m daemon.vad_eval                 # generated sounds (espeak-ng, numpy), both engines
-    python -m daemon.vad_eval a.wav b.wav     # your own recordings (any rate/channels)
+    python -m daemon.tools.bench.vad                 # generated sounds (espeak-ng, numpy), both engines
+    python -m daemon.tools.bench.vad a.wav b.wav     # your own recordings (any rate/channels)
 
 The generated sounds are English and Mandarin speech from espeak-ng (``-v cmn-latn-pinyin``:
 Debian's ``-v cmn`` reads hanzi as English), digital silence, quiet room tone, white noise, and
@@ -156,7 +156,7 @@ def format_table(results: Sequence[VadResult]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.vad_eval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m daemon.tools.bench.vad", description=__doc__.split("\n\n")[0])
     parser.add_argument("wavs", nargs="*", type=Path, help="WAV files to measure instead of the generated set")
     args = parser.parse_args(argv)
     # A command-line report: keep the log quiet so the table stands alone on stdout.

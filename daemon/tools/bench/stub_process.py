@@ -18,9 +18,9 @@ from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
-from daemon.stubs.funasr import FunAsrBehaviour
-from daemon.stubs.openai import OpenAiBehaviour
-from daemon.stubs.paddlespeech import PaddleSpeechBehaviour
+from daemon.tools.stubs.funasr import FunAsrBehaviour
+from daemon.tools.stubs.openai import OpenAiBehaviour
+from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 
 START_TIMEOUT_S = 60.0
 """Spawning an interpreter and warming the ASR stand-in's recogniser up take a few seconds."""
@@ -139,7 +139,7 @@ def _child_main(conn: Connection, behaviours: StubBehaviours) -> None:
 
 
 async def _serve(conn: Connection, b: StubBehaviours) -> None:
-    from daemon.stubs.runner import start_stubs
+    from daemon.tools.stubs.runner import start_stubs
 
     async with AsyncExitStack() as stack:
         try:

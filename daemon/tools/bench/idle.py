@@ -226,7 +226,7 @@ def room_noise(seconds: float, *, dbfs: float = ROOM_NOISE_DBFS, seed: int = 4) 
 
 def speech_audio(seconds: float, folder: Path) -> np.ndarray:
     """Questions spoken by espeak-ng, with pauses, over the room tone, repeated to ``seconds``."""
-    from daemon.stubs.funasr import QUESTIONS, make_question_wav
+    from daemon.tools.stubs.funasr import QUESTIONS, make_question_wav
     from hardware.wavfile import load_wav_16k_mono
 
     pause = np.zeros(int(0.6 * RATE), dtype="<i2")
@@ -646,7 +646,7 @@ async def measure(
     importtime: bool = True,
 ) -> IdleReport:
     """Every figure: ``n`` starts (the last one watched idle for ``window_s``), the pipeline, memory."""
-    from daemon.stubs.runner import start_stubs
+    from daemon.tools.stubs.runner import start_stubs
 
     if n < 1 or window_s <= 0 or pipeline_s <= 0:
         raise BenchError("n, the window and the pipeline seconds must be positive")

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 
 from daemon.app import App
-from daemon.bench.timeline import first_loud_s
 from daemon.config import (
     AecSettings,
     AsrSettings,
@@ -43,9 +42,10 @@ from daemon.config import (
     VadSettings,
 )
 from daemon.logs import configure_logging
-from daemon.stubs.funasr import QUESTIONS, make_question_wav
-from daemon.stubs.paddlespeech import PaddleSpeechBehaviour
-from daemon.stubs.runner import demo_llm_behaviour, start_stubs
+from daemon.tools.bench.timeline import first_loud_s
+from daemon.tools.stubs.funasr import QUESTIONS, make_question_wav
+from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
+from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 from hardware.wavfile import WavSpeaker, write_wav
 from states.model import Turn
 
