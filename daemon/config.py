@@ -28,7 +28,7 @@ ASR_FLAVOURS = ("cpp-2pass", "cpp-offline", "python-classic", "python-2026")
 
 @dataclass(frozen=True)
 class AsrSettings:
-    """FunASR websocket server (protocols.md section 1)."""
+    """FunASR websocket server (docs/protocols.md, "FunASR websocket")."""
 
     url: str = "ws://127.0.0.1:10095"
     """ws:// or wss://. The scheme is never guessed: FunASR's docker scripts default to wss."""
@@ -64,7 +64,7 @@ class AsrSettings:
 
 @dataclass(frozen=True)
 class LlmSettings:
-    """OpenAI-compatible chat completions, MOSS on vLLM (protocols.md section 3)."""
+    """OpenAI-compatible chat completions, MOSS on vLLM (docs/protocols.md, "OpenAI-compatible chat")."""
 
     url: str = "http://127.0.0.1:8000/v1"
     """Base URL up to and including /v1."""
@@ -89,7 +89,7 @@ class LlmSettings:
 
 @dataclass(frozen=True)
 class TtsSettings:
-    """PaddleSpeech streaming TTS (protocols.md section 2). The URL scheme picks the protocol."""
+    """PaddleSpeech streaming TTS (docs/protocols.md, "PaddleSpeech streaming TTS"). The URL scheme picks the protocol."""
 
     url: str = "http://127.0.0.1:8092/paddlespeech/tts/streaming"
     """http(s)://... for HTTP streaming, ws(s)://... for the websocket protocol."""

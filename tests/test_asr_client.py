@@ -1,4 +1,4 @@
-"""FunAsrClient against the real FunASR stand-in on 127.0.0.1: the conformance cases of protocols.md 1.10."""
+"""FunAsrClient against the real FunASR stand-in on 127.0.0.1: the cases of docs/protocols.md "FunASR: tested cases"."""
 
 from __future__ import annotations
 

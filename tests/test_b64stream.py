@@ -1,4 +1,4 @@
-"""Incremental base64 decoding and whole-sample framing (protocols.md 2.7, 2.8.2, 2.8.3, 2.8.10)."""
+"""Incremental base64 decoding and whole-sample framing (docs/protocols.md, "PaddleSpeech: base64 in pieces")."""
 
 from __future__ import annotations
 

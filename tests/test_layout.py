@@ -1,4 +1,4 @@
-"""The package layout rules of DEVELOPERS.md, checked: import directions and no python-daemon."""
+"""The package layout rules of README.md "Architecture", checked: import directions and no python-daemon."""
 
 from __future__ import annotations
 

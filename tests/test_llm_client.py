@@ -1,6 +1,6 @@
 """OpenAiCompatibleLlm against the loopback stand-in (and MockTransport for byte-exact edge cases).
 
-Covers the conformance cases of protocols.md 3.7 and the llama.cpp variations of 4.2.
+Covers the cases of docs/protocols.md "OpenAI: tested cases", llama.cpp's variations included.
 """
 
 from __future__ import annotations
@@ -526,7 +526,7 @@ async def test_wrong_api_key_llama_cpp_detail_shape(http: httpx.AsyncClient) -> 
             await collect(llm)
 
 
-# -- llama.cpp style (4.2) and truncated streams ---------------------------------------------
+# -- llama.cpp style ("OpenAI: chunks") and truncated streams ---------------------------------------------
 
 
 async def test_llama_cpp_stream_with_pings_role_only_first_delta_and_no_usage(http: httpx.AsyncClient) -> None:

@@ -1,4 +1,7 @@
-"""PaddleSpeech TTS clients against the loopback stand-in: the conformance cases of protocols.md 2.8."""
+"""PaddleSpeech TTS clients against the loopback stand-in.
+
+The cases of docs/protocols.md "PaddleSpeech: tested cases".
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""FunASR websocket client: one connection per utterance (protocols.md section 1).
+"""FunASR websocket client: one connection per utterance (docs/protocols.md, "FunASR websocket").
 
 ``FunAsrClient.open_session()`` connects and sends the configuration message. The session then
 runs two tasks: a sender that re-frames audio into ``settings.frame_bytes`` binary messages and
@@ -60,7 +60,7 @@ def _hard_cap_s(settings: AsrSettings) -> float:
 
 
 def build_config_message(settings: AsrSettings) -> dict[str, Any]:
-    """The first message of a session, exactly as protocols.md 1.3 describes it."""
+    """The first message of a session, as docs/protocols.md "FunASR: configuration message" describes it."""
     return {
         "mode": settings.mode,
         "chunk_size": [int(n) for n in settings.chunk_size],
@@ -290,7 +290,8 @@ class FunAsrSession:
                 break
         if self._final:
             return
-        # The safety net of protocols.md 1.8: the flush can be silent, so the text is what came.
+        # The safety net of docs/protocols.md "FunASR: when is the utterance final": the flush can be
+        # silent, so the text is what came.
         waited = self._loop.time() - self._end_sent_at
         log.warning(
             "asr_no_final",
@@ -383,7 +384,10 @@ class FunAsrSession:
         return msg
 
     def _closed_error(self, exc: ConnectionClosed | None) -> AsrError:
-        """Any close before the final result is an error, even code 1000 (protocols.md 4.1)."""
+        """Any close before the final result is an error, even code 1000.
+
+        See docs/protocols.md "FunASR: observed quirks".
+        """
         close = self._ws.protocol.close_rcvd if exc is None else (exc.rcvd or exc.sent)
         how = f"code {close.code}" + (f" {close.reason!r}" if close.reason else "") if close else "no close frame"
         error = AsrError(f"ASR server {self._url} closed the connection ({how}) before the final result")

@@ -1,7 +1,8 @@
 """Turn FunASR result messages into one utterance text, and decide when the utterance is final.
 
 Pure logic, no I/O: the websocket client (``daemon/clients/asr.py``) feeds it every parsed
-result. The rules are those of protocols.md 1.6-1.8 and 4.1:
+result. The rules are those of docs/protocols.md, sections "FunASR: results",
+"FunASR: when is the utterance final" and "FunASR: observed quirks":
 
 * ``2pass-online``/``online`` texts are incremental deltas; ``2pass-offline``/``offline`` texts
   are the full text of one server VAD segment and replace the deltas gathered for it.
@@ -93,7 +94,9 @@ class TranscriptAssembler:
         return join_segments(self._committed, self._online)
 
     def feed(self, msg: dict[str, Any], *, after_end_marker: bool) -> bool:
-        """Take one result message. True when it makes the utterance final (protocols.md 1.8 step 2).
+        """Take one result message. True when it makes the utterance final.
+
+        The rule per flavour is in docs/protocols.md "FunASR: when is the utterance final".
 
         Only messages received after the client sent its end marker can be final: before that,
         the client is still sending audio, whatever the server says.

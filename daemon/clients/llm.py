@@ -1,6 +1,6 @@
 """Streaming chat client for OpenAI-compatible servers: vLLM first, llama.cpp's server too.
 
-Wire facts are in protocols.md section 3 (vLLM) and 4.2 (llama-cpp-python). In short:
+Wire facts are in docs/protocols.md, section "OpenAI-compatible chat" (vLLM and llama.cpp). In short:
 
 * One ``POST {url}/chat/completions`` with ``stream: true``; the answer is SSE (``data: {json}``
   events, then ``data: [DONE]``). Text comes in ``choices[0].delta.content``; role-only and

@@ -1,10 +1,11 @@
-"""PaddleSpeech streaming TTS clients: HTTP and websocket (protocols.md section 2).
+"""PaddleSpeech streaming TTS clients: HTTP and websocket (docs/protocols.md, "PaddleSpeech streaming TTS").
 
 Both yield PCM (int16 mono at ``await sample_rate()``) chunk by chunk as it arrives, in
 whole samples. A sentence counts as spoken only if audio came and the stream ended properly:
 zero audio, a cut stream, websocket status -1 or base64 that does not decode raise TtsError
-(2.7). Leaving the ``synthesize`` context early closes the connection at once, which is
-the only way to cancel a synthesis (2.5).
+("PaddleSpeech: HTTP stream", "PaddleSpeech: websocket"). Leaving the ``synthesize`` context
+early closes the connection at once, which is the only way to cancel a synthesis
+("PaddleSpeech: cancelling").
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ Clock = Callable[[], float]
 def build_http_request(text: str, spk_id: int) -> dict[str, Any]:
     """The JSON body of POST /paddlespeech/tts/streaming: always ``text`` and an int ``spk_id``.
 
-    speed, volume and sample_rate are left out: the streaming endpoint ignores them (2.3).
+    speed, volume and sample_rate are left out: the streaming endpoint ignores them
+    (docs/protocols.md "PaddleSpeech: HTTP stream").
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__}")
@@ -298,7 +300,7 @@ class _HttpAudioStream(TtsAudioStream):
 
 
 class PaddleSpeechWsTts:
-    """The websocket protocol: one connection per ``synthesize`` call (2.7).
+    """The websocket protocol: one connection per ``synthesize`` call (docs/protocols.md "PaddleSpeech: websocket").
 
     ``http`` is only used for GET .../samplerate; without it a short-lived client is made.
     """
@@ -344,7 +346,7 @@ class PaddleSpeechWsTts:
                 url,
                 open_timeout=self._settings.connect_timeout_s,
                 close_timeout=WS_CLOSE_TIMEOUT_S,
-                ping_interval=None,  # the server blocks its loop while synthesizing (2.4)
+                ping_interval=None,  # the server blocks its loop while synthesizing ("PaddleSpeech: websocket")
                 max_size=WS_MAX_MESSAGE_BYTES,
                 proxy=None,
             )

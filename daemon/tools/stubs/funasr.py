@@ -1,6 +1,6 @@
 """A loopback stand-in for a FunASR websocket server, for the demo, the tests and the benchmarks.
 
-It speaks the wire protocol of protocols.md section 1 and emulates each server flavour's quirks
+It speaks the wire protocol of docs/protocols.md ("FunASR websocket") and emulates each server flavour's quirks
 (``is_final`` meaning, ``mode`` labels, silent or mode-less flush replies, the 2026 ``is_end``
 acknowledgement). It checks the client the way the real servers do (configuration message
 first, a 3-int ``chunk_size`` array, ``is_speaking: true``, constant frame sizes) and records
@@ -93,7 +93,10 @@ class FunAsrBehaviour:
     """What the stand-in does. Tests may swap ``stub.behaviour`` between sessions."""
 
     flavour: str = "cpp-2pass"
-    """cpp-2pass | cpp-offline | python-classic | python-2026 (protocols.md 1.7 and 4.1)."""
+    """cpp-2pass | cpp-offline | python-classic | python-2026.
+
+    See docs/protocols.md "FunASR: when is the utterance final" and "FunASR: observed quirks".
+    """
     transcript_override: str | None = None
     """Return this text instead of recognising the audio (e.g. Chinese); no pocketsphinx needed."""
     script: list[ScriptStep] | None = None
