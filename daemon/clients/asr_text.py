@@ -18,6 +18,7 @@ from typing import Any
 
 from daemon.config import ASR_FLAVOURS
 from daemon.errors import AsrError
+from states.cjk import is_cjk
 
 __all__ = ["CPP_PCM_ERROR", "OFFLINE_MODES", "ONLINE_MODES", "TranscriptAssembler", "join_segments"]
 
@@ -29,18 +30,6 @@ CPP_PCM_ERROR = "ERROR. Real-time transcription service ONLY SUPPORT PCM stream.
 
 _LEADING_MARKS = frozenset("，。？！、；：…,.?!;:）)」』”’")
 """Marks that belong to the end of the previous segment when a segment starts with them."""
-
-
-def _is_cjk(char: str) -> bool:
-    """True for characters written without spaces between words (CJK, kana, hangul, fullwidth)."""
-    code = ord(char)
-    return (
-        0x2E80 <= code <= 0x9FFF  # radicals, kana, CJK unified ideographs and punctuation
-        or 0xAC00 <= code <= 0xD7AF  # hangul syllables
-        or 0xF900 <= code <= 0xFAFF  # compatibility ideographs
-        or 0xFF00 <= code <= 0xFFEF  # fullwidth forms (，？！ ...)
-        or 0x20000 <= code <= 0x2FFFF  # CJK extensions
-    )
 
 
 def join_segments(left: str, right: str) -> str:
@@ -58,7 +47,7 @@ def join_segments(left: str, right: str) -> str:
             mark_end += 1
         marks, rest = right[:mark_end], right[mark_end:].lstrip()
         return join_segments(left + marks, rest)
-    if _is_cjk(left[-1]) or _is_cjk(right[0]):
+    if is_cjk(left[-1]) or is_cjk(right[0]):
         return left + right
     return f"{left} {right}"
 
