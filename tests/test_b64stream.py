@@ -79,7 +79,7 @@ def test_output_is_available_as_soon_as_groups_complete() -> None:
 
 
 def test_padding_mid_stream_keeps_every_byte() -> None:
-    """2.8.3: 21 602 B and 1 000 B chunks put '=' in the middle; a naive decode stops there."""
+    """21 602 B and 1 000 B chunks put '=' in the middle; a naive decode stops there."""
     first, second = _pcm(21602, 8), _pcm(1000, 9)
     body = base64.b64encode(first) + base64.b64encode(second)
     assert b"=" in body[:-4]
