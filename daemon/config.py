@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from states.barge_in import BargeInSettings
 from states.endpointer import EndpointerSettings
-from states.settings import setting, validate
+from states.settings import Checked, setting
 from states.speech_text import SpeechTextSettings
 
 MOSS_SYSTEM_PROMPT = """You are an AI assistant whose name is MOSS.
@@ -79,7 +79,7 @@ def _chunk_size(value: tuple[int, int, int]) -> str | None:
 
 
 @dataclass(frozen=True)
-class AsrSettings:
+class AsrSettings(Checked):
     """FunASR websocket server (protocols.md section 1)."""
 
     url: str = setting("ws://127.0.0.1:10095", check=url_with("ws", "wss"))
@@ -108,9 +108,6 @@ class AsrSettings:
     burst_ms: int = setting(600, gt=0)
     """Audio that may be sent faster than real time (the VAD pre-roll); the rest is paced."""
 
-    def __post_init__(self) -> None:
-        validate(self)
-
     @property
     def frame_bytes(self) -> int:
         """Bytes per binary message, as the reference clients compute it (1920 for [5,10,5]/10)."""
@@ -118,7 +115,7 @@ class AsrSettings:
 
 
 @dataclass(frozen=True)
-class LlmSettings:
+class LlmSettings(Checked):
     """OpenAI-compatible chat completions, MOSS on vLLM (protocols.md section 3)."""
 
     url: str = setting("http://127.0.0.1:8000/v1", check=url_with("http", "https"))
@@ -142,12 +139,9 @@ class LlmSettings:
     history_reset_s: float = setting(300.0, gt=0)
     """History is forgotten after this long without a turn."""
 
-    def __post_init__(self) -> None:
-        validate(self)
-
 
 @dataclass(frozen=True)
-class TtsSettings:
+class TtsSettings(Checked):
     """PaddleSpeech streaming TTS (protocols.md section 2). The URL scheme picks the protocol."""
 
     url: str = setting("http://127.0.0.1:8092/paddlespeech/tts/streaming", check=url_with("http", "https", "ws", "wss"))
@@ -156,9 +150,6 @@ class TtsSettings:
     connect_timeout_s: float = setting(5.0, gt=0)
     read_timeout_s: float = setting(10.0, gt=0)
     """Longest wait for the next audio chunk."""
-
-    def __post_init__(self) -> None:
-        validate(self)
 
     @property
     def protocol(self) -> str:
@@ -173,7 +164,7 @@ class TtsSettings:
 
 
 @dataclass(frozen=True)
-class AudioSettings:
+class AudioSettings(Checked):
     """Where audio comes from and goes to. ``wav:PATH`` is a WAV file that behaves like a device."""
 
     input: str = setting("wav:question.wav", check=device_spec(*INPUT_SCHEMES))
@@ -186,12 +177,9 @@ class AudioSettings:
     block_ms: int = setting(20, one_of=(10, 20, 30, 40, 50, 60, 80, 100))
     """Size of one device block."""
 
-    def __post_init__(self) -> None:
-        validate(self)
-
 
 @dataclass(frozen=True)
-class AecSettings:
+class AecSettings(Checked):
     """Echo cancellation: the robot must not take its own voice for a user cutting in."""
 
     engine: str = setting("speex", one_of=("speex", "off"))
@@ -202,9 +190,6 @@ class AecSettings:
     reference_delay_ms: float = setting(0.0, ge=0)
     """Shift of the speaker signal before it is compared with the microphone. A reference late
     by 5 ms cancels almost nothing; early is fine (the filter covers the gap), so keep it low."""
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 @dataclass(frozen=True)
@@ -222,7 +207,7 @@ class VadSettings(EndpointerSettings):
 
 
 @dataclass(frozen=True)
-class EarconSettings:
+class EarconSettings(Checked):
     """Short sounds: "builtin", "off", or the path of a WAV file (the loader checks that it exists)."""
 
     listening: str = "builtin"
@@ -236,7 +221,7 @@ BargeInConfig = BargeInSettings
 
 
 @dataclass(frozen=True)
-class WakeSettings:
+class WakeSettings(Checked):
     """What starts a turn. Hotword and GPIO wake arrive with live audio."""
 
     on_start: bool = True
@@ -244,14 +229,11 @@ class WakeSettings:
 
 
 @dataclass(frozen=True)
-class LogSettings:
+class LogSettings(Checked):
     level: str = setting("info", one_of=("debug", "info", "warning", "error"))
     """debug | info | warning | error"""
     format: str = setting("auto", one_of=("auto", "json", "console"))
     """auto (console on a TTY, JSON lines otherwise) | json | console"""
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import structlog
 from states.endpointer import Endpointer, EndpointerSettings, Framer, SpeechStarted
 from states.mic_feed import BYTES_PER_SECOND, MicFeed
 from states.ports import EchoCanceller, EchoReferenceSource, Vad
-from states.settings import setting, validate
+from states.settings import Checked, setting
 
 log = structlog.get_logger()
 
@@ -30,7 +30,7 @@ MODES = ("pause", "cancel")
 
 
 @dataclass(frozen=True)
-class BargeInSettings:
+class BargeInSettings(Checked):
     """The user cutting in while the robot thinks or speaks (the ``[barge_in]`` table). The pre-roll
     is the listening endpointer's (``vad.pre_roll_ms``): see :func:`barge_in_endpointer`."""
 
@@ -53,9 +53,6 @@ class BargeInSettings:
     aec_warmup_s: float = setting(6.0, ge=0)
     """The echo canceller learns the room from the robot's own speech: until it has heard this
     much of it (once per daemon start), its residue can pass for a user, so barge-in waits."""
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 def barge_in_endpointer(listening: EndpointerSettings, settings: BargeInSettings) -> EndpointerSettings:

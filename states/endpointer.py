@@ -33,7 +33,7 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 
-from states.settings import setting, validate
+from states.settings import Checked, setting
 
 _EPS = 1e-9
 
@@ -48,7 +48,7 @@ FLOOR_RISE = 0.05
 
 
 @dataclass(frozen=True)
-class EndpointerSettings:
+class EndpointerSettings(Checked):
     """When an utterance starts and ends. Defaults suit a robot answering spoken questions."""
 
     speech_start_ms: int = setting(120, gt=0)
@@ -73,9 +73,6 @@ class EndpointerSettings:
     no_speech_timeout_s: float | None = setting(8.0, gt=0)
     """Give up when no speech starts within this time of the first frame (woken by mistake).
     None waits forever."""
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 @dataclass(frozen=True)

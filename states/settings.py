@@ -1,7 +1,7 @@
 """Settings that check themselves: each field declares its range, one routine checks them all.
 
-A settings class is a frozen dataclass whose fields are made with :func:`setting` and whose
-``__post_init__`` calls :func:`validate`. The same rules then hold whether the values come from
+A settings class is a frozen dataclass based on :class:`Checked` whose fields are made with
+:func:`setting`: building one checks it (:func:`validate`). The same rules then hold whether the values come from
 code or from the TOML file: the loader (``daemon/config_load.py``) builds the very same classes,
 catches :class:`SettingsError` and puts the table name in front of each key. Every field of a
 class is checked, so one error names all of the class's problems, not just the first.
@@ -66,6 +66,13 @@ def rule_of(f: dataclasses.Field[Any]) -> Rule:
     """The field's rule; a plain field (no :func:`setting`) accepts anything of its type."""
     rule = f.metadata.get(RULE)
     return rule if isinstance(rule, Rule) else Rule()
+
+
+class Checked:
+    """The base of every settings dataclass: building one checks each field against its rule."""
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 class SettingsError(ValueError):

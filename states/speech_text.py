@@ -52,7 +52,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from states.settings import setting, validate
+from states.settings import Checked, setting
 
 __all__ = [
     "ClauseSplitter",
@@ -67,7 +67,7 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class SpeechTextSettings:
+class SpeechTextSettings(Checked):
     """How replies are cut into clauses for the TTS (the ``[reply]`` table)."""
 
     min_clause_weight: int = setting(8, gt=0)
@@ -86,9 +86,6 @@ class SpeechTextSettings:
     quotes/brackets that arrive after such a split are dropped (they are not spoken).
     True: every mark waits for the next character so that closers (``”」』）)``) stay with
     their clause; this costs at most one LLM token of latency per clause."""
-
-    def __post_init__(self) -> None:
-        validate(self)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from daemon.config_load import API_KEY_ENV, file_keys, load_settings, settings_f
 from daemon.errors import ConfigError
 from states.barge_in import BargeInSettings, EchoTraining, barge_in_endpointer
 from states.endpointer import EndpointerSettings
-from states.settings import SettingsError
+from states.settings import Checked, SettingsError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "moss-voice.toml"
 
@@ -288,3 +288,9 @@ def test_every_setting_field_has_a_default() -> None:
             assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, (
                 f"{table.name}.{f.name}"
             )
+
+
+def test_every_table_checks_itself() -> None:
+    """A new table must be a Checked settings class, so that code and file meet the same rules."""
+    for table in dataclasses.fields(Settings):
+        assert isinstance(getattr(Settings(), table.name), Checked), table.name
