@@ -4,6 +4,7 @@ import dataclasses
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -294,3 +295,28 @@ def test_every_table_checks_itself() -> None:
     """A new table must be a Checked settings class, so that code and file meet the same rules."""
     for table in dataclasses.fields(Settings):
         assert isinstance(getattr(Settings(), table.name), Checked), table.name
+
+
+def test_the_readme_states_the_real_defaults() -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index("| key | default | meaning |")
+    defaults = Settings()
+    checked = 0
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        key_cell, default_cell = (cell.strip() for cell in line.replace("\\|", "¦").split(" | ")[:2])
+        keys = re.findall(r"`([a-z_]+\.[a-z_]+)`", key_cell)
+        shown = re.findall(r"`([^`]*)`", default_cell)
+        if len(shown) != len(keys) or re.sub(r"`[^`]*`|[ ,]", "", default_cell):
+            continue  # said in words ("TTS rate", "MOSS's prompt", a list in brief)
+        for key, text in zip(keys, shown, strict=True):
+            table, name = key.split(".")
+            actual = getattr(getattr(defaults, table), name)
+            try:
+                documented = tomllib.loads(f"v = {text.replace('¦', '|')}")["v"]
+            except tomllib.TOMLDecodeError:
+                documented = text.replace("¦", "|")
+            assert documented == (list(actual) if isinstance(actual, tuple) else actual), key
+            checked += 1
+    assert checked > 55
