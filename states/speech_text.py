@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from states.cjk import is_cjk
+from states.settings import Checked, setting
 from states.speech_chars import (
     ABBREV_TAIL,
     ABBREVIATIONS,
@@ -58,33 +59,25 @@ __all__ = [
 
 
 @dataclass(frozen=True)
-class SpeechTextSettings:
-    """How replies are cut into clauses for the TTS."""
+class SpeechTextSettings(Checked):
+    """How replies are cut into clauses for the TTS (the ``[reply]`` table)."""
 
-    min_clause_weight: int = 8
+    min_clause_weight: int = setting(8, gt=0)
     """A clause lighter than this (``speech_weight``) is merged with the next one: very short
     TTS requests sound choppy. 8 is about 8 hanzi or 4 English words."""
-    first_clause_min_weight: int = 4
+    first_clause_min_weight: int = setting(4, gt=0)
     """The same for the first clause, smaller so that the first audio starts early."""
-    max_clause_chars: int = 120
+    max_clause_chars: int = setting(120, ge=2)
     """Run-on text without punctuation is cut at the last space before this many characters
     (or at this many characters if there is no space in its second half)."""
-    max_reply_chars: int = 1200
+    max_reply_chars: int = setting(1200, not_below="max_clause_chars")
     """Cap on the characters spoken per reply. The clause that would cross it is not spoken,
     and the reply is ``truncated``."""
-    wait_for_closers: bool = False
+    wait_for_closers: bool = setting(False, in_file=False)
     """False: a Chinese mark and ``! ? ;`` end a clause at once (lowest latency); closing
     quotes/brackets that arrive after such a split are dropped (they are not spoken).
     True: every mark waits for the next character so that closers (``”」』）)``) stay with
     their clause; this costs at most one LLM token of latency per clause."""
-
-    def __post_init__(self) -> None:
-        if self.min_clause_weight < 0 or self.first_clause_min_weight < 0:
-            raise ValueError("clause minimum weights must be >= 0")
-        if self.max_clause_chars < 2:
-            raise ValueError("max_clause_chars must be >= 2")
-        if self.max_reply_chars < self.max_clause_chars:
-            raise ValueError("max_reply_chars must be >= max_clause_chars")
 
 
 # ---------------------------------------------------------------------------------------------
