@@ -85,6 +85,46 @@ TRANSITIONS: list[dict[str, Any]] = [
 TRIGGERS = tuple(dict.fromkeys(row["trigger"] for row in TRANSITIONS))
 
 
+class Triggers:
+    """The triggers, typed: the machine replaces these stubs on its model (model_override=True).
+    With queued=True a trigger returns True whether or not it applied: look at ``state``."""
+
+    state: State
+
+    async def wake(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def heard(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def no_speech(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def start_speaking(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def done(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def barge_in(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def resume(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def resume_deadline(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def stop(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def fail(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def trigger(self, name: str, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+
 class InOrderAsyncMachine(AsyncMachine):
     """An AsyncMachine that runs the callbacks of one list one after the other, in the order the
     table gives them (AsyncMachine runs them concurrently, which would let a row's log line

@@ -20,12 +20,13 @@ from typing import Any
 import structlog
 from transitions.core import EventData
 
+from states.answer import answer_question
 from states.barge_in import BargeInSettings, EchoTraining, Interruption, is_stop_command, watch_for_barge_in
 from states.barge_in_policy import HeldReply, can_hold, duck_on_suspicion, is_false_interruption
 from states.endpointer import EndpointerSettings, LoudnessGate
 from states.history import Conversation
 from states.listen import listen_for_utterance
-from states.machine import State, build_machine, state_name
+from states.machine import State, Triggers, build_machine, state_name
 from states.mic_feed import MicFeed
 from states.ports import (
     AsrClient,
@@ -37,8 +38,7 @@ from states.ports import (
     TtsClient,
     Vad,
 )
-from states.reply import ReplyProgress, speak_reply
-from states.speech_text import SpeechText, SpeechTextSettings
+from states.speech_text import SpeechTextSettings
 from states.state_tasks import TASK_CANCEL_TIMEOUT_S, StateTasks, Trigger
 from states.turn import Turn, TurnReport, decide_cancel
 
@@ -65,45 +65,8 @@ class Earcons:
     error: Callable[[int], bytes] | None = None
 
 
-class Assistant:
+class Assistant(Triggers):
     """The conversation. Build it with its ports, then fire ``wake()``."""
-
-    state: State
-
-    # Triggers: transitions replaces these stubs (model_override=True keeps them typed). With
-    # queued=True they return True whether or not the trigger applied: look at ``state``.
-    async def wake(self, **kwargs: Any) -> bool:
-        raise NotImplementedError
-
-    async def heard(self, **kwargs: Any) -> bool:
-        raise NotImplementedError
-
-    async def no_speech(self, **kwargs: Any) -> bool:
-        raise NotImplementedError
-
-    async def start_speaking(self, **kwargs: Any) -> bool:
-        raise NotImplementedError
-
-    async def done(self, **kwargs: Any) -> bool:
-        raise NotImplementedError
-
-    async def fail(self, **kwargs: Any) -> bool:
-        raise NotImplementedError
-
-    async def barge_in(self, **kwargs: Any) -> bool:
-        raise NotImplementedError
-
-    async def resume(self, **kwargs: Any) -> bool:
-        raise NotImplementedError
-
-    async def resume_deadline(self, **kwargs: Any) -> bool:
-        raise NotImplementedError
-
-    async def stop(self, **kwargs: Any) -> bool:
-        raise NotImplementedError
-
-    async def trigger(self, name: str, **kwargs: Any) -> bool:
-        raise NotImplementedError
 
     def __init__(
         self,
@@ -388,30 +351,17 @@ class Assistant:
         duck_on_suspicion(self.speaker, speech, holding=self._held is not None)
 
     async def _reply(self, turn: Turn, question: str) -> Trigger:
-        messages = self.conversation.messages_for(question, self._clock())
-        progress = ReplyProgress()
-        played_before = self.speaker.audio_samples_played
-        try:
-            outcome = await speak_reply(
-                llm=self.llm,
-                tts=self.tts,
-                speaker=self.speaker,
-                text=SpeechText(self.settings.speech_text),
-                messages=messages,
-                times=turn.times,
-                clock=self._clock,
-                on_audible=self._audible,
-                progress=progress,
-            )
-        except asyncio.CancelledError:
-            # Interrupted: remember only what the user actually heard.
-            turn.reply = progress.heard(self.speaker.audio_samples_played - played_before)
-            if turn.reply:  # the model should know it was cut off, not that it said all it meant to
-                said = turn.reply if turn.reply.endswith("…") else turn.reply + "…"
-                self.conversation.record(question, said, self._clock())
-            raise
-        turn.reply, turn.truncated, turn.finish_reason = outcome.spoken, outcome.truncated, outcome.finish_reason
-        self.conversation.record(question, outcome.spoken, self._clock())
+        await answer_question(
+            question,
+            turn=turn,
+            conversation=self.conversation,
+            llm=self.llm,
+            tts=self.tts,
+            speaker=self.speaker,
+            settings=self.settings.speech_text,
+            clock=self._clock,
+            on_audible=self._audible,
+        )
         return "done", {}
 
     async def _audible(self) -> None:
