@@ -64,7 +64,9 @@ TRANSITIONS: list[dict[str, Any]] = [
     # a false interruption (a cough, "嗯"): the held answer plays on
     {"trigger": "resume", "source": HELD, "dest": SPEAKING,
      "before": ["cancel_state_tasks"], "after": ["resume_answer", LOG]},
-    # the interruption went on too long to be false: drop the answer, keep listening (hand-over)
+    # the interruption went on too long to be false: drop the answer, keep listening (hand-over).
+    # Nothing runs before, so the state is LISTENING at once: the listening task, judging what it
+    # heard, then sees no held answer to resume (the dropping itself awaits, in after).
     {"trigger": "resume_deadline", "source": HELD, "dest": LISTENING, "after": [LOG, "drop_held_answer"]},
     # -- stop: a stop word (by_user), a control call, or shutdown -----------------------------
     {"trigger": "stop", "source": NOT_HELD, "dest": IDLE, "conditions": ["said_by_user"],

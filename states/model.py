@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -369,7 +369,7 @@ class Assistant(Triggers):
 
     # -- task ownership, shutdown ------------------------------------------------------------
 
-    def _spawn(self, work: Any, name: str) -> asyncio.Task[None]:
+    def _spawn(self, work: Coroutine[Any, Any, Trigger], name: str) -> asyncio.Task[None]:
         return self._tasks.spawn(work, name, self.turn.id if self.turn else None)
 
     async def settle(self) -> None:
