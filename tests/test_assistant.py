@@ -370,6 +370,22 @@ async def test_pause_mode_cancels_when_the_interruption_goes_on_past_the_deadlin
     assert first.cancel_reason == "resume_deadline"
 
 
+async def test_a_filler_heard_after_the_deadline_is_a_question_not_a_resume() -> None:
+    llm = FakeLlm(["Let me tell you a long story about robots. "], ["Yes?"])
+    llm.gate = asyncio.Event()
+    mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (3.0, True), (0.6, False)])
+    assistant, _, ended = make(mic=mic, asr=FakeAsr("tell me a story", "嗯"), llm=llm)
+    with_barge_in(assistant, mode="pause", resume_after_ms=100)
+    with capture_logs() as logs:
+        await wake(assistant)
+        first = await asyncio.wait_for(ended.get(), TIMEOUT)
+        llm.gate.set()
+        second = await asyncio.wait_for(ended.get(), TIMEOUT)
+    assert first.outcome == "interrupted" and first.cancel_reason == "resume_deadline"
+    assert second.transcript == "嗯" and second.outcome == "answered"  # nothing was held any more
+    assert events(logs, "barge_in_false") == [] and events(logs, "barge_in_resumed") == []
+
+
 async def test_cancel_mode_flushes_at_once_and_closes_the_llm_stream() -> None:
     llm = FakeLlm(["Let me tell you a long story about robots. "], ["Sure."])
     llm.gate = asyncio.Event()
