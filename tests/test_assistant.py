@@ -16,10 +16,9 @@ from states.machine import State
 from states.mic_feed import MicFeed
 from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.speech_text import SpeechTextSettings
-from tests.fakes import SPEECH, FakeAsr, FakeLlm, FakeMic, FakeSpeaker, FakeTts, FakeVad
+from tests.fakes import SPEECH, FakeAsr, FakeLlm, FakeMic, FakeMicWithEnd, FakeSpeaker, FakeTts, FakeVad
 from tests.log_watch import watch_logs
 
-pytestmark = pytest.mark.looptime  # virtual time: the mic's pace and every timeout are exact, however slow the machine
 TIMEOUT = 10
 EARCON = b"\x01\x02" * 50
 QUESTION_SCRIPT = [(0.3, False), (0.6, True), (0.5, False)]
@@ -50,7 +49,6 @@ def make(
         ),
         earcons=Earcons(error=lambda rate: EARCON),
         on_turn_end=ended.put_nowait,
-        clock=asyncio.get_running_loop().time,
     )
     return assistant, speaker, ended
 
@@ -223,7 +221,6 @@ async def test_barge_in_cancels_the_reply_flushes_and_listens_again() -> None:
 async def test_stop_ends_an_active_turn() -> None:
     assistant, _, ended = make(mic=FakeMic([(60.0, False)], delay_s=0.01))
     await wake(assistant)
-    await asyncio.sleep(0.05)
     await assistant.aclose()
     turn = await asyncio.wait_for(ended.get(), TIMEOUT)
     assert turn.outcome == "stopped" and assistant.state is State.IDLE
@@ -294,14 +291,14 @@ async def test_a_stop_word_ends_the_answer_without_a_new_question() -> None:
 async def test_half_duplex_ignores_the_microphone_while_speaking() -> None:
     llm = FakeLlm(["A short answer for you. "])
     llm.gate = asyncio.Event()  # the robot is still speaking when the user talks
-    mic = FakeMic([*QUESTION_SCRIPT, (0.2, False), (0.4, True), (0.6, False)])
+    mic = FakeMicWithEnd([*QUESTION_SCRIPT, (0.2, False), (0.4, True), (0.6, False)])
     assistant, _, ended = make(mic=mic, llm=llm)
     assistant.settings = AssistantSettings(
         endpointer=assistant.settings.endpointer, barge_in=BargeInSettings(enabled=False)
     )
     with capture_logs() as logs:
         await wake(assistant)
-        await asyncio.sleep(0.5)  # virtual time: the mic script (10x real time) is over by now
+        await asyncio.wait_for(mic.over.wait(), TIMEOUT)  # the user has spoken over the answer
         assert assistant.state is State.SPEAKING
         llm.gate.set()
         turn = await asyncio.wait_for(ended.get(), TIMEOUT)
