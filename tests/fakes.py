@@ -206,3 +206,17 @@ class FakeTts:
                 yield part
 
         yield chunks()
+
+
+class FakeMicWithEnd(FakeMic):
+    """A FakeMic that tells when its script has been read to the end (``await mic.over.wait()``)."""
+
+    def __init__(self, script: Sequence[tuple[float, bool]], *, block_ms: int = 20, delay_s: float = 0.002) -> None:
+        super().__init__(script, block_ms=block_ms, delay_s=delay_s)
+        self.over = asyncio.Event()
+
+    async def read(self) -> bytes:
+        block = await super().read()
+        if not self._blocks:
+            self.over.set()
+        return block

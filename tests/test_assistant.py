@@ -16,7 +16,8 @@ from states.machine import State
 from states.mic_feed import MicFeed
 from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.speech_text import SpeechTextSettings
-from tests.fakes import SPEECH, FakeAsr, FakeLlm, FakeMic, FakeSpeaker, FakeTts, FakeVad
+from tests.fakes import SPEECH, FakeAsr, FakeLlm, FakeMic, FakeMicWithEnd, FakeSpeaker, FakeTts, FakeVad
+from tests.log_watch import watch_logs
 
 TIMEOUT = 10
 EARCON = b"\x01\x02" * 50
@@ -52,8 +53,14 @@ def make(
     return assistant, speaker, ended
 
 
+async def wake(assistant: Assistant) -> None:
+    """Fire ``wake`` and check it applied (with queued=True the trigger returns True either way)."""
+    await assistant.wake()
+    assert assistant.state is State.LISTENING
+
+
 async def one_turn(assistant: Assistant, ended: asyncio.Queue[Turn]) -> Turn:
-    assert await assistant.wake()
+    await wake(assistant)
     turn = await asyncio.wait_for(ended.get(), TIMEOUT)
     await asyncio.wait_for(assistant.settle(), TIMEOUT)  # the trigger that ended the turn returned
     return turn
@@ -87,7 +94,7 @@ async def test_a_full_turn_goes_through_every_state_and_is_reported() -> None:
 async def test_the_llm_and_tts_connections_are_warmed_up_once_the_user_has_spoken() -> None:
     llm, tts = FakeLlm(["Noon."]), FakeTts()
     assistant, _, ended = make(llm=llm, tts=tts)
-    assert await assistant.wake()
+    await wake(assistant)
     assert (llm.warm_ups, tts.warm_ups) == (0, 0)  # woken, but nobody has spoken yet
     await asyncio.wait_for(ended.get(), TIMEOUT)
     await asyncio.wait_for(assistant.settle(), TIMEOUT)
@@ -193,19 +200,19 @@ async def test_barge_in_cancels_the_reply_flushes_and_listens_again() -> None:
     llm = FakeLlm(["Let me tell you a long story. "])
     llm.gate = asyncio.Event()  # the LLM keeps the stream open: the robot is mid-answer
     assistant, speaker, ended = make(llm=llm)
-    assert await assistant.wake()
-    for _ in range(500):
-        if assistant.state is State.SPEAKING:
-            break
-        await asyncio.sleep(0.01)
+    with watch_logs() as logs:
+        await wake(assistant)
+        await asyncio.wait_for(logs.wait_for("state_changed", dst="speaking"), TIMEOUT)
     assert assistant.state is State.SPEAKING
     assistant.mic = FakeMic([(5.0, False)])
     with capture_logs() as logs:
-        assert await assistant.barge_in()
+        await assistant.barge_in()  # a button: no speech heard, so the answer is cancelled, never held
+        assert assistant.state is State.LISTENING
         first = await asyncio.wait_for(ended.get(), TIMEOUT)
     assert first.outcome == "interrupted" and first.interrupted
     assert speaker.flushes >= 1
-    assert assistant.state is State.LISTENING
+    assert [(e["src"], e["dst"], e["trigger"]) for e in events(logs, "state_changed")] == [
+        ("speaking", "listening", "barge_in")]  # fmt: skip
     assert events(logs, "turn_finished")[0]["interrupted"] is True
     second = await asyncio.wait_for(ended.get(), TIMEOUT)
     assert second.outcome == "no_speech" and second.id != first.id
@@ -213,8 +220,7 @@ async def test_barge_in_cancels_the_reply_flushes_and_listens_again() -> None:
 
 async def test_stop_ends_an_active_turn() -> None:
     assistant, _, ended = make(mic=FakeMic([(60.0, False)], delay_s=0.01))
-    assert await assistant.wake()
-    await asyncio.sleep(0.05)
+    await wake(assistant)
     await assistant.aclose()
     turn = await asyncio.wait_for(ended.get(), TIMEOUT)
     assert turn.outcome == "stopped" and assistant.state is State.IDLE
@@ -241,7 +247,7 @@ async def test_the_user_cutting_in_stops_the_answer_and_becomes_the_next_questio
     asr = FakeAsr("tell me a story", "what about tomorrow")
     assistant, speaker, ended = make(mic=mic, asr=asr, llm=llm)
     with capture_logs() as logs:
-        assert await assistant.wake()
+        await wake(assistant)
         first = await asyncio.wait_for(ended.get(), TIMEOUT)
         llm.gate.set()
         second = await asyncio.wait_for(ended.get(), TIMEOUT)
@@ -249,8 +255,14 @@ async def test_the_user_cutting_in_stops_the_answer_and_becomes_the_next_questio
     assert first.outcome == "interrupted" and first.interrupted
     assert first.reply == "Let me tell you a long story about robots."  # what was heard
     assert speaker.flushes == 1
-    assert [e["trigger"] for e in events(logs, "state_changed")][:5] == [
-        "wake", "heard", "start_speaking", "barge_in", "heard"]  # fmt: skip
+    assert [(e["dst"], e["trigger"]) for e in events(logs, "state_changed")][:5] == [
+        ("listening", "wake"),
+        ("thinking", "heard"),
+        ("speaking", "start_speaking"),
+        ("listening_held", "barge_in"),  # pause mode, the default: held until the words prove it real
+        ("thinking", "heard"),
+    ]
+    assert first.cancel_reason == "interruption_real"
     assert len(events(logs, "barge_in_detected")) == 1
     # nothing the user said was lost: all 0.4 s of the interruption reached the ASR, with pre-roll
     interruption_audio = bytes(asr.sessions[1].audio)
@@ -267,7 +279,7 @@ async def test_a_stop_word_ends_the_answer_without_a_new_question() -> None:
     llm.gate = asyncio.Event()
     mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (0.4, True), (0.6, False)])
     assistant, _, ended = make(mic=mic, asr=FakeAsr("tell me a story", "停！"), llm=llm)
-    assert await assistant.wake()
+    await wake(assistant)
     first = await asyncio.wait_for(ended.get(), TIMEOUT)
     second = await asyncio.wait_for(ended.get(), TIMEOUT)
     await asyncio.wait_for(assistant.settle(), TIMEOUT)
@@ -279,14 +291,14 @@ async def test_a_stop_word_ends_the_answer_without_a_new_question() -> None:
 async def test_half_duplex_ignores_the_microphone_while_speaking() -> None:
     llm = FakeLlm(["A short answer for you. "])
     llm.gate = asyncio.Event()  # the robot is still speaking when the user talks
-    mic = FakeMic([*QUESTION_SCRIPT, (0.2, False), (0.4, True), (0.6, False)])
+    mic = FakeMicWithEnd([*QUESTION_SCRIPT, (0.2, False), (0.4, True), (0.6, False)])
     assistant, _, ended = make(mic=mic, llm=llm)
     assistant.settings = AssistantSettings(
         endpointer=assistant.settings.endpointer, barge_in=BargeInSettings(enabled=False)
     )
     with capture_logs() as logs:
-        assert await assistant.wake()
-        await asyncio.sleep(0.5)  # the mic script (10x real time) is over by now
+        await wake(assistant)
+        await asyncio.wait_for(mic.over.wait(), TIMEOUT)  # the user has spoken over the answer
         assert assistant.state is State.SPEAKING
         llm.gate.set()
         turn = await asyncio.wait_for(ended.get(), TIMEOUT)
@@ -307,12 +319,9 @@ async def test_pause_mode_resumes_the_answer_after_a_false_interruption() -> Non
     mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (0.3, True), (0.6, False)])
     assistant, speaker, ended = make(mic=mic, asr=FakeAsr("tell me a story", "嗯。"), llm=llm)
     with_barge_in(assistant, mode="pause")
-    with capture_logs() as logs:
-        assert await assistant.wake()
-        for _ in range(500):
-            if events(logs, "barge_in_resumed"):
-                break
-            await asyncio.sleep(0.01)
+    with watch_logs() as logs:
+        await wake(assistant)
+        await asyncio.wait_for(logs.wait_for("barge_in_resumed"), TIMEOUT)
         assert assistant.state is State.SPEAKING
         llm.gate.set()  # the rest of the answer comes
         turn = await asyncio.wait_for(ended.get(), TIMEOUT)
@@ -320,8 +329,14 @@ async def test_pause_mode_resumes_the_answer_after_a_false_interruption() -> Non
     assert turn.outcome == "answered" and not turn.interrupted
     assert turn.reply == "Let me tell you a long story about robots."
     assert speaker.pauses >= 1 and (speaker.resumes, speaker.flushes) == (1, 0)
-    assert [e["trigger"] for e in events(logs, "state_changed")] == [
-        "wake", "heard", "start_speaking", "barge_in", "resume", "done"]  # fmt: skip
+    assert [(e["src"], e["dst"], e["trigger"]) for e in events(logs, "state_changed")] == [
+        ("idle", "listening", "wake"),
+        ("listening", "thinking", "heard"),
+        ("thinking", "speaking", "start_speaking"),
+        ("speaking", "listening_held", "barge_in"),  # the answer held while the cough is judged
+        ("listening_held", "speaking", "resume"),
+        ("speaking", "idle", "done"),
+    ]
     assert len(events(logs, "turn_finished")) == 1  # the cough was not a turn
 
 
@@ -333,7 +348,7 @@ async def test_pause_mode_cancels_when_the_interruption_goes_on_past_the_deadlin
     assistant, speaker, ended = make(mic=mic, asr=FakeAsr("tell me a story", "no wait tell me a joke"), llm=llm)
     with_barge_in(assistant, mode="pause", resume_after_ms=100)
     with capture_logs() as logs:
-        assert await assistant.wake()
+        await wake(assistant)
         first = await asyncio.wait_for(ended.get(), TIMEOUT)
         # the held answer was dropped by the deadline, before the ASR had the words
         assert not assistant.asr.sessions[1].finished  # type: ignore[attr-defined]
@@ -344,6 +359,28 @@ async def test_pause_mode_cancels_when_the_interruption_goes_on_past_the_deadlin
     assert second.transcript == "no wait tell me a joke" and second.outcome == "answered"
     assert llm.streams[0].closed_early
     assert events(logs, "barge_in_resumed") == []
+    assert [(e["src"], e["dst"], e["trigger"]) for e in events(logs, "state_changed")][3:6] == [
+        ("speaking", "listening_held", "barge_in"),
+        ("listening_held", "listening", "resume_deadline"),  # the answer dropped, the listening goes on
+        ("listening", "thinking", "heard"),
+    ]
+    assert first.cancel_reason == "resume_deadline"
+
+
+async def test_a_filler_heard_after_the_deadline_is_a_question_not_a_resume() -> None:
+    llm = FakeLlm(["Let me tell you a long story about robots. "], ["Yes?"])
+    llm.gate = asyncio.Event()
+    mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (3.0, True), (0.6, False)])
+    assistant, _, ended = make(mic=mic, asr=FakeAsr("tell me a story", "嗯"), llm=llm)
+    with_barge_in(assistant, mode="pause", resume_after_ms=100)
+    with capture_logs() as logs:
+        await wake(assistant)
+        first = await asyncio.wait_for(ended.get(), TIMEOUT)
+        llm.gate.set()
+        second = await asyncio.wait_for(ended.get(), TIMEOUT)
+    assert first.outcome == "interrupted" and first.cancel_reason == "resume_deadline"
+    assert second.transcript == "嗯" and second.outcome == "answered"  # nothing was held any more
+    assert events(logs, "barge_in_false") == [] and events(logs, "barge_in_resumed") == []
 
 
 async def test_cancel_mode_flushes_at_once_and_closes_the_llm_stream() -> None:
@@ -352,7 +389,7 @@ async def test_cancel_mode_flushes_at_once_and_closes_the_llm_stream() -> None:
     mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (0.3, True), (0.6, False)])
     assistant, speaker, ended = make(mic=mic, asr=FakeAsr("tell me a story", "嗯"), llm=llm)
     with_barge_in(assistant, mode="cancel")
-    assert await assistant.wake()
+    await wake(assistant)
     first = await asyncio.wait_for(ended.get(), TIMEOUT)
     llm.gate.set()
     second = await asyncio.wait_for(ended.get(), TIMEOUT)
@@ -366,12 +403,9 @@ async def test_a_blip_shorter_than_an_interruption_only_ducks_the_answer() -> No
     llm.gate = asyncio.Event()
     mic = FakeMic([*QUESTION_SCRIPT, (1.0, False), (0.06, True), (0.6, False)])
     assistant, speaker, ended = make(mic=mic, llm=llm)
-    with capture_logs() as logs:
-        assert await assistant.wake()
-        for _ in range(500):
-            if events(logs, "barge_in_dismissed"):
-                break
-            await asyncio.sleep(0.01)
+    with watch_logs() as logs:
+        await wake(assistant)
+        await asyncio.wait_for(logs.wait_for("barge_in_dismissed"), TIMEOUT)
         llm.gate.set()
         turn = await asyncio.wait_for(ended.get(), TIMEOUT)
     assert turn.outcome == "answered" and not turn.interrupted
@@ -404,12 +438,10 @@ async def test_a_lost_microphone_fails_the_turn_is_reopened_and_the_next_turn_wo
     feed = MicFeed(DyingMic(blocks=5), reopen=reopen, reopen_every_s=0.05)
     asr = FakeAsr("(the lost turn)", "are you there")
     assistant, _, ended = make(mic=feed, asr=asr, llm=FakeLlm(["Yes, I am here."]))
-    with capture_logs() as logs:
+    with watch_logs() as logs:
         first = await one_turn(assistant, ended)
-        for _ in range(200):
-            if reopened:
-                break
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(logs.wait_for("mic_recovered"), TIMEOUT)
+        assert reopened
         second = await one_turn(assistant, ended)
     assert first.outcome == "failed" and first.failed_service == "audio"
     assert "device gone" in (first.failure or "")

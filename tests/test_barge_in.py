@@ -158,8 +158,14 @@ async def test_a_false_interruption_pauses_then_the_whole_answer_is_heard(tmp_pa
     assert turn.outcome == "answered" and not turn.interrupted
     assert turn.reply == answer  # the whole answer was heard
     assert disconnects == 0
-    assert [e["trigger"] for e in logs if e["event"] == "state_changed"] == [
-        "wake", "heard", "start_speaking", "barge_in", "resume", "done"]  # fmt: skip
+    assert [(e["dst"], e["trigger"]) for e in logs if e["event"] == "state_changed"] == [
+        ("listening", "wake"),
+        ("thinking", "heard"),
+        ("speaking", "start_speaking"),
+        ("listening_held", "barge_in"),
+        ("speaking", "resume"),
+        ("idle", "done"),
+    ]
     with wave.open(str(out), "rb") as w:
         rate = w.getframerate()
     loud = _loud(_pcm(out), rate)
