@@ -173,4 +173,5 @@ class App:
     async def _drain(speaker: Speaker) -> None:
         """Let the last words (or the failure earcon) play out before the output closes."""
         with contextlib.suppress(TimeoutError, HardwareError):
-            await asyncio.wait_for(speaker.drain(), DRAIN_ON_EXIT_S)
+            async with asyncio.timeout(DRAIN_ON_EXIT_S):  # not wait_for: on 3.11 it can swallow a cancel
+                await speaker.drain()
