@@ -285,15 +285,8 @@ def to_json(session: Session) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="moss-voice bench barge-in", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", type=int, default=20, help="interruptions (default 20)")
-    parser.add_argument("--mode", choices=("pause", "cancel"), default="pause")
-    parser.add_argument("--tts-protocol", choices=("http", "websocket"), default="http")
-    parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
-    args = parser.parse_args(argv)
-    if args.n < 1:
-        parser.error("-n must be at least 1")
+def command(args: argparse.Namespace) -> int:
+    """``moss-voice bench barge-in`` with its parsed options (``bench/cli.py``)."""
     configure_logging("warning", "console")
     with tempfile.TemporaryDirectory(prefix="moss-bench-") as tmp:
         session = asyncio.run(measure(args.n, args.mode, Path(tmp), tts_protocol=args.tts_protocol))

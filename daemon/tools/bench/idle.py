@@ -759,18 +759,8 @@ def report_table(r: IdleReport) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="moss-voice bench idle", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", type=int, default=5, help="daemon starts to time (default 5)")
-    parser.add_argument("--window", type=float, default=20.0, metavar="SECONDS", help="idle window (default 20)")
-    parser.add_argument(
-        "--pipeline-seconds", type=float, default=30.0, metavar="SECONDS", help="audio per pipeline run (default 30)"
-    )
-    parser.add_argument("--input", default=None, metavar="SPEC", help="daemon microphone (default: room noise WAV)")
-    parser.add_argument("--output", default=None, metavar="SPEC", help="daemon speaker (default: a WAV file)")
-    parser.add_argument("--no-importtime", action="store_true", help="skip the -X importtime start")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
-    args = parser.parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """``moss-voice bench idle`` with its parsed options (``bench/cli.py``)."""
     from daemon.logs import configure_logging
 
     configure_logging("warning", "console", stream=sys.stderr)
@@ -795,7 +785,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n")
         print(f"raw figures: {args.json}")
     return 0 if result.clean_stops else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

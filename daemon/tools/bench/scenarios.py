@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from daemon.tools.stubs.openai import tokenize
+from daemon.config import AudioSettings
+from daemon.tools.stubs.tokens import tokenize
 from states.speech_text import SpeechText, SpeechTextSettings
 
 QUESTION = "what is the weather like today"
@@ -95,6 +96,10 @@ SCENARIOS: dict[str, Scenario] = {
 DEFAULT_SCENARIOS = ("fast", "typical", "slow-llm")
 RATIO_SCENARIO = "typical"
 """150 tokens at 25 tokens/s: the scenario the sequential/streaming ratio is quoted for."""
+WINDOW_S = 8.0
+"""A streaming turn is stopped this long after its first reply sample (gaps are looked for in it)."""
+BLOCK_MS = AudioSettings().block_ms
+"""The devices' period by default: the daemon's own default."""
 
 
 def first_clause(answer: str, settings: SpeechTextSettings | None = None) -> tuple[str, int]:
