@@ -21,7 +21,7 @@ import logging
 import socket
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from daemon.tools.stubs.serving import InLoopServer, bind_socket, serve
 from daemon.tools.stubs.streaming import ClosingStreamingResponse
 from daemon.tools.stubs.tokens import tokenize
 
@@ -220,14 +221,6 @@ def _install_log_filter() -> None:
         logger.addFilter(_QuietCutFilter())
 
 
-class _InLoopServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the process that runs the stub owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -300,7 +293,7 @@ class OpenAiStub:
             exception_handlers={HTTPException: self._http_exception},
         )
         self._sock: socket.socket | None = None  # bound, not listening (refusing), when not serving
-        self._server: _InLoopServer | None = None
+        self._server: InLoopServer | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._up_task: asyncio.Task[None] | None = None
         self._apply_task: asyncio.Task[None] | None = None
@@ -343,7 +336,7 @@ class OpenAiStub:
         if self._started:
             return
         _install_log_filter()
-        self._sock = self._bind(self.port)
+        self._sock = bind_socket(self.host, self.port)
         self.port = self._sock.getsockname()[1]
         self._started = True
         await self._apply_listening(None)
@@ -382,17 +375,6 @@ class OpenAiStub:
             await asyncio.sleep(0.005)
         return True
 
-    def _bind(self, port: int) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, port))
-        except OSError:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        return sock
-
     async def _apply_listening(self, previous: asyncio.Task[None] | None) -> None:
         """Make the listening state match the behaviour (refuse: down; starting: down, then up later)."""
         if previous is not None and not previous.done():
@@ -420,7 +402,7 @@ class OpenAiStub:
     async def _go_up(self) -> None:
         if self._server is not None:
             return
-        sock = self._sock if self._sock is not None else self._bind(self.port)
+        sock = self._sock if self._sock is not None else bind_socket(self.host, self.port)
         config = uvicorn.Config(
             self._app,
             host=self.host,
@@ -431,20 +413,8 @@ class OpenAiStub:
             log_config=None,
             timeout_graceful_shutdown=2,
         )
-        server = _InLoopServer(config)
-        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name=f"openai-stub-{self.port}")
         self._sock = None  # uvicorn owns (and closes) it now
-        self._server, self._serve_task = server, task
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
-        while not server.started:
-            if task.done():
-                self._server = self._serve_task = None
-                task.result()  # raises the startup error
-                raise RuntimeError(f"openai stub on port {self.port} stopped during startup")
-            if loop.time() > deadline:
-                raise RuntimeError(f"openai stub on port {self.port} did not start within 5 s")
-            await asyncio.sleep(0.002)
+        self._server, self._serve_task = await serve(config, sock, name=f"openai-stub-{self.port}", timeout=5.0)
 
     async def _go_down(self, *, reserve: bool) -> None:
         server, task = self._server, self._serve_task
@@ -455,7 +425,7 @@ class OpenAiStub:
             server.should_exit = True
             await asyncio.wait_for(task, 10.0)
         if reserve and self._sock is None:
-            self._sock = self._bind(self.port)  # keep the port, without listening: refused
+            self._sock = bind_socket(self.host, self.port)  # keep the port, without listening: refused
 
     # -- endpoints ----------------------------------------------------------------------
 

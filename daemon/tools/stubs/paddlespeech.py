@@ -19,11 +19,10 @@ import base64
 import contextlib
 import json
 import re
-import socket
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -39,6 +38,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from daemon.tools.stubs.serving import InLoopServer, bind_socket, serve
 from daemon.tools.stubs.streaming import ClosingStreamingResponse
 
 log = structlog.get_logger()
@@ -120,14 +120,6 @@ class _ClientGone(Exception):
     """The client disconnected while audio was being sent."""
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the process that hosts the stand-ins owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
 class PaddleSpeechStub:
     """PaddleSpeech streaming TTS on loopback; ``protocol`` is "http" or "websocket".
 
@@ -162,7 +154,7 @@ class PaddleSpeechStub:
         self.refused = 0
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._server: _Server | None = None
+        self._server: InLoopServer | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -186,12 +178,8 @@ class PaddleSpeechStub:
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("PaddleSpeechStub already started")
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = bind_socket(self.host, self.port)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            sock.setblocking(False)
             self.port = sock.getsockname()[1]
             config = uvicorn.Config(
                 _quiet_aborts(_watch_ws_close(self._build_app())),
@@ -203,17 +191,9 @@ class PaddleSpeechStub:
                 timeout_graceful_shutdown=2,
             )
             self._stopping.clear()
-            self._server = _Server(config)
-            self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="paddlespeech-stub")
-            async with asyncio.timeout(10.0):
-                while not self._server.started:
-                    if self._task.done():
-                        self._task.result()
-                        raise RuntimeError("PaddleSpeechStub: uvicorn exited during startup")
-                    await asyncio.sleep(0.005)
+            self._server, self._task = await serve(config, sock, name="paddlespeech-stub", timeout=10.0)
         except BaseException:
             sock.close()
-            await self.stop()
             raise
         log.info("paddlespeech_stub_started", url=self.url, protocol=self.protocol)
 
