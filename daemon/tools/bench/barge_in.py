@@ -43,8 +43,8 @@ from daemon.config import (
 )
 from daemon.logs import configure_logging
 from daemon.tools.bench.timeline import first_loud_s
-from daemon.tools.stubs.funasr import QUESTIONS, make_question_wav
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
+from daemon.tools.stubs.questions import QUESTIONS, make_question_wav
 from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 from hardware.wavfile import WavSpeaker, write_wav
 from states.model import Turn

@@ -139,7 +139,7 @@ def room_noise(seconds: float, *, dbfs: float = ROOM_NOISE_DBFS, seed: int = 4) 
 
 def speech_audio(seconds: float, folder: Path) -> np.ndarray:
     """Questions spoken by espeak-ng, with pauses, over the room tone, repeated to ``seconds``."""
-    from daemon.tools.stubs.funasr import QUESTIONS, make_question_wav
+    from daemon.tools.stubs.questions import QUESTIONS, make_question_wav
     from hardware.wavfile import load_wav_16k_mono
 
     pause = np.zeros(int(0.6 * RATE), dtype="<i2")

@@ -50,8 +50,9 @@ from daemon.tools.bench.scenarios import (
 from daemon.tools.bench.sequential import run_sequential
 from daemon.tools.bench.stub_process import StubProcess, StubUrls
 from daemon.tools.bench.timeline import Reply, last_loud_s, read_pcm, reply_after
-from daemon.tools.stubs.funasr import FunAsrBehaviour, make_question_wav
+from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
+from daemon.tools.stubs.questions import make_question_wav
 from daemon.tools.stubs.runner import demo_llm_behaviour
 from daemon.tools.stubs.tokens import tokenize
 from hardware.wavfile import WavMicrophone, WavSpeaker, write_wav
