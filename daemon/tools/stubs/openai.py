@@ -43,7 +43,7 @@ from daemon.tools.stubs.openai_behaviour import (
     validate_request,
 )
 from daemon.tools.stubs.openai_stream import Ctl, Plan, StubCut, llama_events, plan_for, raw_events, vllm_events
-from daemon.tools.stubs.serving import InLoopServer, bind_socket, serve
+from daemon.tools.stubs.serving import InLoopServer, bind_socket, serve, wait_http_disconnect
 from daemon.tools.stubs.streaming import ClosingStreamingResponse
 from daemon.tools.stubs.tokens import tokenize
 
@@ -377,7 +377,7 @@ class OpenAiStub:
         ctl = Ctl()
         self._active.add(ctl)
         stopped = asyncio.ensure_future(ctl.event.wait())
-        gone = asyncio.ensure_future(self._wait_disconnect(request))
+        gone = asyncio.ensure_future(wait_http_disconnect(request))
         try:
             done, _ = await asyncio.wait({stopped, gone}, return_when=asyncio.FIRST_COMPLETED)
             if gone in done:
@@ -388,11 +388,6 @@ class OpenAiStub:
                 task.cancel()
             await asyncio.gather(stopped, gone, return_exceptions=True)
         return Response(status_code=503)
-
-    @staticmethod
-    async def _wait_disconnect(request: Request) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
 
     def _record_disconnect(self) -> None:
         self.disconnects += 1

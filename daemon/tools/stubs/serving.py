@@ -10,6 +10,7 @@ import socket
 from collections.abc import Iterator
 
 import uvicorn
+from starlette.requests import Request
 
 
 class InLoopServer(uvicorn.Server):
@@ -55,3 +56,9 @@ async def serve(
             raise RuntimeError(f"{name} did not start within {timeout:g} s") from None
         raise
     return server, task
+
+
+async def wait_http_disconnect(request: Request) -> None:
+    """Return when the HTTP client has gone away (its ``http.disconnect`` message)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
