@@ -79,6 +79,11 @@ REACTION_TARGET_MS = 150.0
 PROPAGATION_TARGET_MS = 50.0
 
 
+def _ms(start: float, end: float | None) -> float | None:
+    """Milliseconds from ``start`` to ``end`` (seconds); None when there is no end."""
+    return None if end is None else (end - start) * 1000
+
+
 @dataclass(frozen=True)
 class Reaction:
     onset_s: float
@@ -86,7 +91,7 @@ class Reaction:
 
     @property
     def ms(self) -> float | None:
-        return None if self.stopped_s is None else (self.stopped_s - self.onset_s) * 1000
+        return _ms(self.onset_s, self.stopped_s)
 
 
 @dataclass(frozen=True)
@@ -104,11 +109,11 @@ class Propagation:
 
     @property
     def llm_ms(self) -> float | None:
-        return None if self.llm_closed_at is None else (self.llm_closed_at - self.decided_at) * 1000
+        return _ms(self.decided_at, self.llm_closed_at)
 
     @property
     def tts_ms(self) -> float | None:
-        return None if self.tts_closed_at is None else (self.tts_closed_at - self.decided_at) * 1000
+        return _ms(self.decided_at, self.tts_closed_at)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -276,34 +277,27 @@ async def measure_scenario(
     }
 
 
-async def measure(
-    names: Sequence[str],
-    n: int,
-    workdir: Path,
-    *,
-    sequential: bool = True,
-    window_s: float = WINDOW_S,
-    block_ms: int = BLOCK_MS,
-) -> dict[str, Any]:
-    results: dict[str, Any] = {"n": n, "window_s": window_s, "block_ms": block_ms, "scenarios": {}}
-    for name in names:
-        sdir = workdir / name
-        sdir.mkdir(parents=True, exist_ok=True)
-        results["scenarios"][name] = await measure_scenario(
-            SCENARIOS[name], n, sdir, sequential=sequential, window_s=window_s, block_ms=block_ms
-        )
-    return results
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure what ``args`` asks for; the WAV files go to ``--keep`` or a temporary folder."""
     names = args.scenario or list(DEFAULT_SCENARIOS)
-    sequential, window_s = not args.no_sequential, args.window
-    if args.keep is not None:
-        await asyncio.to_thread(args.keep.mkdir, parents=True, exist_ok=True)
-        return await measure(names, args.n, args.keep, sequential=sequential, window_s=window_s, block_ms=args.block_ms)
-    with tempfile.TemporaryDirectory(prefix="moss-bench-") as tmp:
-        return await measure(names, args.n, Path(tmp), sequential=sequential, window_s=window_s, block_ms=args.block_ms)
+    results: dict[str, Any] = {"n": args.n, "window_s": args.window, "block_ms": args.block_ms, "scenarios": {}}
+    with contextlib.ExitStack() as stack:
+        if args.keep is not None:
+            workdir = args.keep
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="moss-bench-")))
+        for name in names:
+            sdir = workdir / name
+            await asyncio.to_thread(sdir.mkdir, parents=True, exist_ok=True)
+            results["scenarios"][name] = await measure_scenario(
+                SCENARIOS[name],
+                args.n,
+                sdir,
+                sequential=not args.no_sequential,
+                window_s=args.window,
+                block_ms=args.block_ms,
+            )
+    return results
 
 
 def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> str:

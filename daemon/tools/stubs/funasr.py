@@ -20,8 +20,7 @@ import asyncio
 import os
 import ssl
 from http import HTTPStatus
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import structlog
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -37,6 +36,7 @@ from daemon.tools.stubs.funasr_behaviour import (
     StubSession,
 )
 from daemon.tools.stubs.funasr_session import Utterance
+from daemon.tools.stubs.lifecycle import StartStop
 from daemon.tools.stubs.questions import (
     ESPEAK_SPEED,
     ESPEAK_VOICE,
@@ -69,7 +69,7 @@ log = structlog.get_logger()
 # -- the server -----------------------------------------------------------------------------
 
 
-class FunAsrStub:
+class FunAsrStub(StartStop):
     """A FunASR websocket server on loopback. ``url`` is ws://host:port, or wss:// with TLS."""
 
     def __init__(
@@ -128,15 +128,6 @@ class FunAsrStub:
         """Load one recogniser now, so the first session does not wait for it (~0.1 s)."""
         if not self._idle_recognisers:
             self._idle_recognisers.append(await asyncio.to_thread(Recogniser))
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         misbehave = self.behaviour.misbehave

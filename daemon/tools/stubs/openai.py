@@ -36,6 +36,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from daemon.tools.stubs.lifecycle import StartStop
 from daemon.tools.stubs.openai_behaviour import (
     MISBEHAVIOURS,
     OpenAiBehaviour,
@@ -95,7 +96,7 @@ def _install_log_filter() -> None:
         logger.addFilter(_QuietCutFilter())
 
 
-class OpenAiStub:
+class OpenAiStub(StartStop):
     """An OpenAI-compatible chat server on loopback. ``url`` is the base a client config uses.
 
     Observation hooks: ``requests`` (every request received), ``disconnects`` and
@@ -190,13 +191,6 @@ class OpenAiStub:
             self._sock.close()
             self._sock = None
         log.info("openai_stub_stopped", url=self.url)
-
-    async def __aenter__(self) -> OpenAiStub:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def wait_for_disconnects(self, count: int = 1, *, timeout: float = 2.0) -> bool:
         """Wait until ``disconnects >= count``; False if that did not happen within ``timeout``."""

@@ -104,6 +104,14 @@ async def raw_events(b: OpenAiBehaviour, ctl: Ctl) -> AsyncGenerator[bytes, None
         yield chunk
 
 
+def paced_tokens(b: OpenAiBehaviour, plan: Plan, first: float) -> tuple[list[tuple[float, str]], int | None]:
+    """The tokens sent before a mid-stream misbehaviour strikes, each with the loop time it is due
+    (``first``, then one every 1/tokens_per_s), and the index it strikes at (None: it does not)."""
+    strike = strike_at(b, len(plan.tokens))
+    interval = 1.0 / b.tokens_per_s if b.tokens_per_s > 0 else 0.0
+    return [(first + i * interval, token) for i, token in enumerate(plan.tokens[:strike])], strike
+
+
 async def vllm_events(b: OpenAiBehaviour, plan: Plan, ctl: Ctl) -> AsyncGenerator[bytes, None]:
     loop = asyncio.get_running_loop()
     cid, created = f"chatcmpl-{uuid.uuid4().hex[:16]}", int(time.time())
@@ -130,13 +138,10 @@ async def vllm_events(b: OpenAiBehaviour, plan: Plan, ctl: Ctl) -> AsyncGenerato
     if not await ctl.sleep_until(first):
         return
     yield event([choice({"role": "assistant", "content": ""})])
-    tokens, n = plan.tokens, len(plan.tokens)
-    strike = strike_at(b, n)
-    interval = 1.0 / b.tokens_per_s if b.tokens_per_s > 0 else 0.0
-    for i, token in enumerate(tokens):
-        if i == strike:
-            break
-        if i and not await ctl.sleep_until(first + i * interval):
+    due, strike = paced_tokens(b, plan, first)
+    n = len(plan.tokens)
+    for i, (when, token) in enumerate(due):
+        if i and not await ctl.sleep_until(when):
             return
         yield event([choice({"content": token}, final=(i == n - 1 and strike is None))])
     if strike is not None:
@@ -169,40 +174,35 @@ async def llama_events(b: OpenAiBehaviour, plan: Plan, ctl: Ctl) -> AsyncGenerat
         return b"data: " + json.dumps(obj).encode() + b"\r\n\r\n"
 
     async def pause(until: float) -> AsyncGenerator[bytes, None]:
-        """Wait until ``until``, with a ping comment whenever the stream was quiet too long."""
+        """Wait until ``until``, with a ping comment whenever the stream was quiet too long; if a
+        new request preempts the stream meanwhile, end it with [DONE] as llama.cpp does."""
         nonlocal last_sent
         while True:
             ping_at = last_sent + b.ping_interval_s
             if ping_at >= until:
                 await ctl.sleep_until(until)
-                return
+                break
             if not await ctl.sleep_until(ping_at):
-                return
+                break
             last_sent = loop.time()
             yield f": ping - {time.strftime('%Y-%m-%d %H:%M:%S')}.000000\r\n\r\n".encode()
+        if ctl.event.is_set() and ctl.reason == "preempted":
+            yield b"data: [DONE]\r\n\r\n"
 
     first = loop.time() + b.first_token_delay_s
     async with contextlib.aclosing(pause(first)) as pings:
         async for ping in pings:
             yield ping
     if ctl.event.is_set():
-        if ctl.reason == "preempted":
-            yield b"data: [DONE]\r\n\r\n"
         return
     yield event({"role": "assistant"})
-    tokens, n = plan.tokens, len(plan.tokens)
-    strike = strike_at(b, n)
-    interval = 1.0 / b.tokens_per_s if b.tokens_per_s > 0 else 0.0
-    for i, token in enumerate(tokens):
-        if i == strike:
-            break
+    due, strike = paced_tokens(b, plan, first)
+    for i, (when, token) in enumerate(due):
         if i:
-            async with contextlib.aclosing(pause(first + i * interval)) as pings:
+            async with contextlib.aclosing(pause(when)) as pings:
                 async for ping in pings:
                     yield ping
             if ctl.event.is_set():
-                if ctl.reason == "preempted":
-                    yield b"data: [DONE]\r\n\r\n"
                 return
         yield event({"content": token})
     if strike is not None:

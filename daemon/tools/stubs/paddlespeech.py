@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from daemon.tools.stubs.lifecycle import StartStop
 from daemon.tools.stubs.paddlespeech_behaviour import (
     PaddleSpeechBehaviour,
     ReceivedRequest,
@@ -72,7 +73,7 @@ class _ClientGone(Exception):
     """The client disconnected while audio was being sent."""
 
 
-class PaddleSpeechStub:
+class PaddleSpeechStub(StartStop):
     """PaddleSpeech streaming TTS on loopback; ``protocol`` is "http" or "websocket".
 
     Observation hooks: ``requests`` (every synthesis request received), ``ws_messages``
@@ -164,13 +165,6 @@ class PaddleSpeechStub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         log.info("paddlespeech_stub_stopped", url=self.url)
-
-    async def __aenter__(self) -> PaddleSpeechStub:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def wait_for_disconnects(self, count: int = 1, timeout: float = 2.0) -> None:
         """Wait until at least ``count`` mid-stream disconnects were seen (TimeoutError otherwise)."""
