@@ -97,6 +97,11 @@ def test_the_app_and_the_run_command_load_no_tool() -> None:
     loaded = _modules_loaded_by("import daemon.app, daemon.cli_run")
     assert "daemon.app" in loaded
     assert sorted(m for m in loaded if _is_within(m, "daemon.tools")) == []
+    # through the CLI, `moss-voice run` adds the tools' registration and nothing else of them
+    loaded = _modules_loaded_by(
+        "from daemon.__main__ import build_parser\nbuild_parser().parse_args(['run'])\nimport daemon.app"
+    )
+    assert {m for m in loaded if _is_within(m, "daemon.tools")} <= LIGHT_TOOLS
 
 
 def test_building_the_parser_loads_only_the_tools_registration_and_nothing_heavy() -> None:

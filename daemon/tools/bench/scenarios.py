@@ -9,10 +9,13 @@ on top is moss-voice's overhead.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from daemon.config import AudioSettings
 from daemon.tools.stubs.tokens import tokenize
-from states.speech_text import SpeechText, SpeechTextSettings
+
+if TYPE_CHECKING:
+    from states.speech_text import SpeechTextSettings
 
 QUESTION = "what is the weather like today"
 
@@ -105,6 +108,8 @@ BLOCK_MS = AudioSettings().block_ms
 def first_clause(answer: str, settings: SpeechTextSettings | None = None) -> tuple[str, int]:
     """The first clause the daemon speaks, and the index of the stand-in token whose arrival
     releases it (the splitter may need the token after the clause to see the boundary)."""
+    from states.speech_text import SpeechText  # here: the CLI reads the scenarios' names from this module
+
     speech = SpeechText(settings)
     for index, token in enumerate(tokenize(answer)):
         clauses = speech.feed(token)
