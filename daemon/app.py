@@ -21,13 +21,10 @@ from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
 from daemon.resampled_tts import ResampledTts
 from hardware.errors import HardwareError
 from hardware.vad import make_vad
-from states.barge_in import BargeInSettings
-from states.endpointer import EndpointerSettings
 from states.history import Conversation
 from states.mic_feed import MicFeed
 from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.ports import Microphone, Speaker, TtsClient, Vad
-from states.speech_text import SpeechTextSettings
 
 log = structlog.get_logger()
 
@@ -40,33 +37,8 @@ EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH = 0, 1, 3
 
 
 def assistant_settings(settings: Settings) -> AssistantSettings:
-    v, r = settings.vad, settings.reply
-    return AssistantSettings(
-        endpointer=EndpointerSettings(
-            speech_start_ms=v.speech_start_ms,
-            end_silence_ms=v.end_silence_ms,
-            end_trim_ms=v.end_trim_ms,
-            pre_roll_ms=v.pre_roll_ms,
-            max_utterance_s=v.max_utterance_s,
-            no_speech_timeout_s=v.no_speech_timeout_s,
-        ),
-        speech_text=SpeechTextSettings(
-            min_clause_weight=r.min_clause_weight,
-            first_clause_min_weight=r.first_clause_min_weight,
-            max_clause_chars=r.max_clause_chars,
-            max_reply_chars=r.max_reply_chars,
-        ),
-        barge_in=BargeInSettings(
-            enabled=settings.barge_in.enabled,
-            min_speech_ms=settings.barge_in.min_speech_ms,
-            duck_after_ms=settings.barge_in.duck_after_ms,
-            pre_roll_ms=v.pre_roll_ms,
-            mode=settings.barge_in.mode,
-            resume_after_ms=settings.barge_in.resume_after_ms,
-            stop_words=settings.barge_in.stop_words,
-            fillers=settings.barge_in.fillers,
-        ),
-    )
+    """The conversation's settings are the config's own tables (``[vad]`` is the endpointer's)."""
+    return AssistantSettings(endpointer=settings.vad, speech_text=settings.reply, barge_in=settings.barge_in)
 
 
 class App:

@@ -1,15 +1,29 @@
 """Typed, frozen configuration: one dataclass per subsystem, loaded from one TOML file.
 
+Each TOML table is one field of :class:`Settings` and one frozen dataclass, defined once, in the
+layer that owns it: the endpointer, the reply's clauses and barge-in in ``states``, the services,
+devices and logs here. Each field declares its default and its range (``states.settings.setting``),
+checked on construction, from code or from the file alike. A new setting is one field in one
+place plus its row in the README's configuration table (a test holds the two together).
+
+``[vad]`` feeds two subsystems: :class:`VadSettings` is the endpointer's settings
+(``states.endpointer.EndpointerSettings``, which barge-in shares for its pre-roll) plus the VAD
+engine's own keys, so the daemon hands ``settings.vad`` to the conversation as its endpointer.
+
 Every field has a default that works against the loopback stand-ins (`moss-voice stubs`).
 Secrets come from the environment, never from the file: ``MOSS_VOICE_LLM_API_KEY``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
-from states.barge_in import FILLERS, STOP_WORDS
+from states.barge_in import BargeInSettings
+from states.endpointer import EndpointerSettings
+from states.settings import Checked, setting
+from states.speech_text import SpeechTextSettings
 
 MOSS_SYSTEM_PROMPT = """You are an AI assistant whose name is MOSS.
 - MOSS is a conversational language model that is developed by Fudan University. It is designed to be helpful, honest, and harmless.
@@ -24,36 +38,74 @@ Capabilities and tools that MOSS can possess.
 """
 
 ASR_FLAVOURS = ("cpp-2pass", "cpp-offline", "python-classic", "python-2026")
+API_KEY_ENV = "MOSS_VOICE_LLM_API_KEY"
+INPUT_SCHEMES = ("pyaudio", "wav", "room")
+OUTPUT_SCHEMES = ("pyaudio", "wav")
+
+
+def url_with(*schemes: str) -> Callable[[str], str | None]:
+    """A check: the value is a URL with one of ``schemes``, a host, and a valid port if any."""
+
+    def check(value: str) -> str | None:
+        parts = urlsplit(value)
+        try:
+            valid_port = parts.port is None or parts.port > 0
+        except ValueError:  # not a number, or beyond 65535
+            valid_port = False
+        if parts.scheme in schemes and parts.hostname and valid_port:
+            return None
+        return f"must be a {' or '.join(s + '://' for s in schemes)} URL, got {value!r}"
+
+    return check
+
+
+def device_spec(*schemes: str) -> Callable[[str], str | None]:
+    """A check: the value looks like ``pyaudio:DEVICE`` or ``wav:PATH`` (of the given schemes)."""
+
+    def check(value: str) -> str | None:
+        scheme, _, rest = value.partition(":")
+        if scheme in schemes and rest:
+            return None
+        shapes = " or ".join(f"'{s}:{'DEVICE' if s == 'pyaudio' else 'PATH'}'" for s in schemes)
+        return f"must look like {shapes}, got {value!r}"
+
+    return check
+
+
+def _chunk_size(value: tuple[int, int, int]) -> str | None:
+    if value[1] <= 0 or min(value) < 0:
+        return f"the middle value must be positive, got {list(value)}"
+    return None
 
 
 @dataclass(frozen=True)
-class AsrSettings:
-    """FunASR websocket server (protocols.md section 1)."""
+class AsrSettings(Checked):
+    """FunASR websocket server (docs/protocols.md, "FunASR websocket")."""
 
-    url: str = "ws://127.0.0.1:10095"
+    url: str = setting("ws://127.0.0.1:10095", check=url_with("ws", "wss"))
     """ws:// or wss://. The scheme is never guessed: FunASR's docker scripts default to wss."""
-    flavour: str = "cpp-2pass"
+    flavour: str = setting("cpp-2pass", one_of=ASR_FLAVOURS)
     """Which server runs there: cpp-2pass | cpp-offline | python-classic | python-2026.
     ``is_final`` cannot be interpreted without it."""
     tls_verify: bool = True
     """false for FunASR's shipped self-signed certificate."""
     ca_file: str | None = None
     """Pin a CA (or the server's own self-signed certificate) instead of turning verification off."""
-    mode: str = "2pass"
+    mode: str = setting("2pass", one_of=("offline", "online", "2pass"))
     """offline | online | 2pass, sent in the first message."""
-    chunk_size: tuple[int, int, int] = (5, 10, 5)
+    chunk_size: tuple[int, int, int] = setting((5, 10, 5), check=_chunk_size)
     """Streaming latency config in 60 ms encoder frames."""
-    chunk_interval: int = 10
+    chunk_interval: int = setting(10, gt=0)
     """Online decode runs every chunk_interval binary messages (Python servers)."""
     wav_name: str = "moss-voice"
     hotwords: dict[str, int] = field(default_factory=dict)
     """Word -> weight; sent JSON-encoded inside a string, as the servers require."""
     itn: bool = True
     offer_binary_subprotocol: bool = True
-    connect_timeout_s: float = 5.0
-    final_timeout_s: float = 2.0
+    connect_timeout_s: float = setting(5.0, gt=0)
+    final_timeout_s: float = setting(2.0, gt=0)
     """Quiet period after the end marker: the final text is whatever came by then."""
-    burst_ms: int = 600
+    burst_ms: int = setting(600, gt=0)
     """Audio that may be sent faster than real time (the VAD pre-roll); the rest is paced."""
 
     @property
@@ -63,39 +115,40 @@ class AsrSettings:
 
 
 @dataclass(frozen=True)
-class LlmSettings:
-    """OpenAI-compatible chat completions, MOSS on vLLM (protocols.md section 3)."""
+class LlmSettings(Checked):
+    """OpenAI-compatible chat completions, MOSS on vLLM (docs/protocols.md, "OpenAI-compatible chat")."""
 
-    url: str = "http://127.0.0.1:8000/v1"
+    url: str = setting("http://127.0.0.1:8000/v1", check=url_with("http", "https"))
     """Base URL up to and including /v1."""
     model: str = "moss"
     system_prompt: str = MOSS_SYSTEM_PROMPT
     stop: tuple[str, ...] = ("<|end_of_assistant|>",)
-    max_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.8
-    api_key: str | None = None
+    max_tokens: int = setting(512, gt=0)
+    temperature: float = setting(0.7, ge=0, le=2)
+    """The OpenAI API's range; vLLM rejects a negative one."""
+    top_p: float = setting(0.8, gt=0, le=1)
+    api_key: str | None = setting(None, env=API_KEY_ENV)
     """From the environment variable MOSS_VOICE_LLM_API_KEY only."""
-    connect_timeout_s: float = 5.0
-    first_token_timeout_s: float = 30.0
+    connect_timeout_s: float = setting(5.0, gt=0)
+    first_token_timeout_s: float = setting(30.0, gt=0)
     """From the request to the first text: covers queueing and prefill on a busy GPU."""
-    read_timeout_s: float = 30.0
+    read_timeout_s: float = setting(30.0, gt=0)
     """Longest silence allowed between two stream events once text flows."""
-    history_turns: int = 5
+    history_turns: int = setting(5, ge=0)
     """How many earlier question/answer pairs are sent along."""
-    history_reset_s: float = 300.0
+    history_reset_s: float = setting(300.0, gt=0)
     """History is forgotten after this long without a turn."""
 
 
 @dataclass(frozen=True)
-class TtsSettings:
-    """PaddleSpeech streaming TTS (protocols.md section 2). The URL scheme picks the protocol."""
+class TtsSettings(Checked):
+    """PaddleSpeech streaming TTS (docs/protocols.md, "PaddleSpeech streaming TTS"). The URL scheme picks the protocol."""
 
-    url: str = "http://127.0.0.1:8092/paddlespeech/tts/streaming"
+    url: str = setting("http://127.0.0.1:8092/paddlespeech/tts/streaming", check=url_with("http", "https", "ws", "wss"))
     """http(s)://... for HTTP streaming, ws(s)://... for the websocket protocol."""
-    spk_id: int = 0
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 10.0
+    spk_id: int = setting(0, ge=0)
+    connect_timeout_s: float = setting(5.0, gt=0)
+    read_timeout_s: float = setting(10.0, gt=0)
     """Longest wait for the next audio chunk."""
 
     @property
@@ -111,76 +164,51 @@ class TtsSettings:
 
 
 @dataclass(frozen=True)
-class AudioSettings:
+class AudioSettings(Checked):
     """Where audio comes from and goes to. ``wav:PATH`` is a WAV file that behaves like a device."""
 
-    input: str = "wav:question.wav"
+    input: str = setting("wav:question.wav", check=device_spec(*INPUT_SCHEMES))
     """Microphone: ``pyaudio:default``, ``pyaudio:NAME`` or ``pyaudio:INDEX`` (``moss-voice devices``
     lists them), ``wav:PATH``, or ``room:PATH`` (the file plus the echo of the speaker)."""
-    output: str = "wav:reply.wav"
+    output: str = setting("wav:reply.wav", check=device_spec(*OUTPUT_SCHEMES))
     """Speaker: ``pyaudio:default|NAME|INDEX`` or ``wav:PATH``."""
-    output_rate: int | None = None
+    output_rate: int | None = setting(None, ge=8000, le=192000)
     """Sample rate of the output; default: the TTS server's rate (asked of the server)."""
-    block_ms: int = 20
+    block_ms: int = setting(20, one_of=(10, 20, 30, 40, 50, 60, 80, 100))
     """Size of one device block."""
 
 
 @dataclass(frozen=True)
-class AecSettings:
+class AecSettings(Checked):
     """Echo cancellation: the robot must not take its own voice for a user cutting in."""
 
-    engine: str = "speex"
+    engine: str = setting("speex", one_of=("speex", "off"))
     """speex (SpeexDSP, through speexaec) | off (only for half-duplex or a headset)."""
-    filter_ms: int = 256
+    filter_ms: int = setting(256, gt=0)
     """Echo tail the filter learns: the room's main reflections (64 ms measured too short)."""
-    frame_ms: int = 10
-    reference_delay_ms: float = 0.0
+    frame_ms: int = setting(10, one_of=(10, 20))
+    reference_delay_ms: float = setting(0.0, ge=0)
     """Shift of the speaker signal before it is compared with the microphone. A reference late
     by 5 ms cancels almost nothing; early is fine (the filter covers the gap), so keep it low."""
 
 
 @dataclass(frozen=True)
-class VadSettings:
-    """End of speech from our own VAD (the server VAD is not used for turn-taking)."""
+class VadSettings(EndpointerSettings):
+    """The ``[vad]`` table: when an utterance starts and ends (the endpointer's settings, inherited
+    with their defaults and ranges) and the VAD engine that tells speech from silence."""
 
-    engine: str = "silero"
+    engine: str = setting("silero", one_of=("silero", "webrtc"))
     """silero | webrtc. silero rejects steady noise (motors, fans); webrtc takes it for speech."""
-    silero_threshold: float = 0.5
-    silero_gate_db: float = 6.0
+    silero_threshold: float = setting(0.5, gt=0, lt=1)
+    silero_gate_db: float = setting(6.0, ge=0, le=40)
     """Frames less than this much louder than the room's noise floor are silence without running
     the model: a quiet room costs almost no CPU. 0 runs the model on every frame."""
-    webrtc_aggressiveness: int = 3
-    speech_start_ms: int = 120
-    """Speech this long starts an utterance (shorter blips are ignored)."""
-    end_silence_ms: int = 700
-    """Silence this long ends the utterance."""
-    end_trim_ms: int = 200
-    """The VAD says "speech" a little after the voice stops (Silero: about 100 ms). Up to this
-    much quiet audio at its end counts as silence already, so the reply is not delayed by it.
-    0 trusts the VAD alone."""
-    pre_roll_ms: int = 300
-    """Audio kept from before the speech start, so the first syllable is not lost."""
-    max_utterance_s: float = 15.0
-    no_speech_timeout_s: float = 8.0
-    """Back to idle when nobody speaks this long after waking."""
+    webrtc_aggressiveness: int = setting(3, one_of=(0, 1, 2, 3))
 
 
 @dataclass(frozen=True)
-class ReplySettings:
-    """How the answer is cut into clauses for the TTS."""
-
-    first_clause_min_weight: int = 4
-    """The first clause leaves early: it decides when the robot starts talking."""
-    min_clause_weight: int = 8
-    """Shorter clauses are merged with the next. Weight: one per hanzi, two per English word."""
-    max_clause_chars: int = 120
-    max_reply_chars: int = 1200
-    """A longer answer is cut here: nobody listens to a robot read a page."""
-
-
-@dataclass(frozen=True)
-class EarconSettings:
-    """Short sounds: "builtin", "off", or the path of a WAV file."""
+class EarconSettings(Checked):
+    """Short sounds: "builtin", "off", or the path of a WAV file (the loader checks that it exists)."""
 
     listening: str = "builtin"
     """When the robot starts listening after a wake (not after a barge-in: the user is talking)."""
@@ -188,29 +216,12 @@ class EarconSettings:
     """When a turn fails (a service or a device)."""
 
 
-@dataclass(frozen=True)
-class BargeInConfig:
-    """The user cutting in while the robot thinks or speaks."""
-
-    enabled: bool = True
-    """false: half-duplex, the microphone is ignored while the robot thinks and speaks."""
-    min_speech_ms: int = 150
-    """User speech this long (after echo cancellation) is an interruption."""
-    duck_after_ms: int = 32
-    """Playback pauses as soon as this much speech is heard, and plays on if it stays shorter
-    than min_speech_ms. 0: playback stops only at min_speech_ms."""
-    mode: str = "pause"
-    """pause: hold the rest of the answer, resume it if the interruption was false (no words, a
-    filler, a cough) within resume_after_ms. cancel: close the LLM and TTS connections at once."""
-    resume_after_ms: int = 2000
-    stop_words: tuple[str, ...] = STOP_WORDS
-    fillers: tuple[str, ...] = FILLERS
-    """pause mode: an interruption made only of these is false."""
-    """An interruption that is only one of these ends the answer without a new question."""
+BargeInConfig = BargeInSettings
+"""The old name of the ``[barge_in]`` settings, for the code that still imports it."""
 
 
 @dataclass(frozen=True)
-class WakeSettings:
+class WakeSettings(Checked):
     """What starts a turn. Hotword and GPIO wake arrive with live audio."""
 
     on_start: bool = True
@@ -218,23 +229,25 @@ class WakeSettings:
 
 
 @dataclass(frozen=True)
-class LogSettings:
-    level: str = "info"
+class LogSettings(Checked):
+    level: str = setting("info", one_of=("debug", "info", "warning", "error"))
     """debug | info | warning | error"""
-    format: str = "auto"
+    format: str = setting("auto", one_of=("auto", "json", "console"))
     """auto (console on a TTY, JSON lines otherwise) | json | console"""
 
 
 @dataclass(frozen=True)
 class Settings:
+    """The whole configuration: one field per TOML table, named as the table."""
+
     asr: AsrSettings = field(default_factory=AsrSettings)
     llm: LlmSettings = field(default_factory=LlmSettings)
     tts: TtsSettings = field(default_factory=TtsSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     aec: AecSettings = field(default_factory=AecSettings)
-    reply: ReplySettings = field(default_factory=ReplySettings)
-    barge_in: BargeInConfig = field(default_factory=BargeInConfig)
+    reply: SpeechTextSettings = field(default_factory=SpeechTextSettings)
+    barge_in: BargeInSettings = field(default_factory=BargeInSettings)
     earcons: EarconSettings = field(default_factory=EarconSettings)
     wake: WakeSettings = field(default_factory=WakeSettings)
     log: LogSettings = field(default_factory=LogSettings)

@@ -1,15 +1,25 @@
-"""The exceptions moss-voice raises, as one tree.
+"""The exceptions moss-voice raises, as two trees.
 
     VoiceDaemonError
     ├── ConfigError            a wrong key, type or value in the TOML file
-    ├── ServiceError           a remote service failed; ``.service`` is "asr", "llm" or "tts"
-    │   ├── AsrError
-    │   ├── LlmError
-    │   │   ├── LlmAuthError       401: wrong or missing API key (never retried)
-    │   │   └── LlmNotFoundError   404: the model name is not served
-    │   ├── TtsError
-    │   └── ServiceTimeout     (also an AsrError/LlmError/TtsError through its subclasses)
-    └── HardwareError          (defined in hardware.errors, re-exported here)
+    └── ServiceError           a remote service failed; ``.service`` is "asr", "llm" or "tts"
+        ├── AsrError
+        │   └── AsrTimeout         (also a ServiceTimeout)
+        ├── LlmError
+        │   ├── LlmAuthError       401: wrong or missing API key (never retried)
+        │   ├── LlmNotFoundError   404: the model name is not served
+        │   └── LlmTimeout         (also a ServiceTimeout)
+        ├── TtsError
+        │   └── TtsTimeout         (also a ServiceTimeout)
+        └── ServiceTimeout     any service that did not answer in time
+
+    HardwareError              a device failed; ``.service`` is "audio"
+
+``HardwareError`` is a root of its own, not a ``VoiceDaemonError``: it is defined in
+``hardware.errors`` because ``hardware`` may not import ``daemon``, and is re-exported here so
+that the daemon imports every error from one module. Code that must catch everything
+moss-voice raises on purpose catches both roots. ``tests/test_error_tree.py`` checks that this
+drawing is the real class hierarchy.
 
 Clients translate library errors with ``raise AsrError(...) from exc``; nothing from httpx or
 websockets escapes a client. The state machine only needs ``.service`` to log ``turn_failed``.

@@ -1,4 +1,9 @@
-"""The one exception hardware adapters raise."""
+"""The one exception hardware adapters raise.
+
+It derives from ``Exception`` only: ``hardware`` may not import ``daemon``, so it cannot sit
+under ``daemon.errors.VoiceDaemonError``. ``daemon.errors`` re-exports it and draws it as a
+root of its own.
+"""
 
 
 class HardwareError(Exception):

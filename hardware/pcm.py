@@ -7,7 +7,7 @@ class PcmFramer:
     """Cut a byte stream into whole frames (2 bytes for 16-bit mono, 4 for stereo).
 
     The bytes of a frame split across two pieces are held back until the rest arrives, so a
-    sound card never receives half a sample (protocols.md 2.6 and 2.8.10).
+    sound card never receives half a sample (docs/protocols.md "PaddleSpeech: audio to the speaker").
     """
 
     def __init__(self, frame_bytes: int = 2) -> None:

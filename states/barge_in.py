@@ -8,6 +8,7 @@ the user said is lost.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable
@@ -19,6 +20,7 @@ import structlog
 from states.endpointer import Endpointer, EndpointerSettings, Framer, SpeechStarted
 from states.mic_feed import BYTES_PER_SECOND, MicFeed
 from states.ports import EchoCanceller, EchoReferenceSource, Vad
+from states.settings import Checked, setting
 
 log = structlog.get_logger()
 
@@ -28,27 +30,38 @@ MODES = ("pause", "cancel")
 
 
 @dataclass(frozen=True)
-class BargeInSettings:
+class BargeInSettings(Checked):
+    """The user cutting in while the robot thinks or speaks (the ``[barge_in]`` table). The pre-roll
+    is the listening endpointer's (``vad.pre_roll_ms``): see :func:`barge_in_endpointer`."""
+
     enabled: bool = True
     """False: half-duplex, the microphone is ignored while the robot thinks and speaks."""
-    min_speech_ms: int = 150
+    min_speech_ms: int = setting(150, gt=0)
     """User speech this long (after echo cancellation) is an interruption."""
-    duck_after_ms: int = 32
+    duck_after_ms: int = setting(32, ge=0)
     """Playback pauses as soon as this much speech is heard, and plays on at once if it does not
     last ``min_speech_ms``: the robot stops as fast as a person would. 0: wait for min_speech_ms."""
-    pre_roll_ms: int = 300
-    mode: str = "pause"
+    mode: str = setting("pause", one_of=MODES)
     """cancel: close the LLM and TTS connections at once. pause: hold the rest of the answer and
     resume it if the interruption turns out false (no words, or only a filler) in time."""
-    resume_after_ms: int = 2000
+    resume_after_ms: int = setting(2000, gt=0)
     """pause mode: how long a held answer waits for the interruption to prove real."""
     stop_words: tuple[str, ...] = STOP_WORDS
     """An interruption that says only one of these ends the answer without a new question."""
     fillers: tuple[str, ...] = FILLERS
     """Utterances made only of these do not count as an interruption (pause mode resumes)."""
-    aec_warmup_s: float = 6.0
+    aec_warmup_s: float = setting(6.0, ge=0)
     """The echo canceller learns the room from the robot's own speech: until it has heard this
     much of it (once per daemon start), its residue can pass for a user, so barge-in waits."""
+
+
+def barge_in_endpointer(listening: EndpointerSettings, settings: BargeInSettings) -> EndpointerSettings:
+    """The endpointer that decides an interruption: the listening one's settings (its pre-roll
+    above all: the interruption's audio starts the next utterance), except that speech must last
+    ``min_speech_ms`` without a gap, and there is no timeout (the watch runs as long as the reply)."""
+    return dataclasses.replace(
+        listening, speech_start_ms=settings.min_speech_ms, speech_start_ratio=1.0, no_speech_timeout_s=None
+    )
 
 
 @dataclass
@@ -81,6 +94,7 @@ async def watch_for_barge_in(
     aec: EchoCanceller | None,
     reference: EchoReferenceSource | None,
     settings: BargeInSettings,
+    listening: EndpointerSettings,
     clock: Callable[[], float],
     training: EchoTraining | None = None,
     on_suspect: Callable[[bool], None] | None = None,
@@ -94,15 +108,7 @@ async def watch_for_barge_in(
     """
     training = training if training is not None else EchoTraining()
     vad.reset()  # the echo canceller is not reset: it keeps what it learned of the room
-    endpointer = Endpointer(
-        EndpointerSettings(
-            speech_start_ms=settings.min_speech_ms,
-            speech_start_ratio=1.0,
-            pre_roll_ms=settings.pre_roll_ms,
-            no_speech_timeout_s=None,
-        ),
-        vad.frame_bytes,
-    )
+    endpointer = Endpointer(barge_in_endpointer(listening, settings), vad.frame_bytes)
     aec_frames = Framer(aec.frame_bytes if aec is not None else vad.frame_bytes)
     vad_frames = Framer(vad.frame_bytes)
     frame_s = vad.frame_bytes / BYTES_PER_SECOND

@@ -33,6 +33,8 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 
+from states.settings import Checked, setting
+
 _EPS = 1e-9
 
 LEVEL_BLOCK = 32
@@ -46,29 +48,29 @@ FLOOR_RISE = 0.05
 
 
 @dataclass(frozen=True)
-class EndpointerSettings:
+class EndpointerSettings(Checked):
     """When an utterance starts and ends. Defaults suit a robot answering spoken questions."""
 
-    speech_start_ms: int = 120
+    speech_start_ms: int = setting(120, gt=0)
     """Speech must last this long (a window of frames, mostly speech) before it counts: shorter
     blips (a cough, a door, a click) are ignored."""
-    speech_start_ratio: float = 0.8
+    speech_start_ratio: float = setting(0.8, gt=0, le=1, in_file=False)
     """Fraction of the frames in the ``speech_start_ms`` window that must be speech (rounded up);
     1.0 means strictly consecutive. With 30 ms frames and 120 ms every frame must be speech;
     longer windows tolerate a dropped frame."""
-    end_silence_ms: int = 700
+    end_silence_ms: int = setting(700, gt=0)
     """Consecutive non-speech that ends the utterance. Shorter cuts people off at a comma;
     longer adds directly to the reply latency."""
-    pre_roll_ms: int = 300
+    pre_roll_ms: int = setting(300, ge=0)
     """Audio kept from before the speech onset and sent first, so the VAD's late reaction
     does not cut off the first syllable (plosives and fricatives read as non-speech)."""
-    end_trim_ms: int = 200
+    end_trim_ms: int = setting(200, ge=0)
     """At most this much quiet audio at the end of the frames the VAD still calls speech counts
     towards ``end_silence_ms`` (the VAD's hangover). 0 trusts the VAD's verdicts alone."""
-    max_utterance_s: float = 15.0
+    max_utterance_s: float = setting(15.0, gt=0)
     """Hard cap on one utterance from its onset (someone talking on and on, or a TV): the
     utterance is cut and answered."""
-    no_speech_timeout_s: float | None = 8.0
+    no_speech_timeout_s: float | None = setting(8.0, gt=0)
     """Give up when no speech starts within this time of the first frame (woken by mistake).
     None waits forever."""
 
@@ -162,8 +164,6 @@ class Endpointer:
     ) -> None:
         if frame_bytes <= 0 or frame_bytes % 2:
             raise ValueError(f"frame_bytes must be a positive whole number of int16 samples, got {frame_bytes}")
-        if not 0.0 < settings.speech_start_ratio <= 1.0:
-            raise ValueError(f"speech_start_ratio must be in (0, 1], got {settings.speech_start_ratio}")
         self.settings = settings
         self.frame_bytes = frame_bytes
         self.frame_ms = frame_bytes / 2 / sample_rate * 1000

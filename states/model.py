@@ -382,6 +382,7 @@ class Assistant:
             aec=self.aec,
             reference=self.echo_reference,
             settings=self.settings.barge_in,
+            listening=self.settings.endpointer,
             clock=self._clock,
             training=self.echo_training,
             on_suspect=self._suspect,

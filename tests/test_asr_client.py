@@ -1,4 +1,4 @@
-"""FunAsrClient against the real FunASR stand-in on 127.0.0.1: the conformance cases of protocols.md 1.10."""
+"""FunAsrClient against the real FunASR stand-in on 127.0.0.1: the cases of docs/protocols.md "FunASR: tested cases"."""
 
 from __future__ import annotations
 
@@ -426,9 +426,9 @@ async def test_hanging_handshake_times_out_within_the_connect_timeout(stub: FunA
     assert stub.url in str(info.value)
 
 
-async def test_unsupported_scheme_is_an_asr_error() -> None:
-    with pytest.raises(AsrError, match="ws:// or wss://"):
-        await FunAsrClient(settings_for("http://127.0.0.1:1")).open_session()
+def test_unsupported_scheme_is_refused_by_the_settings() -> None:
+    with pytest.raises(ValueError, match="ws:// or wss://"):
+        settings_for("http://127.0.0.1:1")
 
 
 # -- 10. TLS -------------------------------------------------------------------------------

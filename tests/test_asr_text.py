@@ -52,7 +52,10 @@ def test_without_offline_text_the_online_deltas_are_the_text() -> None:
 
 
 def test_leading_punctuation_of_a_segment_joins_the_previous_segment() -> None:
-    """protocols.md 4.1: the realtime punctuation model moves a segment's mark to the next one."""
+    """The realtime punctuation model moves a segment's mark to the next one.
+
+    See docs/protocols.md "FunASR: observed quirks".
+    """
     asm = TranscriptAssembler("python-2026")
     feed_all(asm, [offline("今天天气怎么样"), offline("？我想听一首歌")])
     assert asm.text == "今天天气怎么样？我想听一首歌"

@@ -1,4 +1,4 @@
-"""Incremental base64 decoding and whole-sample framing (protocols.md 2.7, 2.8.2, 2.8.3, 2.8.10)."""
+"""Incremental base64 decoding and whole-sample framing (docs/protocols.md, "PaddleSpeech: base64 in pieces")."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import re
 from collections.abc import Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.clients.b64stream import Base64StreamDecoder
 from hardware.pcm import PcmFramer
@@ -17,9 +19,14 @@ def _pcm(size: int, seed: int = 1) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def _split(data: bytes, rng: random.Random, pieces: int) -> list[bytes]:
-    cuts = sorted(rng.sample(range(1, len(data)), min(pieces, len(data) - 1)))
-    return [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
+def _split(data: bytes, cuts: set[int]) -> list[bytes]:
+    """``data`` cut at the given offsets (those beyond its length are ignored)."""
+    points = sorted(c for c in cuts if 0 < c < len(data))
+    return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+PROPERTY = settings(max_examples=150, deadline=None)
+_CUTS = st.sets(st.integers(1, 60_000), max_size=60)
 
 
 def _decode_all(pieces: Sequence[bytes | str]) -> bytes:
@@ -35,17 +42,30 @@ def test_whole_paddlespeech_stream_decodes_exactly() -> None:
     assert len(_decode_all([body])) == 49200
 
 
-def test_survives_any_rechunking() -> None:
-    """Property-style: many random split points, also single bytes, give identical output."""
-    rng = random.Random(20261124)
-    chunks = [_pcm(21602, 4), _pcm(1000, 5), _pcm(7, 6), _pcm(21600, 7)]  # padding mid-stream too
+_CHUNKS = [_pcm(21602, 4), _pcm(1000, 5), _pcm(7, 6), _pcm(21600, 7)]  # padding mid-stream too
+_BODY = b"".join(base64.b64encode(c) for c in _CHUNKS)
+
+
+@PROPERTY
+@given(cuts=_CUTS)
+def test_survives_any_rechunking(cuts: set[int]) -> None:
+    assert _decode_all(_split(_BODY, cuts)) == b"".join(_CHUNKS)
+
+
+def test_survives_single_bytes_and_odd_pieces() -> None:
+    expected = b"".join(_CHUNKS)
+    assert _decode_all([_BODY[i : i + 1] for i in range(4000)] + [_BODY[4000:]]) == expected
+    assert _decode_all([_BODY[:1], _BODY[1:8], _BODY[8:4101], _BODY[4101:]]) == expected
+
+
+@PROPERTY
+@given(
+    chunks=st.lists(st.binary(max_size=300), min_size=1, max_size=8), cuts=st.sets(st.integers(1, 3000), max_size=30)
+)
+def test_any_chunk_sizes_with_padding_anywhere_survive_any_rechunking(chunks: list[bytes], cuts: set[int]) -> None:
+    """Each chunk encoded on its own, so ``=`` padding can end any of them, then cut anywhere."""
     body = b"".join(base64.b64encode(c) for c in chunks)
-    expected = b"".join(chunks)
-    for trial in range(200):
-        pieces = _split(body, rng, rng.randint(1, 60))
-        assert _decode_all(pieces) == expected, f"trial {trial}"
-    assert _decode_all([body[i : i + 1] for i in range(4000)] + [body[4000:]]) == expected
-    assert _decode_all([body[:1], body[1:8], body[8:4101], body[4101:]]) == expected
+    assert _decode_all(_split(body, cuts)) == b"".join(chunks)
 
 
 def test_output_is_available_as_soon_as_groups_complete() -> None:
@@ -59,7 +79,7 @@ def test_output_is_available_as_soon_as_groups_complete() -> None:
 
 
 def test_padding_mid_stream_keeps_every_byte() -> None:
-    """2.8.3: 21 602 B and 1 000 B chunks put '=' in the middle; a naive decode stops there."""
+    """21 602 B and 1 000 B chunks put '=' in the middle; a naive decode stops there."""
     first, second = _pcm(21602, 8), _pcm(1000, 9)
     body = base64.b64encode(first) + base64.b64encode(second)
     assert b"=" in body[:-4]
@@ -135,20 +155,20 @@ def test_wrong_input_type() -> None:
         Base64StreamDecoder().feed(123)  # type: ignore[arg-type]
 
 
-def test_pcm_framer_emits_only_whole_samples() -> None:
-    rng = random.Random(7)
-    data = _pcm(10001, 12)
-    for _ in range(50):
-        framer = PcmFramer()
-        out = []
-        for piece in _split(data, rng, rng.randint(1, 40)):
-            emitted = framer.feed(piece)
-            assert len(emitted) % 2 == 0
-            out.append(emitted)
-        assert b"".join(out) == data[:10000]
-        assert framer.pending == 1
-        assert framer.close() == data[10000:]
-        assert framer.pending == 0
+@PROPERTY
+@given(data=st.binary(min_size=1, max_size=2001), cuts=st.sets(st.integers(1, 2000), max_size=40))
+def test_pcm_framer_emits_only_whole_samples(data: bytes, cuts: set[int]) -> None:
+    framer = PcmFramer()
+    out = []
+    for piece in _split(data, cuts):
+        emitted = framer.feed(piece)
+        assert len(emitted) % 2 == 0
+        out.append(emitted)
+    whole = len(data) - len(data) % 2
+    assert b"".join(out) == data[:whole]
+    assert framer.pending == len(data) % 2
+    assert framer.close() == data[whole:]
+    assert framer.pending == 0
 
 
 def test_pcm_framer_stereo_frames() -> None:

@@ -1,14 +1,21 @@
 from __future__ import annotations
 
+import dataclasses
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
-from daemon.config import MOSS_SYSTEM_PROMPT, Settings
-from daemon.config_load import API_KEY_ENV, load_settings, settings_from_dict
+from daemon.app import assistant_settings
+from daemon.config import MOSS_SYSTEM_PROMPT, LlmSettings, Settings
+from daemon.config_load import API_KEY_ENV, file_keys, load_settings, settings_from_dict
 from daemon.errors import ConfigError
+from states.barge_in import BargeInSettings, EchoTraining, barge_in_endpointer
+from states.endpointer import EndpointerSettings
+from states.settings import Checked, SettingsError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "systemd" / "moss-voice.toml"
 
@@ -145,3 +152,171 @@ def test_earcons_are_builtin_off_or_an_existing_wav(tmp_path: Path) -> None:
     assert problems_of({"earcons": {"listening": "/nope/beep.wav"}}) == [
         "earcons.listening: must be builtin, off, or an existing WAV file, got '/nope/beep.wav'"
     ]
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_keys() -> list[str]:
+    """The keys of the README's configuration table: the backticked names in its first column."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index("| key | default | meaning |")
+    keys: list[str] = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        keys.extend(re.findall(r"`([a-z_]+\.[a-z_]+)`", line.split(" | ")[0]))
+    return keys
+
+
+def test_the_readme_documents_exactly_the_keys_the_file_may_set() -> None:
+    documented = readme_keys()
+    assert len(documented) > 50
+    assert sorted(documented) == sorted(file_keys())
+
+
+def test_every_readme_key_is_accepted_with_its_default() -> None:
+    defaults = Settings()
+    raw: dict[str, dict[str, object]] = {}
+    for key in readme_keys():
+        table, name = key.split(".")
+        value = getattr(getattr(defaults, table), name)
+        if value is None:  # asr.ca_file, audio.output_rate: not set by default, TOML has no null
+            continue
+        raw.setdefault(table, {})[name] = list(value) if isinstance(value, tuple) else value
+    assert settings_from_dict(raw, {}) == defaults
+
+
+def test_aec_warmup_is_a_real_setting() -> None:
+    s = settings_from_dict({"barge_in": {"aec_warmup_s": 2.5}}, {})
+    assert assistant_settings(s).barge_in.aec_warmup_s == 2.5
+    training = EchoTraining(far_s=3.0)
+    assert training.ready(s.barge_in)
+    assert not training.ready(Settings().barge_in)  # the default stays 6 s
+    assert problems_of({"barge_in": {"aec_warmup_s": -1}}) == ["barge_in.aec_warmup_s: must be at least 0, got -1.0"]
+
+
+def test_the_conversation_gets_the_configured_tables() -> None:
+    s = settings_from_dict(
+        {
+            "vad": {"end_silence_ms": 450, "pre_roll_ms": 120, "engine": "webrtc"},
+            "reply": {"min_clause_weight": 5},
+            "barge_in": {"min_speech_ms": 200, "mode": "cancel"},
+        },
+        {},
+    )
+    conversation = assistant_settings(s)
+    assert conversation.endpointer.end_silence_ms == 450 and conversation.endpointer.pre_roll_ms == 120
+    assert conversation.speech_text.min_clause_weight == 5
+    assert conversation.barge_in.mode == "cancel"
+
+
+def test_barge_in_listens_with_the_configured_endpointer() -> None:
+    s = settings_from_dict({"vad": {"pre_roll_ms": 120, "end_trim_ms": 0, "max_utterance_s": 9}}, {})
+    barge = barge_in_endpointer(s.vad, s.barge_in)
+    assert barge.pre_roll_ms == 120 and barge.end_trim_ms == 0 and barge.max_utterance_s == 9
+    assert barge.speech_start_ms == s.barge_in.min_speech_ms == 150
+    assert barge.speech_start_ratio == 1.0 and barge.no_speech_timeout_s is None
+
+
+def test_ranges_the_servers_would_reject_fail_the_check() -> None:
+    found = problems_of(
+        {
+            "asr": {"url": "ws://asr:70000", "chunk_interval": 0},
+            "llm": {"top_p": 0, "temperature": -0.1, "max_tokens": 0, "history_turns": -1},
+            "tts": {"spk_id": -1, "url": "http://tts:0/x"},
+            "audio": {"output_rate": 4000, "block_ms": 25},
+            "vad": {"silero_threshold": 1.0, "silero_gate_db": 41, "webrtc_aggressiveness": 4},
+            "aec": {"frame_ms": 15},
+            "reply": {"max_clause_chars": 100, "max_reply_chars": 50},
+        }
+    )
+    assert found == [
+        "asr.url: must be a ws:// or wss:// URL, got 'ws://asr:70000'",
+        "asr.chunk_interval: must be positive, got 0",
+        "llm.max_tokens: must be positive, got 0",
+        "llm.temperature: must be between 0 and 2, got -0.1",
+        "llm.top_p: must be more than 0 and at most 1, got 0.0",
+        "llm.history_turns: must be at least 0, got -1",
+        "tts.url: must be a http:// or https:// or ws:// or wss:// URL, got 'http://tts:0/x'",
+        "tts.spk_id: must be at least 0, got -1",
+        "audio.output_rate: must be between 8000 and 192000, got 4000",
+        "audio.block_ms: must be one of 10, 20, 30, 40, 50, 60, 80, 100, got 25",
+        "vad.silero_threshold: must be more than 0 and less than 1, got 1.0",
+        "vad.silero_gate_db: must be between 0 and 40, got 41.0",
+        "vad.webrtc_aggressiveness: must be one of 0, 1, 2, 3, got 4",
+        "aec.frame_ms: must be one of 10, 20, got 15",
+        "reply.max_reply_chars: must not be less than max_clause_chars (100), got 50",
+    ]
+    assert settings_from_dict({"llm": {"top_p": 1, "temperature": 0}}, {}).llm.top_p == 1.0
+
+
+def test_one_table_feeding_two_subsystems_reports_both_under_its_name() -> None:
+    found = problems_of({"vad": {"end_silence_ms": 0, "engine": "energy", "pre_roll_ms": -5}})
+    assert found == [
+        "vad.end_silence_ms: must be positive, got 0",
+        "vad.pre_roll_ms: must be at least 0, got -5",
+        "vad.engine: must be one of silero, webrtc, got 'energy'",
+    ]
+
+
+def test_tuning_knobs_of_the_code_are_not_file_keys() -> None:
+    found = problems_of({"vad": {"speech_start_ratio": 0.5}, "reply": {"wait_for_closers": True}})
+    assert found[0].startswith("vad.speech_start_ratio: unknown key (did you mean 'speech_start_ms'?)")
+    assert found[1].startswith("reply.wait_for_closers: unknown key")
+    assert "api_key" not in found[0]
+
+
+def test_direct_construction_checks_the_same_ranges_all_at_once() -> None:
+    with pytest.raises(SettingsError) as caught:
+        EndpointerSettings(end_silence_ms=0, pre_roll_ms=-1, speech_start_ratio=1.5)
+    assert caught.value.problems == [
+        ("speech_start_ratio", "must be more than 0 and at most 1, got 1.5"),
+        ("end_silence_ms", "must be positive, got 0"),
+        ("pre_roll_ms", "must be at least 0, got -1"),
+    ]
+    with pytest.raises(ValueError, match="mode: must be one of pause, cancel, got 'stop'"):
+        BargeInSettings(mode="stop")
+    with pytest.raises(ValueError, match=re.escape("top_p: must be more than 0 and at most 1, got 1.2")):
+        LlmSettings(top_p=1.2)
+    assert EndpointerSettings(no_speech_timeout_s=None).no_speech_timeout_s is None  # None: not set
+
+
+def test_every_setting_field_has_a_default() -> None:
+    """A new setting must work without the file: the defaults talk to the stand-ins."""
+    for table in dataclasses.fields(Settings):
+        for f in dataclasses.fields(getattr(Settings(), table.name)):
+            assert f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING, (
+                f"{table.name}.{f.name}"
+            )
+
+
+def test_every_table_checks_itself() -> None:
+    """A new table must be a Checked settings class, so that code and file meet the same rules."""
+    for table in dataclasses.fields(Settings):
+        assert isinstance(getattr(Settings(), table.name), Checked), table.name
+
+
+def test_the_readme_states_the_real_defaults() -> None:
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index("| key | default | meaning |")
+    defaults = Settings()
+    checked = 0
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        key_cell, default_cell = (cell.strip() for cell in line.replace("\\|", "¦").split(" | ")[:2])
+        keys = re.findall(r"`([a-z_]+\.[a-z_]+)`", key_cell)
+        shown = re.findall(r"`([^`]*)`", default_cell)
+        if len(shown) != len(keys) or re.sub(r"`[^`]*`|[ ,]", "", default_cell):
+            continue  # said in words ("TTS rate", "MOSS's prompt", a list in brief)
+        for key, text in zip(keys, shown, strict=True):
+            table, name = key.split(".")
+            actual = getattr(getattr(defaults, table), name)
+            try:
+                documented = tomllib.loads(f"v = {text.replace('¦', '|')}")["v"]
+            except tomllib.TOMLDecodeError:
+                documented = text.replace("¦", "|")
+            assert documented == (list(actual) if isinstance(actual, tuple) else actual), key
+            checked += 1
+    assert checked > 55

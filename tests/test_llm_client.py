@@ -1,6 +1,6 @@
 """OpenAiCompatibleLlm against the loopback stand-in (and MockTransport for byte-exact edge cases).
 
-Covers the conformance cases of protocols.md 3.7 and the llama.cpp variations of 4.2.
+Covers the cases of docs/protocols.md "OpenAI: tested cases", llama.cpp's variations included.
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def mock_llm(
     return OpenAiCompatibleLlm(make_settings("http://llm.test/v1", **overrides), client), client, seen
 
 
-# -- 3.7.1 SSE parse -------------------------------------------------------------------
+# -- SSE parse -------------------------------------------------------------------
 
 
 def assert_example_result(deltas: list[str], stream: LlmStream, error: BaseException | None) -> None:
@@ -160,7 +160,7 @@ async def test_example_stream_split_over_loopback(http: httpx.AsyncClient, cuts:
         assert_example_result(*await collect(llm))
 
 
-# -- 3.7.2 first chunk and empty deltas ----------------------------------------------------
+# -- first chunk and empty deltas ----------------------------------------------------
 
 
 async def test_role_only_and_empty_deltas_produce_no_text() -> None:
@@ -197,7 +197,7 @@ async def test_usage_chunk_with_empty_choices_is_guarded() -> None:
     assert stream.result == LlmResult("length", {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
 
 
-# -- 3.7.3 stop ----------------------------------------------------------------------------
+# -- stop ----------------------------------------------------------------------------
 
 
 async def test_stop_list_is_sent_and_marker_never_reaches_the_text(http: httpx.AsyncClient, stub: OpenAiStub) -> None:
@@ -221,7 +221,7 @@ async def test_stop_given_as_a_string_is_sent_as_a_list(http: httpx.AsyncClient,
     assert stream.stop_reason == "<eom>"
 
 
-# -- 3.7.4 length --------------------------------------------------------------------------
+# -- length --------------------------------------------------------------------------
 
 
 async def test_length_finish_reason_is_surfaced(http: httpx.AsyncClient, stub: OpenAiStub) -> None:
@@ -236,7 +236,7 @@ async def test_length_finish_reason_is_surfaced(http: httpx.AsyncClient, stub: O
     assert stream.result.usage is not None and stream.result.usage["completion_tokens"] == 5
 
 
-# -- 3.7.5 unknown model -------------------------------------------------------------------
+# -- unknown model -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", ["old", "new"])
@@ -290,7 +290,7 @@ async def test_server_error_500_before_streaming(http: httpx.AsyncClient, stub: 
     assert "misbehave=error_500" in str(info.value)
 
 
-# -- 3.7.6 request builder -----------------------------------------------------------------
+# -- request builder -----------------------------------------------------------------
 
 
 async def test_request_builder(http: httpx.AsyncClient) -> None:
@@ -328,7 +328,7 @@ async def test_client_requests_pass_vllm_validation(http: httpx.AsyncClient, stu
     assert "authorization" not in sent.headers
 
 
-# -- 3.7.7 mid-stream error ----------------------------------------------------------------
+# -- mid-stream error ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", ["new", "old"])
@@ -364,7 +364,7 @@ async def test_error_as_plain_string_mid_stream() -> None:
     assert isinstance(error, LlmError) and "engine died" in str(error)
 
 
-# -- 3.7.8 barge-in ------------------------------------------------------------------------
+# -- barge-in ------------------------------------------------------------------------
 
 
 async def test_barge_in_closes_the_connection_and_the_next_request_succeeds(
@@ -428,7 +428,7 @@ async def test_leaving_after_the_end_keeps_the_connection_for_reuse(http: httpx.
     assert stub.disconnects == 0
 
 
-# -- 3.7.9 health and startup --------------------------------------------------------------
+# -- health and startup --------------------------------------------------------------
 
 
 async def test_wait_ready_while_starting_then_up(http: httpx.AsyncClient) -> None:
@@ -494,7 +494,7 @@ async def test_wait_ready_llama_cpp_has_no_health_and_accepts_any_model(http: ht
         assert error is None and "".join(deltas) == behaviour.default_answer
 
 
-# -- 3.7.10 auth ---------------------------------------------------------------------------
+# -- auth ---------------------------------------------------------------------------
 
 
 async def test_missing_api_key_is_an_auth_error_not_retried(http: httpx.AsyncClient, stub: OpenAiStub) -> None:
@@ -526,7 +526,7 @@ async def test_wrong_api_key_llama_cpp_detail_shape(http: httpx.AsyncClient) -> 
             await collect(llm)
 
 
-# -- llama.cpp style (4.2) and truncated streams ---------------------------------------------
+# -- llama.cpp style ("OpenAI: chunks") and truncated streams ---------------------------------------------
 
 
 async def test_llama_cpp_stream_with_pings_role_only_first_delta_and_no_usage(http: httpx.AsyncClient) -> None:

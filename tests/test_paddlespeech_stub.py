@@ -1,4 +1,7 @@
-"""The PaddleSpeech stand-in itself: the espeak voice and the real server's wire format (protocols.md 2.1-2.4)."""
+"""The PaddleSpeech stand-in itself: the espeak voice and the real server's wire format.
+
+See docs/protocols.md, "PaddleSpeech streaming TTS".
+"""
 
 from __future__ import annotations
 

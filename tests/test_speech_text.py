@@ -1,7 +1,8 @@
 """The text stage between the LLM and the TTS: cleaning, clause splitting, the reply cap.
 
-Every case is fed whole, one character at a time and at random cut points, and must give
-the same result each way (``clauses``/``cleaned`` assert that before returning).
+Every case is fed whole, one character at a time and at a few fixed pseudo-random cut points,
+and must give the same result each way (``clauses``/``cleaned`` assert that before returning).
+The properties at the end draw their texts and cut points with hypothesis.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from states.speech_text import (
     ClauseSplitter,
@@ -487,22 +490,33 @@ def test_text_around_removed_constructs_survives_in_order() -> None:
 _PLAIN = list("你好世界天气明白大家") + list("abcdefg") + list("0123") + [" "] * 4 + list("，。！？.,:;")
 
 
-def _plain(rng: random.Random, n: int) -> str:
-    return "你" + "".join(rng.choice(_PLAIN) for _ in range(n))
+PROPERTY = settings(max_examples=100, deadline=None)
+_DELTA_SIZES = st.lists(st.sampled_from((0, 1, 1, 2, 3, 5, 8, 13)), max_size=80)
+"""How a drawn text is cut into deltas (the rest after the listed sizes is one last delta)."""
+
+
+def _cut(text: str, sizes: list[int]) -> list[str]:
+    parts, i = [], 0
+    for n in sizes:
+        parts.append(text[i : i + n])
+        i += n
+    return [*parts, text[i:]]
 
 
 def _speakable(text: str) -> str:
     return "".join(c for c in text if c.isalnum())
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_plain_text_is_never_lost(seed: int) -> None:
+@PROPERTY
+@given(body=st.text(st.sampled_from(_PLAIN), min_size=5, max_size=300), sizes=_DELTA_SIZES)
+def test_plain_text_is_never_lost(body: str, sizes: list[int]) -> None:
     """Letters, digits and hanzi all survive in order (marks may go at a clause start)."""
-    rng = random.Random(seed)
-    text = _plain(rng, rng.randint(5, 300))
+    text = "你" + body
     assert "".join(cleaned(text).split()) == "".join(text.split())
-    for settings in (None, WAIT, SpeechTextSettings(max_clause_chars=15)):
-        assert _speakable("".join(clauses(text, settings))) == _speakable(text)
+    for settings_ in (None, WAIT, SpeechTextSettings(max_clause_chars=15)):
+        spoken = clauses(text, settings_)
+        assert _speakable("".join(spoken)) == _speakable(text)
+        assert _speak(_cut(text, sizes), settings_) == spoken
 
 
 # fmt: off
@@ -517,14 +531,13 @@ _FRAGMENTS = [
 # fmt: on
 
 
-@pytest.mark.parametrize("seed", range(60))
-def test_random_markdown_gives_the_same_result_however_it_is_cut(seed: int) -> None:
-    rng = random.Random(seed)
-    text = "".join(rng.choice(_FRAGMENTS) for _ in range(rng.randint(3, 25)))
+@PROPERTY
+@given(fragments=st.lists(st.sampled_from(_FRAGMENTS), min_size=3, max_size=25), sizes=_DELTA_SIZES)
+def test_random_markdown_gives_the_same_result_however_it_is_cut(fragments: list[str], sizes: list[int]) -> None:
+    text = "".join(fragments)
     cleaned(text)
-    clauses(text)
-    clauses(text, WAIT)
-    clauses(text, SpeechTextSettings(max_clause_chars=12, max_reply_chars=40, min_clause_weight=3))
+    for settings_ in (None, WAIT, SpeechTextSettings(max_clause_chars=12, max_reply_chars=40, min_clause_weight=3)):
+        assert _speak(_cut(text, sizes), settings_) == clauses(text, settings_)
 
 
 def test_split_for_speech_is_the_one_shot_form() -> None:

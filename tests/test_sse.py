@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
-import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daemon.clients.sse import SseError, SseParser
 from daemon.tools.stubs.openai import EXAMPLE_STREAM
@@ -41,11 +42,11 @@ def test_example_stream_fed_one_byte_at_a_time() -> None:
     assert parse_in_chunks(EXAMPLE_STREAM, list(range(1, len(EXAMPLE_STREAM)))) == EXPECTED
 
 
-def test_example_stream_random_chunkings() -> None:
-    rng = random.Random(1234)
-    for _ in range(200):
-        cuts = sorted(rng.sample(range(1, len(EXAMPLE_STREAM)), rng.randint(1, 12)))
-        assert parse_in_chunks(EXAMPLE_STREAM, cuts) == EXPECTED
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.sets(st.integers(1, len(EXAMPLE_STREAM) - 1), min_size=1, max_size=12), crlf=st.booleans())
+def test_example_stream_any_chunking(cuts: set[int], crlf: bool) -> None:
+    stream = EXAMPLE_STREAM.replace(b"\n", b"\r\n") if crlf else EXAMPLE_STREAM
+    assert parse_in_chunks(stream, sorted(c for c in cuts if c < len(stream))) == EXPECTED
 
 
 def test_split_inside_a_utf8_character_returns_nothing_until_the_event_ends() -> None:

@@ -1,4 +1,7 @@
-"""PaddleSpeech TTS clients against the loopback stand-in: the conformance cases of protocols.md 2.8."""
+"""PaddleSpeech TTS clients against the loopback stand-in.
+
+The cases of docs/protocols.md "PaddleSpeech: tested cases".
+"""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ TIMEOUT = 10.0
 FULL = 21600
 
 PCM = random.Random(2026).randbytes(2 * FULL + 6000)
-"""The 2.8.1 reference: 21 600 + 21 600 + 6 000 = 49 200 bytes."""
+"""The happy path of "PaddleSpeech: tested cases": 21 600 + 21 600 + 6 000 = 49 200 bytes."""
 BODY = b"".join(base64.b64encode(PCM[i : i + FULL]) for i in range(0, len(PCM), FULL))
 
 
@@ -94,7 +97,7 @@ def _assert_whole_samples(chunks: list[bytes]) -> None:
     assert all(len(c) % 2 == 0 and c for c in chunks), [len(c) for c in chunks]
 
 
-# -- 2.8.1 / 2.8.2 / 2.8.3 / 2.8.10: decoding -----------------------------------------------------
+# -- decoding -----------------------------------------------------
 
 
 async def test_http_happy_path(stub: PaddleSpeechStub, http: httpx.AsyncClient) -> None:
@@ -165,7 +168,7 @@ async def test_audio_is_yielded_before_the_sentence_is_finished(
     assert stub.completed == 1
 
 
-# -- 2.8.4 samplerate ------------------------------------------------------------------------------
+# -- samplerate ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("rate", [24000, 16000])
@@ -211,7 +214,7 @@ async def test_sample_rate_refused_names_the_url(http: httpx.AsyncClient, closed
         await asyncio.wait_for(PaddleSpeechHttpTts(settings, http).sample_rate(), TIMEOUT)
 
 
-# -- 2.8.5 / 2.8.6 / 2.8.7 failures ----------------------------------------------------------------
+# -- failures ----------------------------------------------------------------
 
 
 async def test_truncated_stream_yields_the_chunk_then_fails(stub: PaddleSpeechStub, http: httpx.AsyncClient) -> None:
@@ -300,7 +303,7 @@ async def test_silence_between_chunks_times_out(stub: PaddleSpeechStub, http: ht
     assert isinstance(error, TtsTimeout)
 
 
-# -- 2.8.9 barge-in --------------------------------------------------------------------------------
+# -- barge-in --------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("how", ["break", "cancel"])
@@ -351,7 +354,7 @@ async def test_logs_request_first_audio_and_finish(stub: PaddleSpeechStub, http:
     assert events["tts_finished"]["bytes"] == len(PCM)
 
 
-# -- 2.8.8 websocket -------------------------------------------------------------------------------
+# -- websocket -------------------------------------------------------------------------------
 
 
 async def test_ws_full_sequence(ws_stub: PaddleSpeechStub, http: httpx.AsyncClient) -> None:

@@ -1,4 +1,4 @@
-"""FunASR websocket client: one connection per utterance (protocols.md section 1).
+"""FunASR websocket client: one connection per utterance (docs/protocols.md, "FunASR websocket").
 
 ``FunAsrClient.open_session()`` connects and sends the configuration message. The session then
 runs two tasks: a sender that re-frames audio into ``settings.frame_bytes`` binary messages and
@@ -60,7 +60,7 @@ def _hard_cap_s(settings: AsrSettings) -> float:
 
 
 def build_config_message(settings: AsrSettings) -> dict[str, Any]:
-    """The first message of a session, exactly as protocols.md 1.3 describes it."""
+    """The first message of a session, as docs/protocols.md "FunASR: configuration message" describes it."""
     return {
         "mode": settings.mode,
         "chunk_size": [int(n) for n in settings.chunk_size],
@@ -113,10 +113,8 @@ class FunAsrClient:
         connected_ms = round((self._clock() - started) * 1000)
         log.info("asr_connected", url=url, ms=connected_ms, subprotocol=ws.subprotocol)
         try:
-            await asyncio.wait_for(
-                ws.send(json.dumps(build_config_message(settings), ensure_ascii=False)),
-                settings.connect_timeout_s,
-            )
+            async with asyncio.timeout(settings.connect_timeout_s):
+                await ws.send(json.dumps(build_config_message(settings), ensure_ascii=False))
         except BaseException as exc:
             ws.transport.abort()
             if isinstance(exc, ConnectionClosed):
@@ -132,9 +130,10 @@ class FunAsrClient:
         other = "ws://" if secure else "wss://"
         kwargs: dict[str, Any] = {"ssl": ssl_arg} if secure else {}
         try:
-            # The outer wait_for is a backstop: open_timeout already covers TCP, TLS and the handshake.
-            return await asyncio.wait_for(
-                connect(
+            # The outer timeout is a backstop: open_timeout already covers TCP, TLS and the handshake.
+            # (asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel.)
+            async with asyncio.timeout(settings.connect_timeout_s + 1.0):
+                return await connect(
                     url,
                     subprotocols=["binary"] if settings.offer_binary_subprotocol else None,  # type: ignore[list-item]
                     open_timeout=settings.connect_timeout_s,
@@ -144,9 +143,7 @@ class FunAsrClient:
                     compression=None,  # audio does not compress; the C++ server does not negotiate it
                     proxy=None,  # a LAN service; an environment proxy must not capture it
                     **kwargs,
-                ),
-                settings.connect_timeout_s + 1.0,
-            )
+                )
         except TimeoutError as exc:
             raise AsrTimeout(
                 f"no websocket handshake from ASR server {url} within {settings.connect_timeout_s:g} s"
@@ -269,7 +266,8 @@ class FunAsrSession:
             task.cancel()
         await asyncio.gather(self._sender, self._receiver, return_exceptions=True)
         try:
-            await asyncio.wait_for(self._ws.close(), CLOSE_TIMEOUT_S + 1.0)
+            async with asyncio.timeout(CLOSE_TIMEOUT_S + 1.0):
+                await self._ws.close()
         except Exception:  # noqa: BLE001 - closing is best effort; drop the TCP connection instead
             self._ws.transport.abort()
 
@@ -292,7 +290,8 @@ class FunAsrSession:
                 break
         if self._final:
             return
-        # The safety net of protocols.md 1.8: the flush can be silent, so the text is what came.
+        # The safety net of docs/protocols.md "FunASR: when is the utterance final": the flush can be
+        # silent, so the text is what came.
         waited = self._loop.time() - self._end_sent_at
         log.warning(
             "asr_no_final",
@@ -314,7 +313,8 @@ class FunAsrSession:
                 return False
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), remaining)
+                async with asyncio.timeout_at(deadline):
+                    await self._wake.wait()
 
     def _fail(self, error: AsrError) -> None:
         if self._error is None and not self._final:
@@ -384,7 +384,10 @@ class FunAsrSession:
         return msg
 
     def _closed_error(self, exc: ConnectionClosed | None) -> AsrError:
-        """Any close before the final result is an error, even code 1000 (protocols.md 4.1)."""
+        """Any close before the final result is an error, even code 1000.
+
+        See docs/protocols.md "FunASR: observed quirks".
+        """
         close = self._ws.protocol.close_rcvd if exc is None else (exc.rcvd or exc.sent)
         how = f"code {close.code}" + (f" {close.reason!r}" if close.reason else "") if close else "no close frame"
         error = AsrError(f"ASR server {self._url} closed the connection ({how}) before the final result")

@@ -1,7 +1,8 @@
 """Turn FunASR result messages into one utterance text, and decide when the utterance is final.
 
 Pure logic, no I/O: the websocket client (``daemon/clients/asr.py``) feeds it every parsed
-result. The rules are those of protocols.md 1.6-1.8 and 4.1:
+result. The rules are those of docs/protocols.md, sections "FunASR: results",
+"FunASR: when is the utterance final" and "FunASR: observed quirks":
 
 * ``2pass-online``/``online`` texts are incremental deltas; ``2pass-offline``/``offline`` texts
   are the full text of one server VAD segment and replace the deltas gathered for it.
@@ -17,6 +18,7 @@ from typing import Any
 
 from daemon.config import ASR_FLAVOURS
 from daemon.errors import AsrError
+from states.cjk import is_cjk
 
 __all__ = ["CPP_PCM_ERROR", "OFFLINE_MODES", "ONLINE_MODES", "TranscriptAssembler", "join_segments"]
 
@@ -28,18 +30,6 @@ CPP_PCM_ERROR = "ERROR. Real-time transcription service ONLY SUPPORT PCM stream.
 
 _LEADING_MARKS = frozenset("，。？！、；：…,.?!;:）)」』”’")
 """Marks that belong to the end of the previous segment when a segment starts with them."""
-
-
-def _is_cjk(char: str) -> bool:
-    """True for characters written without spaces between words (CJK, kana, hangul, fullwidth)."""
-    code = ord(char)
-    return (
-        0x2E80 <= code <= 0x9FFF  # radicals, kana, CJK unified ideographs and punctuation
-        or 0xAC00 <= code <= 0xD7AF  # hangul syllables
-        or 0xF900 <= code <= 0xFAFF  # compatibility ideographs
-        or 0xFF00 <= code <= 0xFFEF  # fullwidth forms (，？！ ...)
-        or 0x20000 <= code <= 0x2FFFF  # CJK extensions
-    )
 
 
 def join_segments(left: str, right: str) -> str:
@@ -57,7 +47,7 @@ def join_segments(left: str, right: str) -> str:
             mark_end += 1
         marks, rest = right[:mark_end], right[mark_end:].lstrip()
         return join_segments(left + marks, rest)
-    if _is_cjk(left[-1]) or _is_cjk(right[0]):
+    if is_cjk(left[-1]) or is_cjk(right[0]):
         return left + right
     return f"{left} {right}"
 
@@ -93,7 +83,9 @@ class TranscriptAssembler:
         return join_segments(self._committed, self._online)
 
     def feed(self, msg: dict[str, Any], *, after_end_marker: bool) -> bool:
-        """Take one result message. True when it makes the utterance final (protocols.md 1.8 step 2).
+        """Take one result message. True when it makes the utterance final.
+
+        The rule per flavour is in docs/protocols.md "FunASR: when is the utterance final".
 
         Only messages received after the client sent its end marker can be final: before that,
         the client is still sending audio, whatever the server says.

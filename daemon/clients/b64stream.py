@@ -1,9 +1,9 @@
 """Incremental base64 decoding for streamed TTS audio.
 
 PaddleSpeech's HTTP stream is a bare concatenation of base64 strings with no separator
-(protocols.md 2.3). httpx does not preserve the server's chunk boundaries, so the text must
+(docs/protocols.md "PaddleSpeech: HTTP stream"). httpx does not preserve the server's chunk boundaries, so the text must
 be decoded incrementally, whatever the re-chunking, and a ``=``-padded group in the middle
-of the stream must end a segment instead of silently ending the decode (2.7). The decoded
+of the stream must end a segment instead of silently ending the decode ("PaddleSpeech: base64 in pieces"). The decoded
 bytes are then cut to whole 16-bit samples by ``hardware.pcm.PcmFramer``, because a decode
 boundary can fall inside one.
 """

@@ -4,7 +4,7 @@ Bytes go in as they come off the socket; the ``data`` payloads of complete event
 Lines are split at the byte level (``\\n``, ``\\r\\n`` or ``\\r``) and an event ends at a
 blank line, so ``\\n\\n`` and ``\\r\\n\\r\\n`` both work. UTF-8 is decoded once per complete
 event, which makes a multibyte character split across two reads harmless (vLLM sends raw
-UTF-8; protocols.md 3.3). Comment lines (``: ping - ...``, llama.cpp) and fields other than
+UTF-8; docs/protocols.md "OpenAI: SSE framing"). Comment lines (``: ping - ...``, llama.cpp) and fields other than
 ``data`` (``event``, ``id``, ``retry``) are skipped.
 """
 

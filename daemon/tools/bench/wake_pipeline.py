@@ -127,7 +127,14 @@ async def pipeline_cost(pcm: np.ndarray, audio: str) -> PipelineCost:
         nonlocal starts
         while True:
             await watch_for_barge_in(
-                feed=feed, vad=vad, aec=aec, reference=reference, settings=barge, clock=mic.now, training=training
+                feed=feed,
+                vad=vad,
+                aec=aec,
+                reference=reference,
+                settings=barge,
+                listening=settings.vad,
+                clock=mic.now,
+                training=training,
             )
             starts += 1
 

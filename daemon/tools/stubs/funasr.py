@@ -1,6 +1,6 @@
 """A loopback stand-in for a FunASR websocket server, for the demo, the tests and the benchmarks.
 
-It speaks the wire protocol of protocols.md section 1 and emulates each server flavour's quirks
+It speaks the wire protocol of docs/protocols.md ("FunASR websocket") and emulates each server flavour's quirks
 (``is_final`` meaning, ``mode`` labels, silent or mode-less flush replies, the 2026 ``is_end``
 acknowledgement). It checks the client the way the real servers do (configuration message
 first, a 3-int ``chunk_size`` array, ``is_speaking: true``, constant frame sizes) and records

@@ -33,7 +33,10 @@ class FunAsrBehaviour:
     """What the stand-in does. Tests may swap ``stub.behaviour`` between sessions."""
 
     flavour: str = "cpp-2pass"
-    """cpp-2pass | cpp-offline | python-classic | python-2026 (protocols.md 1.7 and 4.1)."""
+    """cpp-2pass | cpp-offline | python-classic | python-2026.
+
+    See docs/protocols.md "FunASR: when is the utterance final" and "FunASR: observed quirks".
+    """
     transcript_override: str | None = None
     """Return this text instead of recognising the audio (e.g. Chinese); no pocketsphinx needed."""
     script: list[ScriptStep] | None = None

@@ -1,7 +1,7 @@
 """Loopback stand-in for an OpenAI-compatible chat server: vLLM by default, llama.cpp's on request.
 
 A real HTTP server (Starlette on uvicorn, in the caller's event loop) that speaks the wire
-format of protocols.md section 3 and the llama-cpp-python variations of 4.2: scripted answers
+format of docs/protocols.md ("OpenAI-compatible chat"), vLLM's and llama.cpp's variations: scripted answers
 streamed token by token at a configurable pace, request validation like vLLM's, and the
 misbehaviours the client has to survive (refused connections, hangs, 500s, errors in the
 middle of a stream, cut connections, garbage, a dead engine, a slow start).
@@ -71,7 +71,7 @@ EXAMPLE_STREAM = (
     b'"choices":[],"usage":{"prompt_tokens":21,"completion_tokens":3,"total_tokens":24}}\n\n'
     b"data: [DONE]\n\n"
 )
-"""The example stream of protocols.md 3.3, byte for byte: "你好！", stop/<eom>, usage 21/3/24."""
+"""A typical vLLM stream (docs/protocols.md "OpenAI: SSE framing"): "你好！", stop/<eom>, usage 21/3/24."""
 
 
 class _QuietCutFilter(logging.Filter):

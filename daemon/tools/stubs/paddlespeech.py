@@ -1,8 +1,8 @@
-"""A loopback stand-in for PaddleSpeech's streaming TTS server (protocols.md section 2).
+"""A loopback stand-in for PaddleSpeech's streaming TTS server (docs/protocols.md, "PaddleSpeech streaming TTS").
 
 It speaks the real server's wire format: one protocol per server, like
 ``tts_online_application.yaml``; an HTTP POST answered by a chunked body of bare base64
-strings with no Content-Type, or the websocket JSON sequence of 2.4; and
+strings with no Content-Type, or the websocket JSON sequence of "PaddleSpeech: websocket"; and
 ``GET .../samplerate`` in both modes. The voice is espeak-ng, resampled to the configured
 rate and cut into PaddleSpeech-sized chunks (10 800 samples, the tail of each sentence a
 multiple of 300 samples). Misbehaviours for the client tests are chosen in
@@ -276,7 +276,10 @@ class PaddleSpeechStub(StartStop):
     # -- websocket -------------------------------------------------------------------------
 
     async def _ws_tts(self, websocket: WebSocket) -> None:
-        """The message loop of PaddleSpeech's ws/tts_api.py, quirks included (protocols.md 2.4)."""
+        """The message loop of PaddleSpeech's ws/tts_api.py, quirks included.
+
+        See docs/protocols.md "PaddleSpeech: websocket".
+        """
         if self.behaviour.misbehave == "error_500":
             await websocket.send_denial_response(PlainTextResponse("Internal Server Error", status_code=500))
             return

@@ -1,0 +1,266 @@
+"""Reading one streamed chat completion: SSE events in, text deltas and a result out.
+
+The wire format is in docs/protocols.md, sections "OpenAI: SSE framing", "OpenAI: chunks" and
+"OpenAI: errors"; ``daemon.clients.llm`` sends the request and hands the 200 response here.
+Every network read has its own deadline (the first-token deadline until text came, then
+``read_timeout_s``), so a stalled stream fails instead of hanging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+
+import httpx
+import structlog
+
+from daemon.clients.sse import SseError, SseParser
+from daemon.config import LlmSettings
+from daemon.errors import LlmError, LlmTimeout
+from states.events import LlmResult
+
+__all__ = ["LlmStream", "error_message"]
+
+log = structlog.get_logger()
+
+_DRAIN_LIMIT = 64 * 1024
+_DRAIN_TIMEOUT_S = 0.5
+"""After ``[DONE]``, how long to wait for the end of the body so the connection can be reused."""
+
+
+def error_message(body: object) -> str:
+    """The human message inside any of the error shapes these servers send.
+
+    Handles ``{"error": {"message": ...}}``, the flat ``{"object": "error", "message": ...}``,
+    ``{"error": "Unauthorized"}``, ``{"detail": "..."}`` (also FastAPI's list form) and nesting
+    of those; anything else is rendered as compact JSON.
+    """
+    for _ in range(4):  # unwrap {"error": {"error": ...}} a few levels, never forever
+        if isinstance(body, dict) and body.get("error") not in (None, "", {}):
+            body = body["error"]
+        else:
+            break
+    if isinstance(body, str):
+        return body
+    if isinstance(body, dict):
+        for key in ("message", "detail", "msg"):
+            value = body.get(key)
+            if isinstance(value, str) and value:
+                return value
+            if value:
+                return json.dumps(value, ensure_ascii=False)
+    return json.dumps(body, ensure_ascii=False)[:500]
+
+
+class LlmStream:
+    """The text deltas of one streamed chat completion (implements ``states.ports.LlmStream``).
+
+    ``async for delta in stream`` yields non-empty strings. Once the stream ended, ``result``
+    holds the finish reason and usage. A mid-stream error, a cut connection or a missing finish
+    reason raises :class:`LlmError` *after* every piece of text that arrived before it.
+    """
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        *,
+        settings: LlmSettings,
+        url: str,
+        clock: Callable[[], float],
+        started_at: float,
+        first_token_deadline: float,
+    ) -> None:
+        self.result: LlmResult | None = None
+        self.started_at = started_at
+        """Clock time at which the request was sent."""
+        self.first_token_at: float | None = None
+        """Clock time at which the first text arrived (for llm_first_token latency)."""
+        self.text = ""
+        """All text received so far (kept when the stream fails)."""
+        self.stop_reason: str | int | None = None
+        self._response = response
+        self._chunks: AsyncIterator[bytes] = response.aiter_bytes()
+        self._settings = settings
+        self._url = url
+        self._clock = clock
+        self._deadline = first_token_deadline  # loop time
+        self._parser = SseParser()
+        self._pending: deque[str] = deque()
+        self._done = False  # no more reading: [DONE], EOF or an error
+        self._saw_done_marker = False
+        self._error: LlmError | None = None
+        self._finish_reason: str | None = None
+        self._usage: dict[str, int] | None = None
+        self._closed = False
+
+    def __aiter__(self) -> LlmStream:
+        return self
+
+    async def __anext__(self) -> str:
+        while not self._pending:
+            if self._closed and not self._done:
+                raise LlmError(f"stream from {self._url} read after its context was left")
+            if self._done:
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                raise StopAsyncIteration
+            await self._pump()
+        return self._pending.popleft()
+
+    @property
+    def finished(self) -> bool:
+        """True once the stream reached its end (normally or not)."""
+        return self._done
+
+    async def aclose(self) -> None:
+        """Close the HTTP response. Before the end of the stream this closes the connection."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._done:
+            log.info("llm_cancelled", chars=len(self.text), ms=self._ms_since_start())
+        elif self._saw_done_marker and self._error is None:
+            await self._drain()
+        try:
+            await self._chunks.aclose()  # type: ignore[attr-defined]
+        finally:
+            await self._response.aclose()
+
+    # -- reading ------------------------------------------------------------------------
+
+    async def _pump(self) -> None:
+        """Read one network chunk and turn it into pending text, a result or an error."""
+        loop = asyncio.get_running_loop()
+        if self.first_token_at is None:
+            timeout = max(0.0, self._deadline - loop.time())
+            what = f"no text from {self._url} within {self._settings.first_token_timeout_s:g} s"
+        else:
+            timeout = self._settings.read_timeout_s
+            what = f"stream from {self._url} stalled: nothing for {self._settings.read_timeout_s:g} s"
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await anext(self._chunks, None)
+        except TimeoutError:
+            self._fail(LlmTimeout(what))
+            return
+        except (httpx.HTTPError, httpx.StreamError) as exc:
+            self._fail(
+                LlmError(
+                    f"stream from {self._url} truncated: connection broke after {len(self.text)} chars "
+                    f"({type(exc).__name__}: {exc})"
+                ),
+                exc,
+            )
+            return
+        try:
+            events = self._parser.close() if chunk is None else self._parser.feed(chunk)
+        except SseError as exc:
+            self._fail(LlmError(f"bad SSE from {self._url}: {exc}"), exc)
+            return
+        for data in events:
+            if self._done:
+                break
+            self._event(data)
+        if chunk is None and not self._done:
+            self._end()
+
+    def _event(self, data: str) -> None:
+        if data.strip() == "[DONE]":
+            self._saw_done_marker = True
+            self._end()
+            return
+        try:
+            obj = json.loads(data)
+        except json.JSONDecodeError:
+            self._fail(LlmError(f"malformed stream event from {self._url} (not JSON): {data[:100]!r}"))
+            return
+        if not isinstance(obj, dict):
+            self._fail(LlmError(f"malformed stream event from {self._url} (not an object): {data[:100]!r}"))
+            return
+        if obj.get("error") not in (None, "", {}):
+            self._fail(LlmError(f"server error mid-stream: {error_message(obj)}"))
+            return
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            self._usage = {k: v for k, v in usage.items() if isinstance(v, int) and not isinstance(v, bool)}
+        choices = obj.get("choices")
+        if choices is None or choices == []:
+            return  # the usage chunk, or a server-specific extra
+        if not isinstance(choices, list) or not isinstance(choices[0], dict):
+            self._fail(LlmError(f"malformed stream chunk from {self._url}: choices is {choices!r:.100}"))
+            return
+        choice = choices[0]
+        delta = choice.get("delta")
+        if delta is not None and not isinstance(delta, dict):
+            self._fail(LlmError(f"malformed stream chunk from {self._url}: delta is {delta!r:.100}"))
+            return
+        content = (delta or {}).get("content")
+        if content is not None and not isinstance(content, str):
+            self._fail(LlmError(f"malformed stream chunk from {self._url}: content is {content!r:.100}"))
+            return
+        if content:
+            if self.first_token_at is None:
+                self.first_token_at = self._clock()
+                log.info("llm_first_token", ms=self._ms(self.started_at, self.first_token_at))
+            self.text += content
+            self._pending.append(content)
+        finish = choice.get("finish_reason")
+        if finish is not None:
+            self._finish_reason = str(finish)
+            self.stop_reason = choice.get("stop_reason")
+
+    def _end(self) -> None:
+        """The stream ended ([DONE] or EOF): set ``result``; a missing finish reason is an error."""
+        self._done = True
+        self.result = LlmResult(finish_reason=self._finish_reason, usage=self._usage)
+        if self._finish_reason is None:
+            self._fail(
+                LlmError(
+                    f"stream from {self._url} truncated: it ended without a finish_reason after {len(self.text)} chars"
+                )
+            )
+            return
+        log.info(
+            "llm_finished",
+            finish_reason=self._finish_reason,
+            stop_reason=self.stop_reason,
+            usage=self._usage,
+            chars=len(self.text),
+            ms=self._ms_since_start(),
+        )
+
+    def _fail(self, error: LlmError, cause: BaseException | None = None) -> None:
+        if cause is not None:
+            error.__cause__ = cause
+        self._done = True
+        self._error = error
+        if self.result is None:
+            self.result = LlmResult(finish_reason=self._finish_reason, usage=self._usage)
+        log.warning(
+            "llm_error",
+            error=str(error),
+            kind=type(error).__name__,
+            chars=len(self.text),
+            ms=self._ms_since_start(),
+        )
+
+    async def _drain(self) -> None:
+        """Read the (normally empty) rest of the body so the connection can go back to the pool."""
+        read = 0
+        try:
+            async with asyncio.timeout(_DRAIN_TIMEOUT_S):
+                async for chunk in self._chunks:
+                    read += len(chunk)
+                    if read > _DRAIN_LIMIT:
+                        break
+        except (TimeoutError, httpx.HTTPError) as exc:
+            log.debug("llm_drain_failed", error=repr(exc))
+
+    def _ms(self, start: float, end: float) -> int:
+        return round((end - start) * 1000)
+
+    def _ms_since_start(self) -> int:
+        return self._ms(self.started_at, self._clock())

@@ -1,0 +1,243 @@
+"""What the two PaddleSpeech TTS clients share: the sample-rate query, the audio stream base and small helpers.
+
+``TtsAudioStream`` turns the base64 pieces a protocol delivers into whole 16-bit samples and
+decides whether the sentence was spoken (docs/protocols.md "PaddleSpeech: base64 in pieces",
+"PaddleSpeech: audio to the speaker"); ``tts_http`` and ``tts_websocket`` supply the pieces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import structlog
+
+from daemon.clients.b64stream import Base64StreamDecoder
+from daemon.config import TtsSettings
+from daemon.errors import TtsError, TtsTimeout
+from hardware.pcm import PcmFramer
+
+log = structlog.get_logger()
+
+__all__ = [
+    "MAX_SAMPLE_RATE",
+    "MIN_SAMPLE_RATE",
+    "Clock",
+    "SampleRate",
+    "TtsAudioStream",
+    "body_excerpt",
+    "describe",
+    "error_detail",
+    "excerpt",
+    "http_timeout",
+    "int_spk_id",
+    "quote",
+    "read_excerpt",
+]
+
+MIN_SAMPLE_RATE = 8000
+MAX_SAMPLE_RATE = 96000
+EXCERPT_CHARS = 300
+
+Clock = Callable[[], float]
+
+
+class SampleRate:
+    """GET {url}/samplerate once, validate it, and remember it."""
+
+    def __init__(self, settings: TtsSettings, http: httpx.AsyncClient | None) -> None:
+        self._settings = settings
+        self._http = http
+        self._rate: int | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> int:
+        if self._rate is not None:
+            return self._rate
+        async with self._lock:
+            if self._rate is None:
+                if self._http is not None:
+                    self._rate = await self._fetch(self._http)
+                else:
+                    async with httpx.AsyncClient() as http:
+                        self._rate = await self._fetch(http)
+                log.info("tts_sample_rate", url=self._settings.samplerate_url, sample_rate=self._rate)
+        return self._rate
+
+    async def _fetch(self, http: httpx.AsyncClient) -> int:
+        url = self._settings.samplerate_url
+        try:
+            response = await http.get(url, timeout=http_timeout(self._settings))
+        except httpx.TimeoutException as exc:
+            raise TtsTimeout(f"TTS sample rate request to {url} timed out: {describe(exc)}") from exc
+        except httpx.HTTPError as exc:
+            raise TtsError(f"cannot reach TTS server {url}: {describe(exc)}") from exc
+        if response.status_code != 200:
+            excerpt = error_detail(response.content)
+            raise TtsError(f"TTS sample rate request to {url} got HTTP {response.status_code}: {excerpt}")
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise TtsError(f"TTS sample rate from {url} is not JSON: {body_excerpt(response.content)}") from exc
+        rate = body.get("sample_rate") if isinstance(body, dict) else None
+        if not isinstance(rate, int) or isinstance(rate, bool):
+            excerpt = body_excerpt(response.content)
+            raise TtsError(f"TTS sample rate from {url} has no integer 'sample_rate': {excerpt}")
+        if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+            raise TtsError(f"TTS sample rate {rate} from {url} is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+        return rate
+
+
+class TtsAudioStream:
+    """The PCM of one ``synthesize`` call, as an async iterator of whole-sample chunks.
+
+    ``first_audio_at`` is the monotonic time the first audio arrived (None before that);
+    ``pcm_bytes`` counts what has been yielded. Subclasses supply ``_receive``: the next
+    base64 piece, or None at the proper end of the stream.
+    """
+
+    def __init__(self, text: str, url: str, clock: Clock) -> None:
+        self.text = text
+        self.url = url
+        self.first_audio_at: float | None = None
+        self.pcm_bytes = 0
+        self.finished = False
+        """True once the stream ended, well or badly; False while audio may still come."""
+        self._clock = clock
+        self.started_at = clock()
+        self._decoder = Base64StreamDecoder()
+        self._framer = PcmFramer(2)
+
+    def __aiter__(self) -> TtsAudioStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        while not self.finished:
+            try:
+                piece = await self._receive()
+                if piece is None:
+                    self._end()
+                    break
+                pcm = self._framer.feed(self._decode(piece))
+            except TtsError as exc:
+                self.finished = True
+                log.warning("tts_error", url=self.url, error=str(exc), bytes=self.pcm_bytes, ms=self._ms())
+                raise
+            if pcm:
+                if self.first_audio_at is None:
+                    self.first_audio_at = self._clock()
+                    log.info("tts_first_audio", ms=self._ms(self.first_audio_at))
+                self.pcm_bytes += len(pcm)
+                return pcm
+        raise StopAsyncIteration
+
+    async def _receive(self) -> bytes | str | None:
+        raise NotImplementedError
+
+    async def _close(self) -> None:
+        """Release the connection; called when the ``synthesize`` context exits."""
+
+    async def aclose(self) -> None:
+        if not self.finished:
+            self.finished = True
+            log.info("tts_closed_early", bytes=self.pcm_bytes, ms=self._ms())
+        await self._close()
+
+    def _decode(self, piece: bytes | str) -> bytes:
+        try:
+            return self._decoder.feed(piece)
+        except ValueError as exc:
+            raise TtsError(f"TTS server {self.url} sent audio that is not base64: {exc}") from exc
+
+    def _end(self) -> None:
+        """The server ended the stream properly: check that it was a whole, non-empty one."""
+        self.finished = True
+        try:
+            self._decoder.close()
+        except ValueError as exc:
+            raise TtsError(f"TTS audio from {self.url} is cut: {exc}") from exc
+        rest = self._framer.close()
+        if rest:
+            log.warning("tts_partial_sample_dropped", bytes=len(rest))
+        if self.pcm_bytes == 0:
+            raise TtsError(f"no audio for {quote(self.text)} from {self.url}")
+        log.info("tts_finished", bytes=self.pcm_bytes, ms=self._ms())
+
+    def _no_audio_or(self, message: str) -> str:
+        """``message``, prefixed by "no audio" when nothing came at all."""
+        if self.pcm_bytes == 0:
+            return f"no audio for {quote(self.text)}: {message}"
+        return message
+
+    def _ms(self, at: float | None = None) -> int:
+        return round(((self._clock() if at is None else at) - self.started_at) * 1000)
+
+
+def int_spk_id(spk_id: int) -> int:
+    if isinstance(spk_id, bool) or not isinstance(spk_id, int):
+        raise TypeError(f"spk_id must be int, got {type(spk_id).__name__}")
+    return spk_id
+
+
+def http_timeout(settings: TtsSettings) -> httpx.Timeout:
+    """connect: connect_timeout_s; every read (headers, then each chunk): read_timeout_s."""
+    return httpx.Timeout(
+        connect=settings.connect_timeout_s,
+        read=settings.read_timeout_s,
+        write=settings.read_timeout_s,
+        pool=settings.connect_timeout_s,
+    )
+
+
+async def read_excerpt(response: httpx.Response) -> bytes:
+    """The first few hundred bytes of an error body, without waiting for a long one."""
+    data = b""
+    try:
+        async for chunk in response.aiter_raw():
+            data += chunk
+            if len(data) >= 4 * EXCERPT_CHARS:
+                break
+    except httpx.HTTPError:
+        pass
+    return data
+
+
+def error_detail(body: bytes) -> str:
+    """A 422's ``detail`` as "body.text: field required"; anything else as an excerpt."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body_excerpt(body)
+    if isinstance(parsed, dict) and isinstance(parsed.get("detail"), list):
+        parts = []
+        for item in parsed["detail"]:
+            if isinstance(item, dict):
+                loc = ".".join(str(p) for p in item.get("loc", []))
+                parts.append(f"{loc}: {item.get('msg', '?')}" if loc else str(item.get("msg", "?")))
+        if parts:
+            return "; ".join(parts)
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), dict):
+        description = parsed["message"].get("description")
+        if isinstance(description, str):
+            return description
+    return body_excerpt(body)
+
+
+def body_excerpt(body: bytes) -> str:
+    return excerpt(body.decode("utf-8", "replace")) if body else "(empty body)"
+
+
+def excerpt(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "..."
+
+
+def quote(text: str) -> str:
+    return repr(text if len(text) <= 60 else text[:60] + "...")
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
