@@ -135,11 +135,6 @@ def _exists_in_repository(cited: str) -> bool:
     return "/" not in cited and any(not p.is_relative_to(ROOT / ".venv") for p in ROOT.rglob(cited) if p.is_file())
 
 
-@pytest.mark.xfail(
-    not (ROOT / "docs" / "protocols.md").exists(),
-    reason="docs/protocols.md comes with the clients branch; remove this mark when it is merged",
-    strict=True,
-)
 def test_every_document_cited_in_the_code_exists() -> None:
     files = [f for package in ("daemon", "states", "hardware", "tests") for f in sorted((ROOT / package).rglob("*.py"))]
     missing = {
