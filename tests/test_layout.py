@@ -68,7 +68,7 @@ def test_states_and_hardware_import_neither_daemon_nor_each_other(package: str) 
 
 
 @pytest.mark.xfail(
-    reason="daemon/clients/tts.py frames PCM with hardware.pcm.PcmFramer: the framer needs a home both may use",
+    reason="daemon/clients/tts_common.py frames PCM with hardware.pcm.PcmFramer: the framer needs a home both may use",
     strict=True,
 )
 def test_clients_do_not_import_hardware() -> None:
