@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -92,3 +94,13 @@ def test_documented_commands_and_options_exist(document: str, line: str) -> None
     assert used in COMMANDS, f"{document}: moss-voice {line}"
     shown = set(re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", line))
     assert shown <= _options(parser), f"{document}: moss-voice {line}: {sorted(shown - _options(parser))}"
+
+
+@pytest.mark.parametrize("tool", ["vad", "aec"])
+def test_the_evaluations_also_run_as_modules(tool: str) -> None:
+    """``python -m daemon.tools.bench.vad`` (cited in their docstrings) is ``moss-voice bench vad``."""
+    done = subprocess.run(
+        [sys.executable, "-m", f"daemon.tools.bench.{tool}", "--help"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"usage: moss-voice bench {tool}")
