@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from daemon.__main__ import main
-from daemon.tools.bench.idle import parse_importtime, proc_cpu_s, proc_status, room_noise
+from daemon.tools.bench.daemon_process import parse_importtime, proc_cpu_s, proc_status
+from daemon.tools.bench.idle import room_noise
 
 pytestmark = pytest.mark.timeout(120)
 

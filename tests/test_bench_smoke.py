@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import time
@@ -9,15 +10,21 @@ from pathlib import Path
 
 import pytest
 
+from daemon.__main__ import build_parser
 from daemon.clients.asr import FunAsrClient
 from daemon.config import AsrSettings
-from daemon.tools.bench.latency import parse_args, run, write_outputs
+from daemon.tools.bench.latency import run, write_outputs
 from daemon.tools.bench.scenarios import SCENARIOS, first_clause, limit_for, make_answer
 from daemon.tools.bench.timeline import reply_after
 from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
 from daemon.tools.stubs.openai import tokenize
 
 FIGURES = ("first_audio_ms", "first_sound_ms", "overhead_ms", "longest_gap_ms")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options of ``moss-voice bench latency``, as the CLI parses them."""
+    return build_parser().parse_args(["bench", "latency", *argv])
 
 
 @pytest.mark.slow
@@ -57,11 +64,12 @@ async def test_one_smoke_turn_gives_plausible_figures(tmp_path: Path) -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    for argv in (["-n", "0"], ["--scenario", "nope"], ["--window", "0"]):
+    for argv in (["-n", "0"], ["--scenario", "nope"], ["--window", "0"], ["--block-ms", "0"]):
         with pytest.raises(SystemExit):
             parse_args(argv)
     args = parse_args([])
     assert args.n == 5 and args.scenario is None and args.json is None
+    assert args.func.__module__ == "daemon.tools.bench.cli"
 
 
 def test_the_limit_adds_the_stages_and_counts_first_clause_tokens() -> None:

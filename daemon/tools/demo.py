@@ -18,7 +18,7 @@ from daemon.app import App
 from daemon.config import AsrSettings, AudioSettings, LlmSettings, LogSettings, Settings, TtsSettings
 from daemon.logs import configure_logging
 from daemon.tools.stubs.answers import DEMO_QUESTION
-from daemon.tools.stubs.funasr import make_question_wav
+from daemon.tools.stubs.questions import make_question_wav
 from daemon.tools.stubs.runner import start_stubs
 from hardware.wavfile import write_wav
 from states.model import Turn

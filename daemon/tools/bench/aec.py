@@ -308,17 +308,8 @@ def format_report(r: AecReport) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.tools.bench.aec", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=60.0, help="length of the robot's speech (default 60)")
-    parser.add_argument("--frame-ms", type=int, default=10)
-    parser.add_argument("--filter-ms", type=int, default=256)
-    parser.add_argument("--echo-delay-ms", type=float, default=40.0)
-    parser.add_argument("--echo-gain", type=float, default=0.5)
-    parser.add_argument("--reference-delay-ms", type=float, default=0.0, help="EchoReference.delay_ms (default 0)")
-    args = parser.parse_args(argv)
-    if args.seconds < 20:
-        parser.error("--seconds must be at least 20")
+def command(args: argparse.Namespace) -> int:
+    """``moss-voice bench aec`` with its parsed options (``bench/cli.py``)."""
     configure_logging("warning", "auto", stream=sys.stderr)
     acoustics = RoomAcoustics(echo_delay_ms=args.echo_delay_ms, echo_gain=args.echo_gain)
     try:
@@ -340,5 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m daemon.tools.bench.aec: the same as moss-voice bench aec
+    from daemon.__main__ import main
+
+    sys.exit(main(["bench", "aec", *sys.argv[1:]]))

@@ -43,8 +43,8 @@ from daemon.config import (
 )
 from daemon.logs import configure_logging
 from daemon.tools.bench.timeline import first_loud_s
-from daemon.tools.stubs.funasr import QUESTIONS, make_question_wav
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
+from daemon.tools.stubs.questions import QUESTIONS, make_question_wav
 from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 from hardware.wavfile import WavSpeaker, write_wav
 from states.model import Turn
@@ -79,6 +79,11 @@ REACTION_TARGET_MS = 150.0
 PROPAGATION_TARGET_MS = 50.0
 
 
+def _ms(start: float, end: float | None) -> float | None:
+    """Milliseconds from ``start`` to ``end`` (seconds); None when there is no end."""
+    return None if end is None else (end - start) * 1000
+
+
 @dataclass(frozen=True)
 class Reaction:
     onset_s: float
@@ -86,7 +91,7 @@ class Reaction:
 
     @property
     def ms(self) -> float | None:
-        return None if self.stopped_s is None else (self.stopped_s - self.onset_s) * 1000
+        return _ms(self.onset_s, self.stopped_s)
 
 
 @dataclass(frozen=True)
@@ -104,11 +109,11 @@ class Propagation:
 
     @property
     def llm_ms(self) -> float | None:
-        return None if self.llm_closed_at is None else (self.llm_closed_at - self.decided_at) * 1000
+        return _ms(self.decided_at, self.llm_closed_at)
 
     @property
     def tts_ms(self) -> float | None:
-        return None if self.tts_closed_at is None else (self.tts_closed_at - self.decided_at) * 1000
+        return _ms(self.decided_at, self.tts_closed_at)
 
 
 @dataclass(frozen=True)
@@ -285,15 +290,8 @@ def to_json(session: Session) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="moss-voice bench barge-in", description=__doc__.split("\n\n")[0])
-    parser.add_argument("-n", type=int, default=20, help="interruptions (default 20)")
-    parser.add_argument("--mode", choices=("pause", "cancel"), default="pause")
-    parser.add_argument("--tts-protocol", choices=("http", "websocket"), default="http")
-    parser.add_argument("--json", metavar="PATH", help="also write the raw figures here")
-    args = parser.parse_args(argv)
-    if args.n < 1:
-        parser.error("-n must be at least 1")
+def command(args: argparse.Namespace) -> int:
+    """``moss-voice bench barge-in`` with its parsed options (``bench/cli.py``)."""
     configure_logging("warning", "console")
     with tempfile.TemporaryDirectory(prefix="moss-bench-") as tmp:
         session = asyncio.run(measure(args.n, args.mode, Path(tmp), tts_protocol=args.tts_protocol))

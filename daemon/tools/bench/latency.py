@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import statistics
 import tempfile
@@ -37,9 +38,11 @@ from daemon.config import (
 from daemon.logs import configure_logging
 from daemon.tools.bench.report import render_breakdown, render_png, render_table
 from daemon.tools.bench.scenarios import (
+    BLOCK_MS,
     DEFAULT_SCENARIOS,
     QUESTION,
     SCENARIOS,
+    WINDOW_S,
     Limit,
     Scenario,
     first_clause,
@@ -48,21 +51,18 @@ from daemon.tools.bench.scenarios import (
 from daemon.tools.bench.sequential import run_sequential
 from daemon.tools.bench.stub_process import StubProcess, StubUrls
 from daemon.tools.bench.timeline import Reply, last_loud_s, read_pcm, reply_after
-from daemon.tools.stubs.funasr import FunAsrBehaviour, make_question_wav
-from daemon.tools.stubs.openai import tokenize
+from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
+from daemon.tools.stubs.questions import make_question_wav
 from daemon.tools.stubs.runner import demo_llm_behaviour
+from daemon.tools.stubs.tokens import tokenize
 from hardware.wavfile import WavMicrophone, WavSpeaker, write_wav
 
 log = structlog.get_logger()
 
 RATE = 16000
 LEAD_IN_S = 0.5
-WINDOW_S = 8.0
-"""A streaming turn is stopped this long after its first reply sample (gaps are looked for in it)."""
 TURN_TIMEOUT_S = 90.0
-BLOCK_MS = AudioSettings().block_ms
-"""The devices' period by default: the daemon's own default."""
 
 
 def make_input(workdir: Path) -> tuple[Path, float]:
@@ -277,64 +277,27 @@ async def measure_scenario(
     }
 
 
-async def measure(
-    names: Sequence[str],
-    n: int,
-    workdir: Path,
-    *,
-    sequential: bool = True,
-    window_s: float = WINDOW_S,
-    block_ms: int = BLOCK_MS,
-) -> dict[str, Any]:
-    results: dict[str, Any] = {"n": n, "window_s": window_s, "block_ms": block_ms, "scenarios": {}}
-    for name in names:
-        sdir = workdir / name
-        sdir.mkdir(parents=True, exist_ok=True)
-        results["scenarios"][name] = await measure_scenario(
-            SCENARIOS[name], n, sdir, sequential=sequential, window_s=window_s, block_ms=block_ms
-        )
-    return results
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="moss-voice bench latency", description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("-n", type=int, default=5, help="turns per scenario (default 5)")
-    parser.add_argument(
-        "--scenario",
-        action="append",
-        choices=sorted(SCENARIOS),
-        help=f"repeatable; default: {', '.join(DEFAULT_SCENARIOS)}",
-    )
-    parser.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
-    parser.add_argument("--png", type=Path, metavar="PATH", help="latency breakdown chart (needs matplotlib)")
-    parser.add_argument("--no-sequential", action="store_true", help="skip the sequential comparison")
-    parser.add_argument("--window", type=float, default=WINDOW_S, help="seconds of each answer to play (gaps)")
-    parser.add_argument(
-        "--block-ms",
-        type=int,
-        default=BLOCK_MS,
-        help=f"the devices' period, audio.block_ms (default {BLOCK_MS}): the output device adds up to one",
-    )
-    parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
-    args = parser.parse_args(argv)
-    if args.n < 1:
-        parser.error("-n must be at least 1")
-    if args.window <= 0:
-        parser.error("--window must be positive")
-    if args.block_ms <= 0 or 16000 * args.block_ms % 1000:
-        parser.error("--block-ms must be a positive whole number of 16 kHz samples")
-    return args
-
-
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure what ``args`` asks for; the WAV files go to ``--keep`` or a temporary folder."""
     names = args.scenario or list(DEFAULT_SCENARIOS)
-    sequential, window_s = not args.no_sequential, args.window
-    if args.keep is not None:
-        await asyncio.to_thread(args.keep.mkdir, parents=True, exist_ok=True)
-        return await measure(names, args.n, args.keep, sequential=sequential, window_s=window_s, block_ms=args.block_ms)
-    with tempfile.TemporaryDirectory(prefix="moss-bench-") as tmp:
-        return await measure(names, args.n, Path(tmp), sequential=sequential, window_s=window_s, block_ms=args.block_ms)
+    results: dict[str, Any] = {"n": args.n, "window_s": args.window, "block_ms": args.block_ms, "scenarios": {}}
+    with contextlib.ExitStack() as stack:
+        if args.keep is not None:
+            workdir = args.keep
+        else:
+            workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="moss-bench-")))
+        for name in names:
+            sdir = workdir / name
+            await asyncio.to_thread(sdir.mkdir, parents=True, exist_ok=True)
+            results["scenarios"][name] = await measure_scenario(
+                SCENARIOS[name],
+                args.n,
+                sdir,
+                sequential=not args.no_sequential,
+                window_s=args.window,
+                block_ms=args.block_ms,
+            )
+    return results
 
 
 def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> str:
@@ -349,8 +312,8 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """``moss-voice bench latency`` with its parsed options (``bench/cli.py``)."""
     configure_logging("warning", "console")
     results = asyncio.run(run(args))
     print(write_outputs(results, args))

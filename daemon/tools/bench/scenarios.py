@@ -9,9 +9,13 @@ on top is moss-voice's overhead.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
-from daemon.tools.stubs.openai import tokenize
-from states.speech_text import SpeechText, SpeechTextSettings
+from daemon.config import AudioSettings
+from daemon.tools.stubs.tokens import tokenize
+
+if TYPE_CHECKING:
+    from states.speech_text import SpeechTextSettings
 
 QUESTION = "what is the weather like today"
 
@@ -95,11 +99,17 @@ SCENARIOS: dict[str, Scenario] = {
 DEFAULT_SCENARIOS = ("fast", "typical", "slow-llm")
 RATIO_SCENARIO = "typical"
 """150 tokens at 25 tokens/s: the scenario the sequential/streaming ratio is quoted for."""
+WINDOW_S = 8.0
+"""A streaming turn is stopped this long after its first reply sample (gaps are looked for in it)."""
+BLOCK_MS = AudioSettings().block_ms
+"""The devices' period by default: the daemon's own default."""
 
 
 def first_clause(answer: str, settings: SpeechTextSettings | None = None) -> tuple[str, int]:
     """The first clause the daemon speaks, and the index of the stand-in token whose arrival
     releases it (the splitter may need the token after the clause to see the boundary)."""
+    from states.speech_text import SpeechText  # here: the CLI reads the scenarios' names from this module
+
     speech = SpeechText(settings)
     for index, token in enumerate(tokenize(answer)):
         clauses = speech.feed(token)

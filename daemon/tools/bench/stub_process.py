@@ -18,7 +18,7 @@ from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
-from daemon.tools.stubs.funasr import FunAsrBehaviour
+from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour
 from daemon.tools.stubs.openai import OpenAiBehaviour
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 

@@ -155,10 +155,8 @@ def format_table(results: Sequence[VadResult]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m daemon.tools.bench.vad", description=__doc__.split("\n\n")[0])
-    parser.add_argument("wavs", nargs="*", type=Path, help="WAV files to measure instead of the generated set")
-    args = parser.parse_args(argv)
+def command(args: argparse.Namespace) -> int:
+    """``moss-voice bench vad`` with its parsed options (``bench/cli.py``)."""
     # A command-line report: keep the log quiet so the table stands alone on stdout.
     configure_logging("warning", "auto", stream=sys.stderr)
     try:
@@ -174,5 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # python -m daemon.tools.bench.vad: the same as moss-voice bench vad
+    from daemon.__main__ import main
+
+    sys.exit(main(["bench", "vad", *sys.argv[1:]]))

@@ -10,6 +10,10 @@ middle of a stream, cut connections, garbage, a dead engine, a slow start).
         settings = LlmSettings(url=stub.url)          # http://127.0.0.1:PORT/v1
         ...
         assert stub.disconnects == 1                  # the client went away mid-stream
+
+The script and request validation are in ``openai_behaviour.py``, the streams' bytes in
+``openai_stream.py``. What is left here (about 450 lines) is one job, the server: its listening
+states (refuse, starting, up), its endpoints and what it observes; they share the stub's state.
 """
 
 from __future__ import annotations
@@ -18,12 +22,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import socket
 import time
 import uuid
-from collections.abc import AsyncGenerator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import structlog
@@ -34,7 +36,17 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from daemon.tools.stubs.lifecycle import StartStop
+from daemon.tools.stubs.openai_behaviour import (
+    MISBEHAVIOURS,
+    OpenAiBehaviour,
+    ReceivedRequest,
+    validate_request,
+)
+from daemon.tools.stubs.openai_stream import Ctl, Plan, StubCut, llama_events, plan_for, raw_events, vllm_events
+from daemon.tools.stubs.serving import InLoopServer, bind_socket, serve, wait_http_disconnect
 from daemon.tools.stubs.streaming import ClosingStreamingResponse
+from daemon.tools.stubs.tokens import tokenize
 
 __all__ = [
     "EXAMPLE_STREAM",
@@ -46,19 +58,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger()
-
-MISBEHAVIOURS = (
-    None,
-    "refuse",  # nothing listens on the port: connection refused
-    "hang",  # accept and read the request, never send the headers
-    "error_500",  # chat completions answer 500 with an error body
-    "error_midstream",  # 200, a few content chunks, then data: {"error": ...} and [DONE]
-    "cut",  # 200, a few content chunks, then the connection drops (no [DONE])
-    "garbage",  # 200, a few content chunks, then a data line that is not JSON
-    "truncate",  # 200, a few content chunks, then [DONE] without a finish chunk (llama.cpp preempted)
-    "health_503",  # GET /health answers 503: the engine is dead
-    "starting",  # not listening for starting_s after start(), then up (the model is loading)
-)
 
 EXAMPLE_STREAM = (
     b'data: {"id":"chatcmpl-7f3a","object":"chat.completion.chunk","created":1718000000,"model":"moss",'
@@ -74,152 +73,6 @@ EXAMPLE_STREAM = (
 )
 """A typical vLLM stream (docs/protocols.md "OpenAI: SSE framing"): "你好！", stop/<eom>, usage 21/3/24."""
 
-_TOKEN = re.compile(r"\s*[A-Za-z0-9]+|\s*[^\sA-Za-z0-9]|\s+")
-_WORD_PIECE = 4
-
-
-def tokenize(text: str) -> list[str]:
-    """Split text into small pieces like an LLM tokenizer would stream them.
-
-    CJK and punctuation: one character per token; English: words (with their leading space)
-    cut into pieces of at most four letters. ``"".join(tokenize(t)) == t`` always.
-    """
-    tokens: list[str] = []
-    for match in _TOKEN.finditer(text):
-        piece = match.group()
-        stripped = piece.lstrip()
-        lead = piece[: len(piece) - len(stripped)]
-        if stripped.isascii() and stripped.isalnum() and len(stripped) > _WORD_PIECE:
-            parts = [stripped[i : i + _WORD_PIECE] for i in range(0, len(stripped), _WORD_PIECE)]
-            parts[0] = lead + parts[0]
-            tokens.extend(parts)
-        else:
-            tokens.append(piece)
-    return tokens
-
-
-@dataclass
-class OpenAiBehaviour:
-    """How the stand-in answers. Tests may swap ``stub.behaviour`` between requests."""
-
-    answers: dict[str, str] = field(default_factory=dict)
-    """Question substring (case-insensitive, matched against the last user message) -> answer."""
-    default_answer: str = "你好！我是MOSS，很高兴为你服务。"
-    first_token_delay_s: float = 0.05
-    """From the request to the first text chunk (queueing plus prefill)."""
-    tokens_per_s: float = 50.0
-    """Pace of the content chunks after the first; 0 sends them as fast as possible."""
-    style: str = "vllm"
-    """vllm: compact raw-UTF-8 JSON, role+"" first chunk, stop_reason, usage chunk.
-    llama_cpp: ", "-separated \\u-escaped JSON, CRLF events, role-only first chunk, an empty
-    content chunk before the finish chunk, no stop_reason, no usage, ``: ping`` comments,
-    no /health, any model name accepted, validation errors as 500, a new request cuts the
-    running stream."""
-    error_shape: str = "new"
-    """Error bodies: "new" = {"error": {...}} (vLLM >= 0.10.1), "old" = flat {"object": "error", ...}."""
-    api_key: str | None = None
-    """When set, /v1/* need ``Authorization: Bearer <api_key>`` (401 otherwise)."""
-    models: list[str] = field(default_factory=lambda: ["moss"])
-    """Served model names; the first is used when a request names none."""
-    raw_chunks: list[bytes] | None = None
-    """When set, a valid streaming request gets exactly these bytes as its body, one write each."""
-    raw_chunk_delay_s: float = 0.01
-    """Pause between raw chunks, so that they tend to arrive in separate reads."""
-    misbehave: str | None = None
-    """One of MISBEHAVIOURS."""
-    misbehave_after_chunks: int = 2
-    """Content chunks sent before error_midstream / cut / garbage / truncate strike."""
-    starting_s: float = 0.5
-    """misbehave="starting": how long the port refuses connections (model loading)."""
-    ping_interval_s: float = 15.0
-    """llama_cpp style: a ``: ping - <time>`` comment whenever the stream was quiet this long."""
-
-    def __post_init__(self) -> None:
-        if self.style not in ("vllm", "llama_cpp"):
-            raise ValueError(f"style must be 'vllm' or 'llama_cpp', not {self.style!r}")
-        if self.error_shape not in ("new", "old"):
-            raise ValueError(f"error_shape must be 'new' or 'old', not {self.error_shape!r}")
-        if self.misbehave not in MISBEHAVIOURS:
-            raise ValueError(f"misbehave must be one of {MISBEHAVIOURS}, not {self.misbehave!r}")
-
-    def answer_for(self, messages: list[dict[str, Any]]) -> str:
-        """The scripted answer for the last user message, or ``default_answer``."""
-        question = ""
-        for message in reversed(messages):
-            if message.get("role") == "user":
-                question = _content_text(message.get("content")).lower()
-                break
-        for key, answer in self.answers.items():
-            if key.lower() in question:
-                return answer
-        return self.default_answer
-
-
-@dataclass(frozen=True)
-class ReceivedRequest:
-    """One request the stand-in received (``stub.requests``)."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    body: Any
-    """Parsed JSON, None when empty, the raw text when it was not JSON."""
-    at: float
-    """time.monotonic() on arrival."""
-    client: tuple[str, int] | None = None
-    """The peer's (host, port): a new port means a new connection."""
-
-
-@dataclass
-class _Plan:
-    """What one chat completion will send."""
-
-    model: str
-    tokens: list[str]
-    finish_reason: str
-    stop_reason: str | None
-    prompt_tokens: int
-    include_usage: bool
-
-    @property
-    def usage(self) -> dict[str, int]:
-        completion = len(self.tokens)
-        return {
-            "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": completion,
-            "total_tokens": self.prompt_tokens + completion,
-        }
-
-
-class _Ctl:
-    """Per-request handle: lets stop() and llama.cpp preemption interrupt a waiting handler."""
-
-    def __init__(self) -> None:
-        self.event = asyncio.Event()
-        self.reason: str | None = None
-
-    def interrupt(self, reason: str) -> None:
-        if self.reason is None:
-            self.reason = reason
-        self.event.set()
-
-    async def sleep_until(self, when: float) -> bool:
-        """Sleep until loop time ``when``; False if interrupted first."""
-        if self.event.is_set():
-            return False
-        delay = when - asyncio.get_running_loop().time()
-        if delay <= 0:
-            return True
-        try:
-            await asyncio.wait_for(self.event.wait(), delay)
-        except TimeoutError:
-            return True
-        return False
-
-
-class _StubCut(Exception):
-    """Raised inside a stream on purpose: uvicorn then drops the connection mid-body."""
-
 
 class _QuietCutFilter(logging.Filter):
     """Keeps uvicorn from logging the deliberate ``cut`` as an application crash."""
@@ -230,7 +83,7 @@ class _QuietCutFilter(logging.Filter):
 
 
 def _is_deliberate_cut(exc: BaseException | None) -> bool:
-    if isinstance(exc, _StubCut):
+    if isinstance(exc, StubCut):
         return True
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_deliberate_cut(e) for e in exc.exceptions)
@@ -243,56 +96,7 @@ def _install_log_filter() -> None:
         logger.addFilter(_QuietCutFilter())
 
 
-class _InLoopServer(uvicorn.Server):
-    """uvicorn without its signal handlers: the process that runs the stub owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts
-        return "".join(p.get("text", "") for p in content if isinstance(p, dict))
-    return ""
-
-
-def _validate(body: Any) -> str | None:
-    """vLLM-like request validation; the problem as a message, or None."""
-    if not isinstance(body, dict):
-        return "request body must be a JSON object"
-    messages = body.get("messages")
-    if messages is None:
-        return "messages: Field required"
-    if not isinstance(messages, list) or not messages:
-        return "messages: Input should be a non-empty list"
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            return f"messages.{i}: Input should be an object with a role"
-        if not isinstance(message.get("content"), str | list):
-            return f"messages.{i}.content: Input should be a valid string"
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        return "stream: Input should be a valid boolean"
-    if body.get("stream_options") is not None and not stream:
-        return "Stream options can only be defined when `stream=True`."
-    stop = body.get("stop")
-    if (
-        stop is not None
-        and not isinstance(stop, str)
-        and (not isinstance(stop, list) or not all(isinstance(s, str) for s in stop))
-    ):
-        return "stop: Input should be a valid string or list of strings"
-    for key in ("max_tokens", "max_completion_tokens"):
-        value = body.get(key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            return f"{key}: Input should be a positive integer"
-    return None
-
-
-class OpenAiStub:
+class OpenAiStub(StartStop):
     """An OpenAI-compatible chat server on loopback. ``url`` is the base a client config uses.
 
     Observation hooks: ``requests`` (every request received), ``disconnects`` and
@@ -323,13 +127,13 @@ class OpenAiStub:
             exception_handlers={HTTPException: self._http_exception},
         )
         self._sock: socket.socket | None = None  # bound, not listening (refusing), when not serving
-        self._server: _InLoopServer | None = None
+        self._server: InLoopServer | None = None
         self._serve_task: asyncio.Task[None] | None = None
         self._up_task: asyncio.Task[None] | None = None
         self._apply_task: asyncio.Task[None] | None = None
         self._listen_lock = asyncio.Lock()
-        self._active: set[_Ctl] = set()
-        self._llama_streams: set[_Ctl] = set()
+        self._active: set[Ctl] = set()
+        self._llama_streams: set[Ctl] = set()
         self._started = False
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -366,7 +170,7 @@ class OpenAiStub:
         if self._started:
             return
         _install_log_filter()
-        self._sock = self._bind(self.port)
+        self._sock = bind_socket(self.host, self.port)
         self.port = self._sock.getsockname()[1]
         self._started = True
         await self._apply_listening(None)
@@ -388,13 +192,6 @@ class OpenAiStub:
             self._sock = None
         log.info("openai_stub_stopped", url=self.url)
 
-    async def __aenter__(self) -> OpenAiStub:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
-
     async def wait_for_disconnects(self, count: int = 1, *, timeout: float = 2.0) -> bool:
         """Wait until ``disconnects >= count``; False if that did not happen within ``timeout``."""
         loop = asyncio.get_running_loop()
@@ -404,17 +201,6 @@ class OpenAiStub:
                 return False
             await asyncio.sleep(0.005)
         return True
-
-    def _bind(self, port: int) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((self.host, port))
-        except OSError:
-            sock.close()
-            raise
-        sock.setblocking(False)
-        return sock
 
     async def _apply_listening(self, previous: asyncio.Task[None] | None) -> None:
         """Make the listening state match the behaviour (refuse: down; starting: down, then up later)."""
@@ -443,7 +229,7 @@ class OpenAiStub:
     async def _go_up(self) -> None:
         if self._server is not None:
             return
-        sock = self._sock if self._sock is not None else self._bind(self.port)
+        sock = self._sock if self._sock is not None else bind_socket(self.host, self.port)
         config = uvicorn.Config(
             self._app,
             host=self.host,
@@ -454,20 +240,8 @@ class OpenAiStub:
             log_config=None,
             timeout_graceful_shutdown=2,
         )
-        server = _InLoopServer(config)
-        task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]), name=f"openai-stub-{self.port}")
         self._sock = None  # uvicorn owns (and closes) it now
-        self._server, self._serve_task = server, task
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5.0
-        while not server.started:
-            if task.done():
-                self._server = self._serve_task = None
-                task.result()  # raises the startup error
-                raise RuntimeError(f"openai stub on port {self.port} stopped during startup")
-            if loop.time() > deadline:
-                raise RuntimeError(f"openai stub on port {self.port} did not start within 5 s")
-            await asyncio.sleep(0.002)
+        self._server, self._serve_task = await serve(config, sock, name=f"openai-stub-{self.port}", timeout=5.0)
 
     async def _go_down(self, *, reserve: bool) -> None:
         server, task = self._server, self._serve_task
@@ -478,7 +252,7 @@ class OpenAiStub:
             server.should_exit = True
             await asyncio.wait_for(task, 10.0)
         if reserve and self._sock is None:
-            self._sock = self._bind(self.port)  # keep the port, without listening: refused
+            self._sock = bind_socket(self.host, self.port)  # keep the port, without listening: refused
 
     # -- endpoints ----------------------------------------------------------------------
 
@@ -557,7 +331,7 @@ class OpenAiStub:
             return self._error(b, bad_status, "request body is not valid JSON", "BadRequestError")
         if b.misbehave == "error_500":
             return self._error(b, 500, "stub: internal server error (misbehave=error_500)", "InternalServerError")
-        problem = _validate(body)
+        problem = validate_request(body)
         if problem is not None:
             return self._error(b, bad_status, problem, "BadRequestError")
         model = body.get("model") or b.models[0]
@@ -566,16 +340,16 @@ class OpenAiStub:
         if b.style == "llama_cpp":
             for ctl in list(self._llama_streams):  # llama.cpp: a new request cuts the running one
                 ctl.interrupt("preempted")
-        plan = self._plan(b, body, model)
-        ctl = _Ctl()
+        plan = plan_for(b, body, model)
+        ctl = Ctl()
         if not body.get("stream", False):
             return await self._complete(b, plan, ctl)
         if b.raw_chunks is not None:
-            events: AsyncGenerator[bytes, None] = self._raw_events(b, ctl)
+            events: AsyncGenerator[bytes, None] = raw_events(b, ctl)
         elif b.style == "llama_cpp":
-            events = self._llama_events(b, plan, ctl)
+            events = llama_events(b, plan, ctl)
         else:
-            events = self._vllm_events(b, plan, ctl)
+            events = vllm_events(b, plan, ctl)
         return ClosingStreamingResponse(self._observed(events, ctl, b), media_type="text/event-stream")
 
     # -- helpers ------------------------------------------------------------------------
@@ -592,39 +366,12 @@ class OpenAiStub:
         body = {"object": "error", **info} if b.error_shape == "old" else {"error": info}
         return JSONResponse(body, status_code=status)
 
-    def _plan(self, b: OpenAiBehaviour, body: dict[str, Any], model: str) -> _Plan:
-        answer = b.answer_for(body["messages"])
-        stops = body.get("stop") or []
-        if isinstance(stops, str):
-            stops = [stops]
-        stop_reason: str | None = None
-        cut_at = len(answer)
-        for stop in stops:
-            index = answer.find(stop) if stop else -1
-            if 0 <= index < cut_at:
-                cut_at, stop_reason = index, stop
-        tokens = tokenize(answer[:cut_at])
-        finish = "stop"
-        limit = body.get("max_completion_tokens") or body.get("max_tokens")
-        if isinstance(limit, int) and len(tokens) > limit:
-            tokens, finish, stop_reason = tokens[:limit], "length", None
-        prompt_tokens = sum(len(tokenize(_content_text(m.get("content")))) + 4 for m in body["messages"])
-        options = body.get("stream_options") or {}
-        return _Plan(
-            model=model,
-            tokens=tokens,
-            finish_reason=finish,
-            stop_reason=stop_reason,
-            prompt_tokens=prompt_tokens,
-            include_usage=bool(isinstance(options, dict) and options.get("include_usage")),
-        )
-
     async def _hang(self, request: Request) -> Response:
         """Never answer: wait until the client goes away (counted as a disconnect) or stop()."""
-        ctl = _Ctl()
+        ctl = Ctl()
         self._active.add(ctl)
         stopped = asyncio.ensure_future(ctl.event.wait())
-        gone = asyncio.ensure_future(self._wait_disconnect(request))
+        gone = asyncio.ensure_future(wait_http_disconnect(request))
         try:
             done, _ = await asyncio.wait({stopped, gone}, return_when=asyncio.FIRST_COMPLETED)
             if gone in done:
@@ -636,17 +383,12 @@ class OpenAiStub:
             await asyncio.gather(stopped, gone, return_exceptions=True)
         return Response(status_code=503)
 
-    @staticmethod
-    async def _wait_disconnect(request: Request) -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
     def _record_disconnect(self) -> None:
         self.disconnects += 1
         self.disconnect_times.append(time.monotonic())
         log.info("openai_stub_client_disconnected", count=self.disconnects)
 
-    async def _complete(self, b: OpenAiBehaviour, plan: _Plan, ctl: _Ctl) -> Response:
+    async def _complete(self, b: OpenAiBehaviour, plan: Plan, ctl: Ctl) -> Response:
         """A non-streaming answer (after the first-token delay)."""
         self._active.add(ctl)
         try:
@@ -675,7 +417,7 @@ class OpenAiStub:
         )
 
     async def _observed(
-        self, events: AsyncGenerator[bytes, None], ctl: _Ctl, b: OpenAiBehaviour
+        self, events: AsyncGenerator[bytes, None], ctl: Ctl, b: OpenAiBehaviour
     ) -> AsyncGenerator[bytes, None]:
         """Wraps a stream's events: counts streams and notices a client that went away."""
         self.streams_started += 1
@@ -687,7 +429,7 @@ class OpenAiStub:
             async for chunk in events:
                 yield chunk
             if ctl.reason == "shutdown":
-                raise _StubCut("stub stopped mid-stream: dropping the connection like a killed server")
+                raise StubCut("stub stopped mid-stream: dropping the connection like a killed server")
             completed = True
         except (asyncio.CancelledError, GeneratorExit):
             if ctl.reason != "shutdown":
@@ -699,146 +441,3 @@ class OpenAiStub:
             await events.aclose()
             if completed:
                 self.streams_completed += 1
-
-    async def _raw_events(self, b: OpenAiBehaviour, ctl: _Ctl) -> AsyncGenerator[bytes, None]:
-        loop = asyncio.get_running_loop()
-        for i, chunk in enumerate(b.raw_chunks or []):
-            if i and not await ctl.sleep_until(loop.time() + b.raw_chunk_delay_s):
-                return
-            yield chunk
-
-    async def _vllm_events(self, b: OpenAiBehaviour, plan: _Plan, ctl: _Ctl) -> AsyncGenerator[bytes, None]:
-        loop = asyncio.get_running_loop()
-        cid, created = f"chatcmpl-{uuid.uuid4().hex[:16]}", int(time.time())
-
-        def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            obj = {
-                "id": cid,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": plan.model,
-                "choices": choices,
-                **extra,
-            }
-            return b"data: " + json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n\n"
-
-        def choice(delta: dict[str, Any], final: bool = False) -> dict[str, Any]:
-            c: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
-            if final:
-                c["finish_reason"] = plan.finish_reason
-                c["stop_reason"] = plan.stop_reason
-            return c
-
-        first = loop.time() + b.first_token_delay_s
-        if not await ctl.sleep_until(first):
-            return
-        yield event([choice({"role": "assistant", "content": ""})])
-        tokens, n = plan.tokens, len(plan.tokens)
-        strike = self._strike_at(b, n)
-        interval = 1.0 / b.tokens_per_s if b.tokens_per_s > 0 else 0.0
-        for i, token in enumerate(tokens):
-            if i == strike:
-                break
-            if i and not await ctl.sleep_until(first + i * interval):
-                return
-            yield event([choice({"content": token}, final=(i == n - 1 and strike is None))])
-        if strike is not None:
-            async with contextlib.aclosing(self._misbehave_midstream(b, ctl)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-            return
-        if n == 0:
-            yield event([choice({"content": ""}, final=True)])
-        if plan.include_usage:
-            yield event([], usage=plan.usage)
-        yield b"data: [DONE]\n\n"
-
-    async def _llama_events(self, b: OpenAiBehaviour, plan: _Plan, ctl: _Ctl) -> AsyncGenerator[bytes, None]:
-        loop = asyncio.get_running_loop()
-        cid, created = f"chatcmpl-{uuid.uuid4()}", int(time.time())
-        last_sent = loop.time()
-
-        def event(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            nonlocal last_sent
-            last_sent = loop.time()
-            obj = {
-                "id": cid,
-                "model": plan.model,
-                "created": created,
-                "object": "chat.completion.chunk",
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
-            }
-            return b"data: " + json.dumps(obj).encode() + b"\r\n\r\n"
-
-        async def pause(until: float) -> AsyncGenerator[bytes, None]:
-            """Wait until ``until``, with a ping comment whenever the stream was quiet too long."""
-            nonlocal last_sent
-            while True:
-                ping_at = last_sent + b.ping_interval_s
-                if ping_at >= until:
-                    await ctl.sleep_until(until)
-                    return
-                if not await ctl.sleep_until(ping_at):
-                    return
-                last_sent = loop.time()
-                yield f": ping - {time.strftime('%Y-%m-%d %H:%M:%S')}.000000\r\n\r\n".encode()
-
-        first = loop.time() + b.first_token_delay_s
-        async with contextlib.aclosing(pause(first)) as pings:
-            async for ping in pings:
-                yield ping
-        if ctl.event.is_set():
-            if ctl.reason == "preempted":
-                yield b"data: [DONE]\r\n\r\n"
-            return
-        yield event({"role": "assistant"})
-        tokens, n = plan.tokens, len(plan.tokens)
-        strike = self._strike_at(b, n)
-        interval = 1.0 / b.tokens_per_s if b.tokens_per_s > 0 else 0.0
-        for i, token in enumerate(tokens):
-            if i == strike:
-                break
-            if i:
-                async with contextlib.aclosing(pause(first + i * interval)) as pings:
-                    async for ping in pings:
-                        yield ping
-                if ctl.event.is_set():
-                    if ctl.reason == "preempted":
-                        yield b"data: [DONE]\r\n\r\n"
-                    return
-            yield event({"content": token})
-        if strike is not None:
-            async with contextlib.aclosing(self._misbehave_midstream(b, ctl, crlf=True)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-            return
-        yield event({"content": ""})
-        yield event({}, finish=plan.finish_reason)
-        yield b"data: [DONE]\r\n\r\n"
-
-    @staticmethod
-    def _strike_at(b: OpenAiBehaviour, n_tokens: int) -> int | None:
-        """Index of the token before which a mid-stream misbehaviour strikes (None: it does not)."""
-        if b.misbehave in ("error_midstream", "cut", "garbage", "truncate"):
-            return min(b.misbehave_after_chunks, n_tokens)
-        return None
-
-    async def _misbehave_midstream(
-        self, b: OpenAiBehaviour, ctl: _Ctl, *, crlf: bool = False
-    ) -> AsyncGenerator[bytes, None]:
-        end = b"\r\n\r\n" if crlf else b"\n\n"
-        if b.misbehave == "error_midstream":
-            info: dict[str, Any] = {"message": "boom", "type": "InternalServerError", "code": 500}
-            if b.error_shape == "old":
-                info = {"object": "error", **info, "param": None}
-            yield b"data: " + json.dumps({"error": info}, separators=(",", ":")).encode() + end
-            yield b"data: [DONE]" + end
-        elif b.misbehave == "garbage":
-            yield b"data: this is not JSON {" + end
-            yield b"data: [DONE]" + end
-        elif b.misbehave == "truncate":
-            yield b"data: [DONE]" + end
-        elif b.misbehave == "cut":
-            # Let the chunks already written leave before the connection drops.
-            await ctl.sleep_until(asyncio.get_running_loop().time() + 0.02)
-            raise _StubCut("misbehave=cut: dropping the connection mid-stream")

@@ -9,7 +9,10 @@ multiple of 300 samples). Misbehaviours for the client tests are chosen in
 :class:`PaddleSpeechBehaviour`.
 
 The Starlette app runs under uvicorn in the caller's event loop, on a socket bound here so
-that port 0 works.
+that port 0 works. This module is the server; the script and the request check are in
+``paddlespeech_behaviour.py``, the voice in ``paddlespeech_voice.py``. What is left (about 440
+lines) is one job: both protocols' endpoints and the misbehaviours they act out share the stub's
+pacing, stop and disconnect bookkeeping, so they stay in one class.
 """
 
 from __future__ import annotations
@@ -18,17 +21,11 @@ import asyncio
 import base64
 import contextlib
 import json
-import re
-import socket
-import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import numpy as np
-import soxr
 import structlog
 import uvicorn
 from starlette.applications import Starlette
@@ -39,6 +36,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from daemon.tools.stubs.lifecycle import StartStop
+from daemon.tools.stubs.paddlespeech_behaviour import (
+    PaddleSpeechBehaviour,
+    ReceivedRequest,
+    validate_tts_request,
+)
+from daemon.tools.stubs.paddlespeech_voice import CHUNK_SAMPLES, HOP_SAMPLES, espeak_pcm, sentences, split_chunks
+from daemon.tools.stubs.serving import InLoopServer, bind_socket, serve, wait_http_disconnect
 from daemon.tools.stubs.streaming import ClosingStreamingResponse
 
 log = structlog.get_logger()
@@ -55,61 +60,9 @@ __all__ = [
 
 PATH = "/paddlespeech/tts/streaming"
 SAMPLERATE_PATH = PATH + "/samplerate"
-CHUNK_SAMPLES = 36 * 300
-"""A full chunk: voc_block 36 mel frames x hop 300 = 10 800 samples (21 600 bytes, 0.45 s at 24 kHz)."""
-HOP_SAMPLES = 300
-"""The last chunk of a sentence is r x 300 samples."""
-ESPEAK_TIMEOUT_S = 20.0
-
-Misbehaviour = Literal["refuse", "hang", "error_500", "truncate", "empty", "garbage", "ws_error"]
-
-_SENTENCE_SPLIT = re.compile(r"(?<=[。！？；：，、!?;:,])|(?<=\.)(?=\s|$)")
-"""PaddleSpeech synthesizes sentence by sentence (merge_sentences=False); split after punctuation."""
-_CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 _GARBAGE = b"<html>this is not base64!</html>\n"
 _CLOSED_AT = "paddlespeech_stub.closed_at"
 """Scope key of a websocket's close time, a list holding one time.monotonic() once it closed."""
-
-
-@dataclass(frozen=True)
-class PaddleSpeechBehaviour:
-    """How the stand-in answers. Swap ``stub.behaviour`` between requests to change it."""
-
-    sample_rate: int = 24000
-    """The rate of the audio and of GET .../samplerate (PaddleSpeech's csmsc models: 24000)."""
-    first_chunk_delay_s: float = 0.0
-    """Wait before the first chunk (frontend plus the first AM/vocoder block)."""
-    chunk_delay_s: float = 0.0
-    """Wait before each later chunk."""
-    realtime_factor: float = 0.0
-    """Extra wait before each later chunk, per second of audio in it (0.3 = 0.3 s per 1 s)."""
-    raw_body_pieces: tuple[bytes, ...] | None = None
-    """Sent verbatim instead of synthesized audio: one HTTP chunk (or one status-1 ``audio``) each."""
-    pcm_override: bytes | None = None
-    """PCM to stream instead of the espeak voice, cut into 21 600-byte chunks plus the rest."""
-    samplerate_override: Any = None
-    """A JSON value GET .../samplerate returns instead of ``{"sample_rate": sample_rate}``."""
-    misbehave: Misbehaviour | None = None
-    """refuse: close every connection at once. hang: accept and never answer. error_500: HTTP 500
-    (websocket: handshake rejected with 500). truncate: one chunk, then drop the connection
-    without the end of the stream. empty: 200 (websocket: nothing) and an abrupt close.
-    garbage: a body (websocket: an ``audio`` value) that is not base64. ws_error: websocket
-    status -1 (over HTTP: like empty)."""
-
-
-@dataclass(frozen=True)
-class ReceivedRequest:
-    """One synthesis request as the stand-in received it."""
-
-    protocol: Literal["http", "websocket"]
-    body: Any
-    """The decoded JSON of the POST body or of the websocket text message (raw text if not JSON)."""
-    peer: tuple[str, int] | None
-    """The client's address and port: a new port means a new connection."""
-
-    @property
-    def text(self) -> Any:
-        return self.body.get("text") if isinstance(self.body, dict) else None
 
 
 class _StubAbort(Exception):
@@ -120,15 +73,7 @@ class _ClientGone(Exception):
     """The client disconnected while audio was being sent."""
 
 
-class _Server(uvicorn.Server):
-    """uvicorn without its signal handlers: the process that hosts the stand-ins owns SIGINT/SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Generator[None, None, None]:
-        yield
-
-
-class PaddleSpeechStub:
+class PaddleSpeechStub(StartStop):
     """PaddleSpeech streaming TTS on loopback; ``protocol`` is "http" or "websocket".
 
     Observation hooks: ``requests`` (every synthesis request received), ``ws_messages``
@@ -162,7 +107,7 @@ class PaddleSpeechStub:
         self.refused = 0
         self._changed = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._server: _Server | None = None
+        self._server: InLoopServer | None = None
         self._task: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -186,12 +131,8 @@ class PaddleSpeechStub:
     async def start(self) -> None:
         if self._task is not None:
             raise RuntimeError("PaddleSpeechStub already started")
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock = bind_socket(self.host, self.port)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.host, self.port))
-            sock.setblocking(False)
             self.port = sock.getsockname()[1]
             config = uvicorn.Config(
                 _quiet_aborts(_watch_ws_close(self._build_app())),
@@ -203,17 +144,9 @@ class PaddleSpeechStub:
                 timeout_graceful_shutdown=2,
             )
             self._stopping.clear()
-            self._server = _Server(config)
-            self._task = asyncio.create_task(self._server.serve(sockets=[sock]), name="paddlespeech-stub")
-            async with asyncio.timeout(10.0):
-                while not self._server.started:
-                    if self._task.done():
-                        self._task.result()
-                        raise RuntimeError("PaddleSpeechStub: uvicorn exited during startup")
-                    await asyncio.sleep(0.005)
+            self._server, self._task = await serve(config, sock, name="paddlespeech-stub", timeout=10.0)
         except BaseException:
             sock.close()
-            await self.stop()
             raise
         log.info("paddlespeech_stub_started", url=self.url, protocol=self.protocol)
 
@@ -232,13 +165,6 @@ class PaddleSpeechStub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         log.info("paddlespeech_stub_stopped", url=self.url)
-
-    async def __aenter__(self) -> PaddleSpeechStub:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.stop()
 
     async def wait_for_disconnects(self, count: int = 1, timeout: float = 2.0) -> None:
         """Wait until at least ``count`` mid-stream disconnects were seen (TimeoutError otherwise)."""
@@ -297,7 +223,7 @@ class PaddleSpeechStub:
     async def _http_tts(self, request: Request) -> Response:
         behaviour = self.behaviour
         raw = await request.body()
-        body, problems = _validate_tts_request(raw)
+        body, problems = validate_tts_request(raw)
         peer = (request.client.host, request.client.port) if request.client else None
         self.requests.append(ReceivedRequest("http", body, peer))
         self._note()
@@ -336,7 +262,7 @@ class PaddleSpeechStub:
 
     async def _hang_http(self, request: Request) -> None:
         """Never answer; return when the client goes away or the stub stops."""
-        disconnected = asyncio.ensure_future(_wait_http_disconnect(request))
+        disconnected = asyncio.ensure_future(wait_http_disconnect(request))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             done, _ = await asyncio.wait({disconnected, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -449,15 +375,15 @@ class PaddleSpeechStub:
                 yield b"", bytes(raw)
             return
         if behaviour.pcm_override is not None:
-            for pcm in _split_chunks(behaviour.pcm_override):
+            for pcm in split_chunks(behaviour.pcm_override):
                 yield pcm, base64.b64encode(pcm)
             return
-        for sentence in _sentences(text):
+        for sentence in sentences(text):
             started = time.monotonic()
             pcm = await espeak_pcm(sentence, behaviour.sample_rate)
             self.synth_log.append((sentence, time.monotonic() - started))
             pcm += bytes(-len(pcm) % (2 * HOP_SAMPLES))
-            for chunk in _split_chunks(pcm):
+            for chunk in split_chunks(pcm):
                 yield chunk, base64.b64encode(chunk)
 
     async def _pause(self, seconds: float) -> bool:
@@ -521,113 +447,3 @@ def _quiet_aborts(app: ASGIApp) -> ASGIApp:
             log.info("paddlespeech_stub_abort", reason=str(exc))
 
     return wrapped
-
-
-async def _wait_http_disconnect(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
-
-
-def _split_chunks(pcm: bytes) -> list[bytes]:
-    size = CHUNK_SAMPLES * 2
-    return [pcm[i : i + size] for i in range(0, len(pcm), size)]
-
-
-def _sentences(text: str) -> list[str]:
-    """Sentences that can be spoken; text with no letter or digit yields none (hence no audio)."""
-    return [s.strip() for s in _SENTENCE_SPLIT.split(text) if any(ch.isalnum() for ch in s)]
-
-
-def _validate_tts_request(raw: bytes) -> tuple[Any, list[dict[str, Any]]]:
-    """Check a POST body like FastAPI checks ``TTSRequest``; problems in FastAPI's 422 ``detail`` shape."""
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        return raw.decode("utf-8", "replace"), [{"loc": ["body", 0], "msg": str(exc), "type": "value_error.jsondecode"}]
-    if not isinstance(body, dict):
-        return body, [{"loc": ["body"], "msg": "value is not a valid dict", "type": "type_error.dict"}]
-    problems: list[dict[str, Any]] = []
-    if "text" not in body:
-        problems.append({"loc": ["body", "text"], "msg": "field required", "type": "value_error.missing"})
-    elif not isinstance(body["text"], str):
-        problems.append({"loc": ["body", "text"], "msg": "str type expected", "type": "type_error.str"})
-    for name, kind in (("spk_id", int), ("sample_rate", int), ("speed", float), ("volume", float)):
-        if name in body and not _coerces(body[name], kind):
-            problems.append(
-                {
-                    "loc": ["body", name],
-                    "msg": f"value is not a valid {kind.__name__ if kind is float else 'integer'}",
-                    "type": f"type_error.{kind.__name__ if kind is float else 'integer'}",
-                }
-            )
-    return body, problems
-
-
-def _coerces(value: Any, kind: type) -> bool:
-    """pydantic v1's lax coercion: numbers, and strings that parse as one."""
-    if isinstance(value, bool) or value is None:
-        return isinstance(value, bool)
-    if kind is int and isinstance(value, float):
-        return value.is_integer()
-    try:
-        kind(value)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-async def espeak_pcm(text: str, sample_rate: int) -> bytes:
-    """Speak ``text`` with espeak-ng and return int16 mono PCM at ``sample_rate``.
-
-    Text with CJK characters uses ``cmn-latn-pinyin`` (Debian's ``cmn`` voice reads hanzi as
-    English words); anything else ``en-us``. The text goes through stdin, so a text that
-    starts with "-" cannot be taken for an option.
-    """
-    voice = "cmn-latn-pinyin" if _CJK.search(text) else "en-us"
-    process = await asyncio.create_subprocess_exec(
-        "espeak-ng",
-        "-v",
-        voice,
-        "--stdout",
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        async with asyncio.timeout(ESPEAK_TIMEOUT_S):
-            wav, err = await process.communicate(text.encode("utf-8"))
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            process.kill()
-        await process.wait()
-        raise
-    if process.returncode != 0:
-        raise RuntimeError(f"espeak-ng failed ({process.returncode}): {err.decode(errors='replace').strip()}")
-    if not wav:
-        return b""
-    rate, pcm = _parse_wav(wav)
-    samples = np.frombuffer(pcm[: len(pcm) - len(pcm) % 2], dtype="<i2")
-    if rate != sample_rate and samples.size:
-        samples = soxr.resample(samples, rate, sample_rate)
-    return samples.astype("<i2").tobytes()
-
-
-def _parse_wav(wav: bytes) -> tuple[int, bytes]:
-    """(rate, data) of a mono 16-bit WAV; espeak's --stdout header has placeholder sizes."""
-    if wav[:4] != b"RIFF" or wav[8:12] != b"WAVE":
-        raise RuntimeError("espeak-ng did not write a WAV file")
-    pos, rate = 12, 0
-    while pos + 8 <= len(wav):
-        kind, size = wav[pos : pos + 4], struct.unpack("<I", wav[pos + 4 : pos + 8])[0]
-        body = pos + 8
-        if kind == b"fmt ":
-            fmt, channels, rate = struct.unpack("<HHI", wav[body : body + 8])
-            bits = struct.unpack("<H", wav[body + 14 : body + 16])[0]
-            if (fmt, channels, bits) != (1, 1, 16):
-                raise RuntimeError(f"espeak-ng wrote an unexpected WAV format {(fmt, channels, bits)}")
-        elif kind == b"data":
-            if not rate:
-                raise RuntimeError("espeak-ng WAV has data before fmt")
-            return rate, wav[body : min(len(wav), body + size)]
-        pos = body + size + (size & 1)
-    raise RuntimeError("espeak-ng WAV has no data chunk")

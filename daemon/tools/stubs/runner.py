@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 
 import structlog
 
@@ -15,13 +14,6 @@ from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
 
 log = structlog.get_logger()
-
-
-@dataclass(frozen=True)
-class StubUrls:
-    asr: str
-    llm: str
-    tts: str
 
 
 async def start_stubs(

@@ -1,0 +1,25 @@
+"""``moss-voice devices``: list the sound cards' inputs and outputs, for ``[audio]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from daemon.errors import HardwareError
+
+
+def register(subparsers: Any) -> None:
+    devices = subparsers.add_parser("devices", help="list the sound cards' inputs and outputs (for [audio])")
+    devices.set_defaults(func=_list)
+
+
+def _list(args: argparse.Namespace) -> int:
+    from hardware.pyaudio_io import format_devices, list_devices  # PyAudio only when asked
+
+    try:
+        print(format_devices(list_devices()))
+    except HardwareError as exc:
+        print(f"moss-voice devices: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,59 @@
+"""``moss-voice run``: load the config, configure logging, run the daemon until a signal; and the
+signal-aware asyncio runner the long-running commands share."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import structlog
+
+from daemon.cli_config import config_failed
+from daemon.config_load import load_settings
+from daemon.errors import ConfigError, HardwareError
+from daemon.logs import configure_logging
+
+log = structlog.get_logger()
+
+Start = Callable[[asyncio.Event], Coroutine[Any, Any, int]]
+"""What a long-running command runs: given the stop event, a coroutine that returns the exit code."""
+
+
+def register(subparsers: Any) -> None:
+    run = subparsers.add_parser("run", help="run the daemon")
+    run.add_argument("--config", "-c", metavar="PATH", help="TOML config (default: built-in defaults)")
+    run.add_argument(
+        "--once", action="store_true", help="exit after one finished turn: 0 answered, 1 failed, 3 nobody spoke"
+    )
+    run.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        return config_failed(args.config, exc)
+    configure_logging(settings.log.level, settings.log.format)
+    from daemon.app import App  # here, so that the other commands do not pay for its imports
+
+    return run_until_signal(lambda stop: App(settings, once=args.once).run(stop))
+
+
+def run_until_signal(start: Start) -> int:
+    """asyncio.run with SIGTERM and SIGINT setting a stop event (systemd stops us with SIGTERM)."""
+
+    async def runner() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            return await start(stop)
+        except HardwareError as exc:
+            log.error("hardware_error", error=str(exc))
+            return 1
+
+    return asyncio.run(runner())

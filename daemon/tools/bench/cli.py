@@ -1,0 +1,141 @@
+"""``moss-voice bench ...``: the benchmarks' and evaluations' options, each declared once, here.
+
+This module stays light (argparse and constants): the CLI builds every command's parser for any
+command, ``moss-voice config check`` included. Each ``_run_*`` imports its benchmark (numpy, the
+App, the stand-ins' servers) only when that benchmark runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from daemon.tools.bench.scenarios import BLOCK_MS, DEFAULT_SCENARIOS, SCENARIOS, WINDOW_S
+
+RATE = 16000
+
+
+def register(subparsers: Any) -> None:
+    bench = subparsers.add_parser("bench", help="measurements")
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="WHAT")
+    _register_vad(sub)
+    _register_aec(sub)
+    _register_idle(sub)
+    _register_latency(sub)
+    _register_barge_in(sub)
+
+
+def _register_vad(sub: Any) -> None:
+    vad = sub.add_parser("vad", help="both VADs on speech, silence, noise and motor hum")
+    vad.add_argument("wavs", nargs="*", type=Path, help="WAV files to measure instead of the generated set")
+    vad.set_defaults(func=_run_vad)
+
+
+def _register_aec(sub: Any) -> None:
+    aec = sub.add_parser("aec", help="echo cancellation: echo removed, double talk, VAD false triggers")
+    aec.add_argument("--seconds", type=_at_least_20, default=60.0, help="seconds of robot speech fed back (default 60)")
+    aec.add_argument("--frame-ms", type=int, default=10)
+    aec.add_argument("--filter-ms", type=int, default=256)
+    aec.add_argument("--echo-delay-ms", type=float, default=40.0)
+    aec.add_argument("--echo-gain", type=float, default=0.5)
+    aec.add_argument("--reference-delay-ms", type=float, default=0.0, help="EchoReference.delay_ms (default 0)")
+    aec.set_defaults(func=_run_aec)
+
+
+def _register_idle(sub: Any) -> None:
+    idle = sub.add_parser("idle", help="cost while waiting for a wake word: start to ready, idle CPU, peak RSS")
+    idle.add_argument("-n", type=int, default=5, help="daemon starts to time (default 5)")
+    idle.add_argument("--window", type=float, default=20.0, metavar="SECONDS", help="idle window (default 20)")
+    idle.add_argument("--pipeline-seconds", type=float, default=30.0, metavar="SECONDS", help="default 30")
+    idle.add_argument("--input", metavar="SPEC", help="daemon microphone (default: a room-noise WAV)")
+    idle.add_argument("--output", metavar="SPEC", help="daemon speaker (default: a WAV file)")
+    idle.add_argument("--no-importtime", action="store_true", help="skip the start under -X importtime")
+    idle.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
+    idle.set_defaults(func=_run_idle)
+
+
+def _register_latency(sub: Any) -> None:
+    latency = sub.add_parser(
+        "latency",
+        help="first-audio latency at the output, against the stand-ins, with injected service delays",
+        description="``moss-voice bench latency``: what the user feels, measured at the audio output.",
+    )
+    latency.add_argument("-n", type=_at_least_1, default=5, help="turns per scenario (default 5)")
+    latency.add_argument(
+        "--scenario",
+        action="append",
+        choices=sorted(SCENARIOS),
+        help=f"repeatable; default: {', '.join(DEFAULT_SCENARIOS)}",
+    )
+    latency.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
+    latency.add_argument("--png", type=Path, metavar="PATH", help="latency breakdown chart (needs matplotlib)")
+    latency.add_argument("--no-sequential", action="store_true", help="skip the sequential comparison")
+    latency.add_argument("--window", type=_positive, default=WINDOW_S, help="seconds of each answer to play (gaps)")
+    latency.add_argument(
+        "--block-ms",
+        type=_block_ms,
+        default=BLOCK_MS,
+        help=f"the devices' period, audio.block_ms (default {BLOCK_MS}): the output device adds up to one",
+    )
+    latency.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
+    latency.set_defaults(func=_run_latency)
+
+
+def _register_barge_in(sub: Any) -> None:
+    barge = sub.add_parser("barge-in", help="reaction to a user cutting in, over n interruptions")
+    barge.add_argument("-n", type=_at_least_1, default=20, help="interruptions (default 20)")
+    barge.add_argument("--mode", choices=("pause", "cancel"), default="pause")
+    barge.add_argument("--tts-protocol", choices=("http", "websocket"), default="http")
+    barge.add_argument("--json", type=Path, metavar="PATH", help="also write the raw figures here")
+    barge.set_defaults(func=_run_barge_in)
+
+
+def _run_vad(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import vad
+
+    return vad.command(args)
+
+
+def _run_aec(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import aec
+
+    return aec.command(args)
+
+
+def _run_idle(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import idle
+
+    return idle.command(args)
+
+
+def _run_latency(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import latency
+
+    return latency.command(args)
+
+
+def _run_barge_in(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import barge_in
+
+    return barge_in.command(args)
+
+
+def _checked(kind: type[float] | type[int], ok: Callable[[float], bool], problem: str) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` of the text, refused with ``problem`` unless ``ok`` of it."""
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names it in "invalid int value: 'x'"
+    return parse
+
+
+_at_least_1 = _checked(int, lambda v: v >= 1, "must be at least 1")
+_at_least_20 = _checked(float, lambda v: v >= 20, "must be at least 20")
+_positive = _checked(float, lambda v: v > 0, "must be positive")
+_block_ms = _checked(int, lambda v: v > 0 and RATE * v % 1000 == 0, "must be a positive whole number of 16 kHz samples")

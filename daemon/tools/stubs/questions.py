@@ -1,0 +1,100 @@
+"""The questions the stand-ins understand: espeak-ng speaks them into WAV files, and pocketsphinx,
+restricted to the JSGF grammar ``questions.gram`` (a handful of English questions), recognises
+espeak-ng's ``en-us+klatt4`` voice exactly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import wave
+from pathlib import Path
+
+SAMPLE_RATE = 16000
+GRAMMAR_PATH = Path(__file__).with_name("questions.gram")
+QUESTIONS = (
+    "what is the weather like today",
+    "turn on the kitchen light",
+    "please move forward two meters",
+    "what time is it",
+    "tell me a joke",
+    "who are you",
+    "hello robot",
+)
+"""Sentences of questions.gram (``hello robot`` may also precede any other question)."""
+ESPEAK_VOICE = "en-us+klatt4"
+"""The espeak-ng voice the grammar recognises exactly (the default en-us voice loses "is it")."""
+ESPEAK_SPEED = 175
+"""espeak-ng's default words per minute; 150 and 200 were exact too."""
+
+
+class Recogniser:
+    """pocketsphinx restricted to ``questions.gram``. Not thread-safe: one user at a time."""
+
+    def __init__(self, grammar: Path = GRAMMAR_PATH) -> None:
+        from pocketsphinx import Decoder  # the `stubs` extra; imported only when recognition is used
+
+        self._decoder = Decoder(samprate=SAMPLE_RATE, jsgf=str(grammar), logfn=os.devnull)
+        self._in_utt = False
+
+    def start(self) -> None:
+        self._end()
+        self._decoder.start_utt()
+        self._in_utt = True
+
+    def feed(self, pcm: bytes) -> str:
+        """Streaming: add audio, return the best hypothesis so far."""
+        if not self._in_utt:
+            self.start()
+        self._decoder.process_raw(pcm, False, False)
+        hyp = self._decoder.hyp()
+        return hyp.hypstr if hyp is not None else ""
+
+    def recognise(self, pcm: bytes) -> str:
+        """The whole utterance at once (better than streaming: batch cepstral normalisation)."""
+        self._end()
+        if len(pcm) < 3200:  # under 100 ms: nothing to decode
+            return ""
+        self._decoder.start_utt()
+        self._decoder.process_raw(pcm, False, True)
+        self._decoder.end_utt()
+        hyp = self._decoder.hyp()
+        return hyp.hypstr if hyp is not None else ""
+
+    def _end(self) -> None:
+        if self._in_utt:
+            self._decoder.end_utt()
+            self._in_utt = False
+
+
+def read_wav_pcm(path: str | os.PathLike[str]) -> bytes:
+    """The PCM of a 16 kHz mono 16-bit WAV file (ValueError for any other format)."""
+    with wave.open(os.fspath(path), "rb") as wav:
+        if (wav.getframerate(), wav.getnchannels(), wav.getsampwidth()) != (SAMPLE_RATE, 1, 2):
+            raise ValueError(
+                f"{path}: need 16 kHz mono 16-bit, got {wav.getframerate()} Hz, "
+                f"{wav.getnchannels()} channels, {8 * wav.getsampwidth()} bits"
+            )
+        return wav.readframes(wav.getnframes())
+
+
+def recognise_wav(path: str | os.PathLike[str]) -> str:
+    """What the stand-in would recognise in a 16 kHz mono WAV file (blocking, ~0.1 s + 2 % RTF)."""
+    return Recogniser().recognise(read_wav_pcm(path))
+
+
+def make_question_wav(
+    text: str, path: str | os.PathLike[str], *, voice: str = ESPEAK_VOICE, speed: int = ESPEAK_SPEED
+) -> Path:
+    """Speak ``text`` with espeak-ng into a 16 kHz mono 16-bit WAV the stand-in recognises exactly."""
+    out = Path(path)
+    speech = subprocess.run(
+        ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text], capture_output=True, check=True, timeout=30
+    ).stdout
+    subprocess.run(
+        ["sox", "-t", "wav", "-", "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(out)],
+        input=speech,
+        capture_output=True,
+        check=True,
+        timeout=30,
+    )
+    return out
