@@ -67,10 +67,6 @@ def test_states_and_hardware_import_neither_daemon_nor_each_other(package: str) 
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-@pytest.mark.xfail(
-    reason="daemon/clients/tts_common.py frames PCM with hardware.pcm.PcmFramer: the framer needs a home both may use",
-    strict=True,
-)
 def test_clients_do_not_import_hardware() -> None:
     files = sorted((ROOT / "daemon" / "clients").rglob("*.py"))
     assert files

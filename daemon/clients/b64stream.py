@@ -4,8 +4,9 @@ PaddleSpeech's HTTP stream is a bare concatenation of base64 strings with no sep
 (docs/protocols.md "PaddleSpeech: HTTP stream"). httpx does not preserve the server's chunk boundaries, so the text must
 be decoded incrementally, whatever the re-chunking, and a ``=``-padded group in the middle
 of the stream must end a segment instead of silently ending the decode ("PaddleSpeech: base64 in pieces"). The decoded
-bytes are then cut to whole 16-bit samples by ``hardware.pcm.PcmFramer``, because a decode
-boundary can fall inside one.
+bytes are then cut to whole 16-bit samples, because a decode
+boundary can fall inside one: with ``frame_bytes=2`` the decoder holds back the odd byte itself
+(the clients do not import ``hardware``, whose ``PcmFramer`` does the same for the devices).
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ class Base64StreamDecoder:
     (characters fed so far, whitespace included).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, frame_bytes: int = 1) -> None:
+        if frame_bytes < 1:
+            raise ValueError(f"frame_bytes must be positive, got {frame_bytes}")
+        self.frame_bytes = frame_bytes
+        """Decoded bytes are returned in whole frames of this size (2: 16-bit mono samples)."""
+        self._partial_frame = b""
         self._pending = b""
         """Significant characters of an incomplete group (at most 3)."""
         self._pending_pos: tuple[int, ...] = ()
@@ -98,10 +104,14 @@ class Base64StreamDecoder:
         self._pending_pos = tuple(position(i) for i in range(start, len(buf)))
         self._pending = buf[start:]
         self._offset += len(data)
-        return b"".join(out)
+        decoded = self._partial_frame + b"".join(out)
+        cut = len(decoded) - len(decoded) % self.frame_bytes
+        self._partial_frame = decoded[cut:]
+        return decoded[:cut]
 
     def close(self) -> bytes:
-        """End of the stream. Leftover characters that are not a whole group raise ValueError."""
+        """End of the stream. Leftover characters that are not a whole group raise ValueError.
+        Returns (and forgets) the bytes of an incomplete last frame, usually b""."""
         if self._pending:
             count = len(self._pending)
             first = self._pending_pos[0]
@@ -109,7 +119,8 @@ class Base64StreamDecoder:
                 f"base64 stream ended inside a 4-character group: {count} leftover character(s) at offset {first}"
             )
         self._offset = 0
-        return b""
+        rest, self._partial_frame = self._partial_frame, b""
+        return rest
 
     def _as_ascii(self, text: bytes | str) -> bytes:
         if isinstance(text, str):

@@ -18,7 +18,6 @@ import structlog
 from daemon.clients.b64stream import Base64StreamDecoder
 from daemon.config import TtsSettings
 from daemon.errors import TtsError, TtsTimeout
-from hardware.pcm import PcmFramer
 
 log = structlog.get_logger()
 
@@ -108,8 +107,7 @@ class TtsAudioStream:
         """True once the stream ended, well or badly; False while audio may still come."""
         self._clock = clock
         self.started_at = clock()
-        self._decoder = Base64StreamDecoder()
-        self._framer = PcmFramer(2)
+        self._decoder = Base64StreamDecoder(frame_bytes=2)  # whole 16-bit samples only
 
     def __aiter__(self) -> TtsAudioStream:
         return self
@@ -121,7 +119,7 @@ class TtsAudioStream:
                 if piece is None:
                     self._end()
                     break
-                pcm = self._framer.feed(self._decode(piece))
+                pcm = self._decode(piece)
             except TtsError as exc:
                 self.finished = True
                 log.warning("tts_error", url=self.url, error=str(exc), bytes=self.pcm_bytes, ms=self._ms())
@@ -156,10 +154,9 @@ class TtsAudioStream:
         """The server ended the stream properly: check that it was a whole, non-empty one."""
         self.finished = True
         try:
-            self._decoder.close()
+            rest = self._decoder.close()
         except ValueError as exc:
             raise TtsError(f"TTS audio from {self.url} is cut: {exc}") from exc
-        rest = self._framer.close()
         if rest:
             log.warning("tts_partial_sample_dropped", bytes=len(rest))
         if self.pcm_bytes == 0:
