@@ -47,7 +47,7 @@ async def stub() -> AsyncIterator[FunAsrStub]:
 
 
 def client_settings(url: str, **overrides: Any) -> AsrSettings:
-    base = AsrSettings(url=url, final_timeout_s=1.0, burst_ms=60_000, wav_name="q", connect_timeout_s=2.0)
+    base = AsrSettings(url=url, final_timeout_s=1.0, burst_ms=60_000, wav_name="q", connect_timeout_s=10.0)
     return replace(base, **overrides)
 
 
