@@ -130,7 +130,7 @@ def _cmd_stubs(args: argparse.Namespace) -> int:
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
-    from hardware.pyaudio_io import format_devices, list_devices
+    from hardware.pyaudio_devices import format_devices, list_devices
 
     try:
         print(format_devices(list_devices()))

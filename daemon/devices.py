@@ -15,7 +15,8 @@ from daemon.config import AecSettings, AudioSettings
 from daemon.reopening_speaker import ReopeningSpeaker
 from hardware.aec import make_echo_canceller as hardware_echo_canceller
 from hardware.errors import HardwareError
-from hardware.pyaudio_io import PyAudioMicrophone, PyAudioSpeaker
+from hardware.pyaudio_mic import PyAudioMicrophone
+from hardware.pyaudio_speaker import PyAudioSpeaker
 from hardware.room import RoomAcoustics, RoomMicrophone, TappedSpeaker
 from hardware.wavfile import WavMicrophone, WavSpeaker
 from states.echo_reference import EchoReference
