@@ -18,7 +18,8 @@ from hardware.errors import HardwareError
 from hardware.pyaudio_mic import PyAudioMicrophone
 from hardware.pyaudio_speaker import PyAudioSpeaker
 from hardware.room import RoomAcoustics, RoomMicrophone, TappedSpeaker
-from hardware.wavfile import WavMicrophone, WavSpeaker
+from hardware.wav_mic import WavMicrophone
+from hardware.wav_speaker import WavSpeaker
 from states.echo_reference import EchoReference
 from states.ports import EchoCanceller, Microphone, Speaker
 

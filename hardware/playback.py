@@ -17,9 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable
 
 from hardware.pcm import PcmFramer
-from hardware.stream import Changes
-
-Sleep = Callable[[float], Awaitable[None]]
+from hardware.stream import Changes, Clock, Sleep
 
 _MAX_WAIT_S = 2.0
 
@@ -30,7 +28,7 @@ class Playback:
     ``wait_until`` is how the speaker waits: it may add a liveness check (see ``Changes``).
     """
 
-    def __init__(self, *, clock: Callable[[], float], sleep: Sleep = asyncio.sleep, bytes_per_s: int = 0) -> None:
+    def __init__(self, *, clock: Clock, sleep: Sleep = asyncio.sleep, bytes_per_s: int = 0) -> None:
         self.bytes_per_s = bytes_per_s
         """Of the device format; a PortAudio speaker learns it when the device is open."""
         self._clock = clock

@@ -32,7 +32,8 @@ import structlog
 from hardware.errors import HardwareError
 from hardware.pcm import MIC_RATE, stream_resampler, to_int16
 from hardware.pyaudio_devices import StreamFormat
-from hardware.pyaudio_stream import INPUT_OVERFLOW, LOG_EVERY_S, PA_COMPLETE, Clock, PyAudioStream, Timeline
+from hardware.pyaudio_stream import INPUT_OVERFLOW, LOG_EVERY_S, PA_COMPLETE, PyAudioStream, Timeline
+from hardware.stream import Clock
 
 log = structlog.get_logger()
 

@@ -40,11 +40,11 @@ from hardware.pyaudio_stream import (
     LOG_EVERY_S,
     OUTPUT_UNDERFLOW,
     PA_COMPLETE,
-    Clock,
     PyAudioStream,
     Timeline,
     dac_ahead,
 )
+from hardware.stream import Clock
 
 log = structlog.get_logger()
 

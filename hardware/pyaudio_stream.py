@@ -35,11 +35,10 @@ from hardware.pyaudio_devices import (
     select_device,
     terminate_portaudio,
 )
-from hardware.stream import Changes, DeviceStream
+from hardware.stream import Changes, Clock, DeviceStream
 
 log = structlog.get_logger()
 
-Clock = Callable[[], float]
 T = TypeVar("T")
 
 OPEN_TIMEOUT_S = 10.0

@@ -37,19 +37,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
 import structlog
 
 from hardware.errors import HardwareError
-from hardware.wavfile import MIC_RATE, Clock, Sleep, WavSpeaker, load_wav_16k_mono
+from hardware.pcm import MIC_RATE
+from hardware.stream import Clock, DeviceStream, Sleep
+from hardware.wav_mic import ClockedMicrophone
+from hardware.wav_speaker import WavSpeaker
+from hardware.wavfile import HEADER_BYTES, load_wav_16k_mono
 
 log = structlog.get_logger()
 
-_WAV_HEADER_BYTES = 44
-"""WavSpeaker writes a plain 44-byte RIFF header; the tap checks it before relying on it."""
 _POLL_AFTER_TICK_S = 0.001
 """The tap polls this long after each speaker tick, so it reads a block right after it is written."""
 
@@ -129,7 +130,7 @@ class ReferenceSink(Protocol):
     def push(self, pcm_16k: bytes, play_time: float) -> None: ...
 
 
-class TappedSpeaker:
+class TappedSpeaker(DeviceStream):
     """A ``WavSpeaker`` that also reports what it played, at 16 kHz: to the room and to an echo reference.
 
     Forwards the whole Speaker port to ``inner`` (its other observation properties: ``.inner``).
@@ -147,6 +148,7 @@ class TappedSpeaker:
     ) -> None:
         if history_s <= 0:
             raise ValueError(f"history_s must be positive, got {history_s}")
+        super().__init__()
         self.inner = inner
         self.sample_rate = inner.sample_rate
         self.reference = reference
@@ -161,18 +163,19 @@ class TappedSpeaker:
         self._produced = 0  # 16 kHz samples produced so far
         self._history = bytearray()  # the newest produced samples, ending at _origin + _produced
         self._poller: asyncio.Task[None] | None = None
-        self._failure: HardwareError | None = None
 
     @property
     def name(self) -> str:
         return f"tapped {self.inner.name}"
 
+    @property
+    def is_open(self) -> bool:
+        return self._fd >= 0
+
     # -- lifecycle
 
-    async def open(self) -> None:
-        """Open the inner speaker, then follow its file. Idempotent."""
-        if self._fd >= 0:
-            return
+    async def _open(self) -> None:
+        """Open the inner speaker, then follow its file."""
         await self.inner.open()
         opened_at = self.inner.opened_at
         assert opened_at is not None
@@ -181,11 +184,11 @@ class TappedSpeaker:
         except OSError as exc:
             raise HardwareError(f"{self.name}: cannot read back its file: {exc.strerror or exc}") from exc
         try:
-            header = os.pread(fd, _WAV_HEADER_BYTES, 0)
+            header = os.pread(fd, HEADER_BYTES, 0)
         except OSError as exc:
             os.close(fd)
             raise HardwareError(f"{self.name}: cannot read back its file: {exc.strerror or exc}") from exc
-        if len(header) < _WAV_HEADER_BYTES or header[:4] != b"RIFF" or header[36:40] != b"data":
+        if len(header) < HEADER_BYTES or header[:4] != b"RIFF" or header[36:40] != b"data":
             os.close(fd)
             raise HardwareError(f"{self.name}: its file does not start with a plain 44-byte WAV header")
         self._fd = fd
@@ -198,8 +201,8 @@ class TappedSpeaker:
         self._poller = asyncio.create_task(self._poll_forever(opened_at), name="speaker-tap")
         log.info("speaker_tap_opened", path=str(self.inner.path), sample_rate=self.sample_rate)
 
-    async def aclose(self) -> None:
-        """Stop following the file and close the inner speaker. Idempotent."""
+    async def _close(self) -> None:
+        """Stop following the file and close the inner speaker."""
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.wait([self._poller])
@@ -208,15 +211,6 @@ class TappedSpeaker:
             os.close(self._fd)
             self._fd = -2  # closed: open() will not reopen
         await self.inner.aclose()
-
-    async def __aenter__(self) -> TappedSpeaker:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     # -- the Speaker port, forwarded
 
@@ -251,9 +245,9 @@ class TappedSpeaker:
         if self._fd < 0:
             return 0
         try:
-            available = os.fstat(self._fd).st_size - _WAV_HEADER_BYTES - self._consumed
+            available = os.fstat(self._fd).st_size - HEADER_BYTES - self._consumed
             available -= available % 2
-            data = os.pread(self._fd, available, _WAV_HEADER_BYTES + self._consumed) if available > 0 else b""
+            data = os.pread(self._fd, available, HEADER_BYTES + self._consumed) if available > 0 else b""
         except OSError as exc:
             self._failure = HardwareError(f"{self.name}: cannot read back its file: {exc.strerror or exc}")
             raise self._failure from exc
@@ -326,7 +320,7 @@ class TappedSpeaker:
 # --------------------------------------------------------------------------- the microphone
 
 
-class RoomMicrophone:
+class RoomMicrophone(ClockedMicrophone):
     """A microphone in a simulated room: a user WAV (or nobody) plus the echo of ``speaker``, plus noise.
 
     On the wall clock like ``WavMicrophone``: ``open()`` loads the file and starts the clock;
@@ -335,8 +329,6 @@ class RoomMicrophone:
     late (a stalled event loop) is waited for, at most ``2 * block_ms``; then what it has not
     written is heard as silence. ``speaker`` may be attached after construction.
     """
-
-    sample_rate: int = MIC_RATE
 
     def __init__(
         self,
@@ -349,34 +341,21 @@ class RoomMicrophone:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if block_ms <= 0 or MIC_RATE * block_ms % 1000:
-            raise ValueError(f"block_ms must be a positive whole number of 16 kHz samples, got {block_ms}")
+        super().__init__(block_ms=block_ms, clock=clock, sleep=sleep)
         self.path = None if user_wav is None else Path(user_wav)
         self.speaker = speaker
         self.acoustics = acoustics or RoomAcoustics()
-        self.block_ms = block_ms
-        self.block_samples = MIC_RATE * block_ms // 1000
-        self._block_s = self.block_samples / MIC_RATE
         self._taps = self.acoustics.taps(MIC_RATE)
         self._rng = np.random.default_rng(seed)
-        self._clock = clock
-        self._sleep = sleep
         self._user = np.zeros(0, dtype="<i2")
-        self._t0: float | None = None
         self._origin = 0
-        self._blocks_read = 0
-        self._closed = False
 
     @property
     def name(self) -> str:
         return f"microphone 'room:{self.path or '-'}'"
 
-    async def open(self) -> None:
-        """Load and convert the user's file (in a worker thread), then start the clock. Idempotent."""
-        if self._closed:
-            raise HardwareError(f"{self.name}: already closed")
-        if self._t0 is not None:
-            return
+    async def _open(self) -> None:
+        """Load and convert the user's file (in a worker thread), then start the clock."""
         if self.path is not None:
             try:
                 self._user = await asyncio.to_thread(load_wav_16k_mono, self.path)
@@ -401,16 +380,7 @@ class RoomMicrophone:
 
     async def read(self) -> bytes:
         """The next ``block_ms`` of the room, waiting for its end time to pass."""
-        if self._closed:
-            raise HardwareError(f"{self.name}: read after close")
-        if self._t0 is None:
-            raise HardwareError(f"{self.name}: read before open()")
-        n = self._blocks_read
-        delay = self._t0 + (n + 1) * self._block_s - self._clock()
-        if delay > 0:
-            await self._sleep(delay)
-        if self._closed:
-            raise HardwareError(f"{self.name}: closed while reading")
+        n = await self._next_block()
         size = self.block_samples
         first = self._origin + n * size
         if self.speaker is not None:
@@ -428,30 +398,13 @@ class RoomMicrophone:
         self._blocks_read = n + 1
         return _to_int16(mix).tobytes()
 
-    async def aclose(self) -> None:
-        self._closed = True
-
     async def _wait_for_speaker(self, speaker: PlayedAudio, needed: float) -> None:
         """Let a late speaker ticker write what this block's echo needs (bounded: never hangs)."""
         deadline = self._clock() + 2 * self._block_s
         while speaker.known_until() < needed and self._clock() < deadline:
             await self._sleep(0.001)
 
-    async def __aenter__(self) -> RoomMicrophone:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
     # -- observation
-
-    @property
-    def opened_at(self) -> float | None:
-        """Clock time of ``open()``: the user file's offset 0."""
-        return self._t0
 
     @property
     def last_capture_time(self) -> float | None:
@@ -459,10 +412,6 @@ class RoomMicrophone:
         if self._t0 is None or self._blocks_read == 0:
             return None
         return (self._origin + (self._blocks_read - 1) * self.block_samples) / MIC_RATE
-
-    @property
-    def blocks_read(self) -> int:
-        return self._blocks_read
 
     @property
     def duration_s(self) -> float:

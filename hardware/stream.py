@@ -5,11 +5,15 @@ that lets callers wait for a device's state to change."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Self
 
 from hardware.errors import HardwareError
+
+Clock = Callable[[], float]
+"""Monotonic seconds: ``time.monotonic`` unless a test drives time."""
+Sleep = Callable[[float], Awaitable[None]]
 
 
 class DeviceStream:
