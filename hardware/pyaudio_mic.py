@@ -30,7 +30,7 @@ import numpy as np
 import structlog
 
 from hardware.errors import HardwareError
-from hardware.pcm import MIC_RATE, stream_resampler, to_int16
+from hardware.pcm import MIC_RATE, PcmFramer, stream_resampler, to_int16
 from hardware.pyaudio_devices import StreamFormat
 from hardware.pyaudio_stream import INPUT_OVERFLOW, LOG_EVERY_S, PA_COMPLETE, PyAudioStream, Timeline
 from hardware.stream import Clock
@@ -75,10 +75,9 @@ class PyAudioMicrophone(PyAudioStream):
             stall_timeout_s=stall_timeout_s,
         )
         self.block_samples = MIC_RATE * block_ms // 1000
-        self._block_bytes = self.block_samples * 2
 
         self._queue: deque[tuple[bytes, float]] = deque(maxlen=max(1, round(max_queue_s * 1000 / block_ms)))
-        self._pending = bytearray()
+        self._blocks = PcmFramer(self.block_samples * 2)  # 16 kHz audio cut into whole blocks
         self._resample: Any = None
         self._timeline: Timeline | None = None
 
@@ -167,14 +166,14 @@ class PyAudioMicrophone(PyAudioStream):
             else:
                 held_back = 0.0
             pcm = to_int16(mono).tobytes()
-        self._pending += pcm
-        pending_end = t_first + frames / fmt.rate - held_back  # capture time just after the last pending sample
+        blocks = self._blocks.feed(pcm)
+        # Capture time just after the last sample converted, less what waits for the next block.
+        blocks_end = t_first + frames / fmt.rate - held_back - self._blocks.pending / 2 / MIC_RATE
 
-        size = self._block_bytes
-        while len(self._pending) >= size:
-            t_block = pending_end - len(self._pending) / 2 / MIC_RATE
-            block = bytes(self._pending[:size])
-            del self._pending[:size]
+        size = self._blocks.frame_bytes
+        for i in range(0, len(blocks), size):
+            t_block = blocks_end - (len(blocks) - i) / 2 / MIC_RATE
+            block = blocks[i : i + size]
             if len(self._queue) == self._queue.maxlen:
                 self.dropped_blocks += 1
                 self._log_overflow("queue")
