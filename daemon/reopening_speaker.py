@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
@@ -13,6 +14,8 @@ from states.ports import Speaker
 from states.reopen import Backoff, reopen_device
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 
 class ReopeningSpeaker:
@@ -50,29 +53,23 @@ class ReopeningSpeaker:
         self._inner = await reopen_device(old, self._reopen, name="speaker", backoff=self._backoff)
         self._error = None
 
-    async def write(self, pcm: bytes) -> None:
+    async def _on_device(self, call: Callable[[Speaker], Awaitable[T]]) -> T:
+        """``call`` on the current device; a HardwareError from it starts the reopening."""
         inner = self._current()
         try:
-            await inner.write(pcm)
+            return await call(inner)
         except HardwareError as exc:
             self._failed(exc)
             raise
+
+    async def write(self, pcm: bytes) -> None:
+        await self._on_device(lambda inner: inner.write(pcm))
 
     async def drain(self) -> None:
-        inner = self._current()
-        try:
-            await inner.drain()
-        except HardwareError as exc:
-            self._failed(exc)
-            raise
+        await self._on_device(lambda inner: inner.drain())
 
     async def wait_audible(self) -> float:
-        inner = self._current()
-        try:
-            return await inner.wait_audible()
-        except HardwareError as exc:
-            self._failed(exc)
-            raise
+        return await self._on_device(lambda inner: inner.wait_audible())
 
     def flush(self) -> None:
         if self._inner is not None:

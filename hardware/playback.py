@@ -146,3 +146,21 @@ class Playback:
         if self._period_open and self.audible_at is not None and end >= self.queued_total:
             self._period_open = False  # ran dry: the next write starts a new audible period
         self.changes.notify()
+
+
+class PlaybackControls:
+    """The Speaker port's pause and resume, for a speaker built on a ``Playback``."""
+
+    _playback: Playback
+
+    def pause(self) -> None:
+        """Play silence from the next device buffer on, keeping the queue (a barge-in that may be false)."""
+        self._playback.pause()
+
+    def resume(self) -> None:
+        """Play the queue on from where ``pause`` stopped it."""
+        self._playback.resume()
+
+    @property
+    def paused(self) -> bool:
+        return self._playback.paused

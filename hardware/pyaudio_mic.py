@@ -32,7 +32,7 @@ import structlog
 from hardware.errors import HardwareError
 from hardware.pcm import MIC_RATE, PcmFramer, stream_resampler, to_int16
 from hardware.pyaudio_devices import StreamFormat
-from hardware.pyaudio_stream import INPUT_OVERFLOW, LOG_EVERY_S, PA_COMPLETE, PyAudioStream, Timeline
+from hardware.pyaudio_stream import INPUT_OVERFLOW, LOG_EVERY_S, PA_COMPLETE, PyAudioStream
 from hardware.stream import Clock
 
 log = structlog.get_logger()
@@ -52,6 +52,7 @@ class PyAudioMicrophone(PyAudioStream):
     _kind = "input"
     _preferred_rate = MIC_RATE
     _use = "read"
+    _stall_reason = "no audio from {name} for {seconds:.1f} s"
 
     def __init__(
         self,
@@ -66,30 +67,18 @@ class PyAudioMicrophone(PyAudioStream):
     ) -> None:
         if block_ms <= 0 or MIC_RATE * block_ms % 1000:
             raise ValueError(f"block_ms must be a positive whole number of 16 kHz samples, got {block_ms}")
-        super().__init__(
-            device,
-            block_ms=block_ms,
-            clock=clock,
-            device_rate=device_rate,
-            device_channels=device_channels,
-            stall_timeout_s=stall_timeout_s,
-        )
+        super().__init__(device, block_ms, clock, device_rate, device_channels, stall_timeout_s)
         self.block_samples = MIC_RATE * block_ms // 1000
 
         self._queue: deque[tuple[bytes, float]] = deque(maxlen=max(1, round(max_queue_s * 1000 / block_ms)))
         self._blocks = PcmFramer(self.block_samples * 2)  # 16 kHz audio cut into whole blocks
         self._resample: Any = None
-        self._timeline: Timeline | None = None
 
         self.last_block_time: float | None = None
         """clock() time of the first sample of the block ``read()`` returned last."""
         self.dropped_blocks = 0
         self.device_overflows = 0
         self._last_overflow_log = -1e9
-
-    @property
-    def name(self) -> str:
-        return f"microphone '{self.device}'"
 
     def _started(self, stream: Any, fmt: StreamFormat) -> float:
         return float(stream.get_input_latency())
@@ -121,9 +110,6 @@ class PyAudioMicrophone(PyAudioStream):
 
     # -- internals
 
-    def _stall_reason(self, seconds: float) -> str:
-        return f"no audio from {self.name} for {seconds:.1f} s"
-
     def _make_callback(self, fmt: StreamFormat) -> Callable[..., tuple[bytes | None, int]]:
         loop = self._loop
         assert loop is not None
@@ -145,12 +131,10 @@ class PyAudioMicrophone(PyAudioStream):
         if status & INPUT_OVERFLOW:
             self.device_overflows += 1
             self._log_overflow("device")
-        if self._timeline is None:
-            self._timeline = Timeline(fmt.rate)
         # The block's first sample was captured one block before the callback (at the latest).
         # PortAudio's inputBufferAdcTime is not used: over ALSA's pulse plugin it claims capture
         # less than one block before the callback, and drifts by milliseconds per second.
-        t_first = self._timeline.place(now - frames / fmt.rate, frames)
+        t_first = self._place(fmt, now - frames / fmt.rate, frames)
 
         raw = data if data is not None else bytes(frames * fmt.frame_bytes)
         if fmt.rate == MIC_RATE and fmt.channels == 1:

@@ -34,14 +34,13 @@ import numpy as np
 import structlog
 
 from hardware.pcm import MIC_RATE, stream_resampler, to_int16
-from hardware.playback import Playback
+from hardware.playback import Playback, PlaybackControls
 from hardware.pyaudio_devices import StreamFormat
 from hardware.pyaudio_stream import (
     LOG_EVERY_S,
     OUTPUT_UNDERFLOW,
     PA_COMPLETE,
     PyAudioStream,
-    Timeline,
     dac_ahead,
 )
 from hardware.stream import Clock
@@ -52,7 +51,7 @@ PlaybackListener = Callable[[bytes, float], None]
 """``on_played(pcm_16k_mono_int16, time_first_sample_is_heard)``, called on the event loop thread."""
 
 
-class PyAudioSpeaker(PyAudioStream):
+class PyAudioSpeaker(PlaybackControls, PyAudioStream):
     """The Speaker port on a PortAudio output device.
 
     Callers write int16 mono at ``sample_rate`` (the TTS rate). ``on_played`` (optional, settable
@@ -62,6 +61,7 @@ class PyAudioSpeaker(PyAudioStream):
     """
 
     _kind = "output"
+    _stall_reason = "the device has taken no audio for {seconds:.1f} s"
 
     def __init__(
         self,
@@ -78,14 +78,7 @@ class PyAudioSpeaker(PyAudioStream):
     ) -> None:
         if sample_rate <= 0 or block_ms <= 0:
             raise ValueError(f"sample_rate and block_ms must be positive, got {sample_rate}, {block_ms}")
-        super().__init__(
-            device,
-            block_ms=block_ms,
-            clock=clock,
-            device_rate=device_rate,
-            device_channels=device_channels,
-            stall_timeout_s=stall_timeout_s,
-        )
+        super().__init__(device, block_ms, clock, device_rate, device_channels, stall_timeout_s)
         self.sample_rate = sample_rate
         self._preferred_rate = sample_rate
         self.on_played = on_played
@@ -95,13 +88,8 @@ class PyAudioSpeaker(PyAudioStream):
         self._changes = self._playback.changes
         self._resample: Any = None  # sample_rate -> device rate
         self._tap_resample: Any = None  # device rate -> 16 kHz
-        self._timeline: Timeline | None = None
         self.underruns = 0
         self._last_underrun_log = -1e9
-
-    @property
-    def name(self) -> str:
-        return f"speaker '{self.device}'"
 
     def _started(self, stream: Any, fmt: StreamFormat) -> float:
         self._output_latency = float(stream.get_output_latency())
@@ -144,14 +132,6 @@ class PyAudioSpeaker(PyAudioStream):
             self._resample.clear()
             self._enqueue(to_int16(tail))
         await self._playback.drain(self._wait_until)
-
-    def pause(self) -> None:
-        """Play silence from the next device buffer on, keeping the queue (a barge-in that may be false)."""
-        self._playback.pause()
-
-    def resume(self) -> None:
-        """Play the queue on from where ``pause`` stopped it."""
-        self._playback.resume()
 
     @property
     def audio_samples_played(self) -> int:
@@ -207,9 +187,6 @@ class PyAudioSpeaker(PyAudioStream):
             samples = np.repeat(samples, fmt.channels)  # the same sample on every channel
         self._playback.enqueue(samples.astype("<i2", copy=False).tobytes())
 
-    def _stall_reason(self, seconds: float) -> str:
-        return f"the device has taken no audio for {seconds:.1f} s"
-
     def _make_callback(self, fmt: StreamFormat) -> Callable[..., tuple[bytes | None, int]]:
         loop = self._loop
         assert loop is not None
@@ -238,10 +215,8 @@ class PyAudioSpeaker(PyAudioStream):
             if self._last_callback - self._last_underrun_log >= LOG_EVERY_S:
                 self._last_underrun_log = self._last_callback
                 log.debug("audio_underrun", device=self._device_name, underruns=self.underruns)
-        if self._timeline is None:
-            self._timeline = Timeline(fmt.rate)
         ahead = dac_ahead(time_info)
-        t = self._timeline.place(now + (ahead if ahead is not None else self._output_latency), frames)
+        t = self._place(fmt, now + (ahead if ahead is not None else self._output_latency), frames)
         self._playback.played(start, n, t)
         if self.on_played is not None:
             self._tap(fmt, out, frames, t)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -140,23 +139,24 @@ def discard_opened(opened: tuple[Any, Any, DeviceInfo, StreamFormat]) -> None:
 class PyAudioStream(DeviceStream):
     """One PortAudio callback stream of ``kind``, from ``open()`` to ``aclose()``.
 
-    A subclass gives ``name``, ``_preferred_rate`` (what to ask the device for first), ``_make_callback``
+    A subclass gives ``_preferred_rate`` (what to ask the device for first), ``_make_callback``
     (the PortAudio-thread function, which hands its buffer to ``_post``), ``_on_buffer`` (the same
     buffer on the loop thread) and ``_stall_reason``; it may add fields to the open and close logs.
     """
 
     _kind: Kind
     _preferred_rate: int
+    _stall_reason: str
+    """Why the stream failed when it made no progress: a format of ``name`` and ``seconds``."""
 
     def __init__(
         self,
         device: str | int,
-        *,
         block_ms: int,
-        clock: Clock = time.monotonic,
-        device_rate: int | None = None,
-        device_channels: int | None = None,
-        stall_timeout_s: float = 2.0,
+        clock: Clock,
+        device_rate: int | None,
+        device_channels: int | None,
+        stall_timeout_s: float,
     ) -> None:
         super().__init__()
         self.device = device
@@ -174,6 +174,11 @@ class PyAudioStream(DeviceStream):
         self._closing = False  # read by the PortAudio thread
         self._changes = Changes()
         self._last_callback = 0.0  # loop time
+        self._timeline: Timeline | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{'microphone' if self._kind == 'input' else 'speaker'} '{self.device}'"
 
     @property
     def is_open(self) -> bool:
@@ -259,9 +264,6 @@ class PyAudioStream(DeviceStream):
     def _on_buffer(self, fmt: StreamFormat, *args: Any) -> None:
         raise NotImplementedError
 
-    def _stall_reason(self, seconds: float) -> str:
-        raise NotImplementedError
-
     # -- from the PortAudio thread to the loop
 
     def _post(self, loop: asyncio.AbstractEventLoop, *args: Any) -> int:
@@ -284,6 +286,12 @@ class PyAudioStream(DeviceStream):
                 f"cannot {'process captured' if self._kind == 'input' else 'account for played'} audio: {exc!r}"
             )
 
+    def _place(self, fmt: StreamFormat, measured: float, frames: int) -> float:
+        """The clock() time of a device buffer's first frame, from the time measured for it."""
+        if self._timeline is None:
+            self._timeline = Timeline(fmt.rate)
+        return self._timeline.place(measured, frames)
+
     # -- failures
 
     @property
@@ -303,7 +311,7 @@ class PyAudioStream(DeviceStream):
         self._check_active()
         stalled = self._loop.time() - self._last_callback
         if stalled > self._stall_timeout_s:
-            self._fail(self._stall_reason(stalled))
+            self._fail(self._stall_reason.format(name=self.name, seconds=stalled))
 
     def _fail(self, reason: str) -> None:
         self._set_failure(reason)

@@ -110,3 +110,23 @@ class Changes:
             except TimeoutError:
                 if on_quiet is not None:
                     on_quiet()  # only after a quiet wait: a busy loop is not a stalled device
+
+
+class ClockedStream(DeviceStream):
+    """A stand-in device on the wall clock (a WAV file, the simulated room): its time line starts
+    when it is opened, at ``opened_at`` (file offset 0), and runs on ``clock``/``sleep``."""
+
+    def __init__(self, *, clock: Clock, sleep: Sleep) -> None:
+        super().__init__()
+        self._clock = clock
+        self._sleep = sleep
+        self._t0: float | None = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._t0 is not None
+
+    @property
+    def opened_at(self) -> float | None:
+        """Clock time of ``open()``: file offset 0."""
+        return self._t0

@@ -24,13 +24,13 @@ import structlog
 
 from hardware.errors import HardwareError
 from hardware.pcm import MIC_RATE
-from hardware.stream import Clock, DeviceStream, Sleep
+from hardware.stream import Clock, ClockedStream, Sleep
 from hardware.wavfile import WavProblem, decode_wav, to_mono_16k
 
 log = structlog.get_logger()
 
 
-class ClockedMicrophone(DeviceStream):
+class ClockedMicrophone(ClockedStream):
     """A microphone whose blocks come on the wall clock from ``open()`` (``_start_clock``) on.
 
     ``_next_block()`` waits for the end of the next block and returns its index; the subclass
@@ -43,18 +43,11 @@ class ClockedMicrophone(DeviceStream):
     def __init__(self, *, block_ms: int, clock: Clock, sleep: Sleep) -> None:
         if block_ms <= 0 or MIC_RATE * block_ms % 1000:
             raise ValueError(f"block_ms must be a positive whole number of 16 kHz samples, got {block_ms}")
-        super().__init__()
+        super().__init__(clock=clock, sleep=sleep)
         self.block_ms = block_ms
         self.block_samples = MIC_RATE * block_ms // 1000
         self._block_s = self.block_samples / MIC_RATE
-        self._clock = clock
-        self._sleep = sleep
-        self._t0: float | None = None
         self._blocks_read = 0
-
-    @property
-    def is_open(self) -> bool:
-        return self._t0 is not None
 
     async def _close(self) -> None:
         pass
@@ -70,11 +63,6 @@ class ClockedMicrophone(DeviceStream):
         if self._closed:
             raise HardwareError(f"{self.name}: closed while reading")
         return n
-
-    @property
-    def opened_at(self) -> float | None:
-        """Clock time of ``open()``: file offset 0."""
-        return self._t0
 
     @property
     def blocks_read(self) -> int:

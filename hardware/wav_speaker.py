@@ -22,14 +22,14 @@ from pathlib import Path
 import structlog
 
 from hardware.errors import HardwareError
-from hardware.playback import Playback
-from hardware.stream import Clock, DeviceStream, Sleep
+from hardware.playback import Playback, PlaybackControls
+from hardware.stream import Clock, ClockedStream, Sleep
 from hardware.wavfile import MAX_DATA_BYTES, wav_header, write_all
 
 log = structlog.get_logger()
 
 
-class WavSpeaker(DeviceStream):
+class WavSpeaker(PlaybackControls, ClockedStream):
     """A sound card that records into a 16-bit mono WAV file, on the wall clock.
 
     From ``await open()`` on, a ticker task writes one block every ``block_ms`` on an absolute
@@ -51,18 +51,15 @@ class WavSpeaker(DeviceStream):
     ) -> None:
         if sample_rate <= 0 or block_ms <= 0:
             raise ValueError(f"sample_rate and block_ms must be positive, got {sample_rate}, {block_ms}")
-        super().__init__()
+        super().__init__(clock=clock, sleep=sleep)
         self.path = Path(path)
         self.sample_rate = sample_rate
         self.block_ms = block_ms
         self.block_samples = max(1, round(sample_rate * block_ms / 1000))
         self._block_s = self.block_samples / sample_rate
         self._max_queue_bytes = int(max_queue_s * sample_rate) * 2
-        self._clock = clock
-        self._sleep = sleep
 
         self._fd = -1  # an unbuffered OS file descriptor once open
-        self._t0: float | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._playback = Playback(clock=clock, sleep=sleep, bytes_per_s=sample_rate * 2)
 
@@ -73,10 +70,6 @@ class WavSpeaker(DeviceStream):
     @property
     def name(self) -> str:
         return f"speaker 'wav:{self.path}'"
-
-    @property
-    def is_open(self) -> bool:
-        return self._t0 is not None
 
     # -- lifecycle
 
@@ -129,18 +122,6 @@ class WavSpeaker(DeviceStream):
         self._check_usable()
         await self._playback.drain(self._wait_until)
 
-    def pause(self) -> None:
-        """Stop playing at the next block, keeping the queue (a barge-in that may be false)."""
-        self._playback.pause()
-
-    def resume(self) -> None:
-        """Play the queue on from where ``pause`` stopped it."""
-        self._playback.resume()
-
-    @property
-    def paused(self) -> bool:
-        return self._playback.paused
-
     def flush(self) -> None:
         """Drop everything queued and not yet played (barge-in). Blocks already written stay."""
         dropped = self._playback.flush() // 2
@@ -158,11 +139,6 @@ class WavSpeaker(DeviceStream):
         return await self._playback.audible(self._wait_until)
 
     # -- observation, for tests and latency measurements
-
-    @property
-    def opened_at(self) -> float | None:
-        """Clock time of ``open()``: file offset 0."""
-        return self._t0
 
     @property
     def blocks_written(self) -> int:
