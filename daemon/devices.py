@@ -17,7 +17,8 @@ from hardware.aec import make_echo_canceller as hardware_echo_canceller
 from hardware.errors import HardwareError
 from hardware.pyaudio_mic import PyAudioMicrophone
 from hardware.pyaudio_speaker import PyAudioSpeaker
-from hardware.room import RoomAcoustics, RoomMicrophone, TappedSpeaker
+from hardware.room import RoomAcoustics, RoomMicrophone
+from hardware.speaker_tap import TappedSpeaker
 from hardware.wav_mic import WavMicrophone
 from hardware.wav_speaker import WavSpeaker
 from states.echo_reference import EchoReference
