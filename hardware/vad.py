@@ -73,7 +73,12 @@ without a pause to lift it much."""
 
 
 class NoiseFloor:
-    """The room's noise level, by minimum statistics on frame energy (mean square, int16)."""
+    """The room's noise level, by minimum statistics on frame energy (mean square, int16).
+
+    It hears every frame, speech included, before the model does, hence the slow rise. The
+    endpointer's ``LoudnessGate`` (states/endpointer.py) learns from non-speech verdicts instead
+    and may rise fast; see there why the two are kept apart.
+    """
 
     def __init__(self, frame_s: float) -> None:
         self._rise = 10 ** (FLOOR_RISE_DB_PER_S * frame_s / 10)
