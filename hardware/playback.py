@@ -25,7 +25,9 @@ _MAX_WAIT_S = 2.0
 class Playback:
     """Queued audio and its audible periods, for one speaker (``bytes_per_s`` of device format).
 
-    ``wait_until`` is how the speaker waits: it may add a liveness check (see ``Changes``).
+    ``drain`` and ``audible`` wait through the speaker's own ``wait_until``, which raises the
+    speaker's failure and may check that the device is alive (see ``Changes.wait_until``). A
+    period ends once all its audio has been handed to the device, paused or not.
     """
 
     def __init__(self, *, clock: Clock, sleep: Sleep = asyncio.sleep, bytes_per_s: int = 0) -> None:
