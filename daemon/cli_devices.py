@@ -15,7 +15,7 @@ def register(subparsers: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
-    from hardware.pyaudio_io import format_devices, list_devices  # PyAudio only when asked
+    from hardware.pyaudio_devices import format_devices, list_devices  # PyAudio only when asked
 
     try:
         print(format_devices(list_devices()))

@@ -15,9 +15,12 @@ from daemon.config import AecSettings, AudioSettings
 from daemon.reopening_speaker import ReopeningSpeaker
 from hardware.aec import make_echo_canceller as hardware_echo_canceller
 from hardware.errors import HardwareError
-from hardware.pyaudio_io import PyAudioMicrophone, PyAudioSpeaker
-from hardware.room import RoomAcoustics, RoomMicrophone, TappedSpeaker
-from hardware.wavfile import WavMicrophone, WavSpeaker
+from hardware.pyaudio_mic import PyAudioMicrophone
+from hardware.pyaudio_speaker import PyAudioSpeaker
+from hardware.room import RoomAcoustics, RoomMicrophone
+from hardware.speaker_tap import TappedSpeaker
+from hardware.wav_mic import WavMicrophone
+from hardware.wav_speaker import WavSpeaker
 from states.echo_reference import EchoReference
 from states.ports import EchoCanceller, Microphone, Speaker
 

@@ -4,15 +4,18 @@ turn ends with the error, and the device is reopened every few seconds until it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import structlog
 
 from hardware.errors import HardwareError
 from states.ports import Speaker
+from states.reopen import Backoff, reopen_device
 
 log = structlog.get_logger()
+
+T = TypeVar("T")
 
 
 class ReopeningSpeaker:
@@ -23,7 +26,7 @@ class ReopeningSpeaker:
     ) -> None:
         self._inner: Speaker | None = first
         self._reopen = reopen
-        self._reopen_every_s = reopen_every_s
+        self._backoff = Backoff(every_s=reopen_every_s)
         self.sample_rate = first.sample_rate
         self._played_before = 0  # samples heard on devices that are gone
         self._task: asyncio.Task[None] | None = None
@@ -47,44 +50,26 @@ class ReopeningSpeaker:
         self._task = asyncio.create_task(self._recover(old), name="speaker-reopen")
 
     async def _recover(self, old: Speaker) -> None:
-        with contextlib.suppress(Exception):
-            await old.aclose()
-        attempt = 0
-        while True:
-            await asyncio.sleep(self._reopen_every_s)
-            attempt += 1
-            try:
-                new = await self._reopen()
-            except Exception as exc:  # noqa: BLE001 - keep trying until the device is back
-                log.warning("speaker_reopen_failed", attempt=attempt, error=str(exc))
-                continue
-            self._inner, self._error = new, None
-            log.info("speaker_recovered", attempts=attempt)
-            return
+        self._inner = await reopen_device(old, self._reopen, name="speaker", backoff=self._backoff)
+        self._error = None
+
+    async def _on_device(self, call: Callable[[Speaker], Awaitable[T]]) -> T:
+        """``call`` on the current device; a HardwareError from it starts the reopening."""
+        inner = self._current()
+        try:
+            return await call(inner)
+        except HardwareError as exc:
+            self._failed(exc)
+            raise
 
     async def write(self, pcm: bytes) -> None:
-        inner = self._current()
-        try:
-            await inner.write(pcm)
-        except HardwareError as exc:
-            self._failed(exc)
-            raise
+        await self._on_device(lambda inner: inner.write(pcm))
 
     async def drain(self) -> None:
-        inner = self._current()
-        try:
-            await inner.drain()
-        except HardwareError as exc:
-            self._failed(exc)
-            raise
+        await self._on_device(lambda inner: inner.drain())
 
     async def wait_audible(self) -> float:
-        inner = self._current()
-        try:
-            return await inner.wait_audible()
-        except HardwareError as exc:
-            self._failed(exc)
-            raise
+        return await self._on_device(lambda inner: inner.wait_audible())
 
     def flush(self) -> None:
         if self._inner is not None:

@@ -1,6 +1,14 @@
-"""Whole samples out of a byte stream cut anywhere: a sound card never gets half a sample."""
+"""16-bit PCM helpers shared by the hardware adapters: the microphone rate, whole samples out of
+a byte stream cut anywhere, float <-> int16 conversion and stream resampling."""
 
 from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+MIC_RATE = 16000
+"""The rate every microphone delivers (the Microphone port's contract): hardware's one 16 kHz."""
 
 
 class PcmFramer:
@@ -33,3 +41,15 @@ class PcmFramer:
         """End of the stream: return (and forget) the incomplete frame, usually b""."""
         rest, self._rest = self._rest, b""
         return rest
+
+
+def to_int16(x: np.ndarray) -> np.ndarray:
+    """Float samples in [-1, 1) to little-endian int16, rounded and clipped."""
+    return np.clip(np.rint(x * 32768.0), -32768, 32767).astype("<i2")
+
+
+def stream_resampler(in_rate: int, out_rate: int) -> Any:
+    """A soxr streaming resampler for float32 mono, high quality."""
+    import soxr  # a project dependency; imported here like the other vendor libraries
+
+    return soxr.ResampleStream(in_rate, out_rate, 1, dtype="float32", quality="HQ")

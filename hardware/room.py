@@ -9,49 +9,33 @@ Usage (one clock for all three; the wall clock by default)::
     block = await mic.read()                                     # the user (as WavMicrophone) + echo + noise
     far = reference.far_for(mic.last_capture_time, len(block))   # what the speaker played, aligned
 
-``RoomMicrophone`` is a ``WavMicrophone`` (same wall-clock schedule: block ``n`` is captured over
+``RoomMicrophone`` keeps a ``WavMicrophone``'s wall-clock schedule (``ClockedMicrophone``: block ``n`` is captured over
 ``[t0 + n*block, t0 + (n+1)*block)`` and returned at its end; the file, then silence) to which it
 adds the echo of the speaker: what was played ``echo_delay_ms`` earlier times ``echo_gain``, a
 couple of weaker, later reflections, and a little noise (``RoomAcoustics``).
 
-How the speaker's output is observed: ``TappedSpeaker`` wraps a ``WavSpeaker``, forwards the
-Speaker port to it, and reads back the WAV file it writes. That file *is* what was played, on the
-wall clock: ``WavSpeaker`` writes block ``k`` at ``opened_at + k*block`` (data first, then the
-header sizes), so data sample ``j`` plays at ``opened_at + j/rate``. Reading it back needs nothing
-private, and stays right through flushes, underruns and late ticks (a late tick writes the blocks
-it missed; the file keeps the time line). The tap resamples it to 16 kHz with soxr's quick
-quality in float (cubic: one sample of look-ahead, so a block is known as soon as it is written,
-where HQ holds back 20-40 ms; the room and the reference hear the same resampled signal, so its
-imaging above 8 kHz costs nothing here), keeps the last ``history_s`` for the room, and pushes it
-to an ``EchoReference``-shaped sink.
-
-The tap polls the file just after each speaker block is due, and again whenever the room asks.
-Both objects work on one 16 kHz sample grid, ``index = round(t * 16000)``, like the reference.
+The speaker's output comes from a ``speaker_tap.TappedSpeaker`` (or anything ``PlayedAudio``-shaped).
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Protocol
 
 import numpy as np
 import structlog
 
 from hardware.errors import HardwareError
-from hardware.wavfile import MIC_RATE, Clock, Sleep, WavSpeaker, load_wav_16k_mono
+from hardware.pcm import MIC_RATE
+from hardware.speaker_tap import PlayedAudio
+from hardware.stream import Clock, Sleep
+from hardware.wav_mic import ClockedMicrophone
+from hardware.wavfile import load_wav_16k_mono
 
 log = structlog.get_logger()
-
-_WAV_HEADER_BYTES = 44
-"""WavSpeaker writes a plain 44-byte RIFF header; the tap checks it before relying on it."""
-_POLL_AFTER_TICK_S = 0.001
-"""The tap polls this long after each speaker tick, so it reads a block right after it is written."""
 
 
 # --------------------------------------------------------------------------- the acoustics
@@ -108,225 +92,10 @@ def _to_int16(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x), -32768, 32767).astype("<i2")
 
 
-# --------------------------------------------------------------------------- the speaker tap
-
-
-class PlayedAudio(Protocol):
-    """Something that knows what a speaker played, at 16 kHz, on the shared clock."""
-
-    def played_between(self, t0: float, t1: float) -> np.ndarray:
-        """int16 samples played over ``[t0, t1)`` (grid ``round(t * 16000)``); silence where nothing was."""
-        ...
-
-    def known_until(self) -> float:
-        """Clock time up to which the output is known (written); ``inf`` when not following a speaker."""
-        ...
-
-
-class ReferenceSink(Protocol):
-    """Where the tap sends what was played: ``states.echo_reference.EchoReference`` has this shape."""
-
-    def push(self, pcm_16k: bytes, play_time: float) -> None: ...
-
-
-class TappedSpeaker:
-    """A ``WavSpeaker`` that also reports what it played, at 16 kHz: to the room and to an echo reference.
-
-    Forwards the whole Speaker port to ``inner`` (its other observation properties: ``.inner``).
-    ``clock`` and ``sleep`` only pace the tap's polling and must be the ones ``inner`` uses.
-    """
-
-    def __init__(
-        self,
-        inner: WavSpeaker,
-        *,
-        reference: ReferenceSink | None = None,
-        history_s: float = 5.0,
-        clock: Clock = time.monotonic,
-        sleep: Sleep = asyncio.sleep,
-    ) -> None:
-        if history_s <= 0:
-            raise ValueError(f"history_s must be positive, got {history_s}")
-        self.inner = inner
-        self.sample_rate = inner.sample_rate
-        self.reference = reference
-        """Receives every new stretch of played audio (silence included) as it is read; may be set later."""
-        self._capacity = round(history_s * MIC_RATE)
-        self._clock = clock
-        self._sleep = sleep
-        self._fd = -1
-        self._consumed = 0  # data bytes of the file read so far
-        self._resampler: Any = None
-        self._origin = 0  # 16 kHz grid index of the file's first sample
-        self._produced = 0  # 16 kHz samples produced so far
-        self._history = bytearray()  # the newest produced samples, ending at _origin + _produced
-        self._poller: asyncio.Task[None] | None = None
-        self._failure: HardwareError | None = None
-
-    @property
-    def name(self) -> str:
-        return f"tapped {self.inner.name}"
-
-    # -- lifecycle
-
-    async def open(self) -> None:
-        """Open the inner speaker, then follow its file. Idempotent."""
-        if self._fd >= 0:
-            return
-        await self.inner.open()
-        opened_at = self.inner.opened_at
-        assert opened_at is not None
-        try:
-            fd = os.open(self.inner.path, os.O_RDONLY)
-        except OSError as exc:
-            raise HardwareError(f"{self.name}: cannot read back its file: {exc.strerror or exc}") from exc
-        try:
-            header = os.pread(fd, _WAV_HEADER_BYTES, 0)
-        except OSError as exc:
-            os.close(fd)
-            raise HardwareError(f"{self.name}: cannot read back its file: {exc.strerror or exc}") from exc
-        if len(header) < _WAV_HEADER_BYTES or header[:4] != b"RIFF" or header[36:40] != b"data":
-            os.close(fd)
-            raise HardwareError(f"{self.name}: its file does not start with a plain 44-byte WAV header")
-        self._fd = fd
-        self._origin = math.floor(opened_at * MIC_RATE + 0.5)
-        if self.sample_rate != MIC_RATE:
-            import soxr  # a project dependency, imported lazily like the other vendor libraries
-
-            # float32: soxr dithers int16 output, which would turn silence into +-1 noise.
-            self._resampler = soxr.ResampleStream(self.sample_rate, MIC_RATE, 1, dtype="float32", quality="QQ")
-        self._poller = asyncio.create_task(self._poll_forever(opened_at), name="speaker-tap")
-        log.info("speaker_tap_opened", path=str(self.inner.path), sample_rate=self.sample_rate)
-
-    async def aclose(self) -> None:
-        """Stop following the file and close the inner speaker. Idempotent."""
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.wait([self._poller])
-            self._poller = None
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -2  # closed: open() will not reopen
-        await self.inner.aclose()
-
-    async def __aenter__(self) -> TappedSpeaker:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
-    # -- the Speaker port, forwarded
-
-    async def write(self, pcm: bytes) -> None:
-        await self.inner.write(pcm)
-
-    async def drain(self) -> None:
-        await self.inner.drain()
-
-    def flush(self) -> None:
-        self.inner.flush()
-
-    def pause(self) -> None:
-        self.inner.pause()
-
-    def resume(self) -> None:
-        self.inner.resume()
-
-    async def wait_audible(self) -> float:
-        return await self.inner.wait_audible()
-
-    @property
-    def audio_samples_played(self) -> int:
-        return self.inner.audio_samples_played
-
-    # -- what was played
-
-    def poll(self) -> int:
-        """Read what the inner speaker wrote since the last poll; returns how many 16 kHz samples that made."""
-        if self._failure is not None:
-            raise self._failure
-        if self._fd < 0:
-            return 0
-        try:
-            available = os.fstat(self._fd).st_size - _WAV_HEADER_BYTES - self._consumed
-            available -= available % 2
-            data = os.pread(self._fd, available, _WAV_HEADER_BYTES + self._consumed) if available > 0 else b""
-        except OSError as exc:
-            self._failure = HardwareError(f"{self.name}: cannot read back its file: {exc.strerror or exc}")
-            raise self._failure from exc
-        if not data:
-            return 0
-        self._consumed += len(data)
-        samples = np.frombuffer(data, "<i2")
-        if self._resampler is not None:
-            resampled = self._resampler.resample_chunk(samples.astype(np.float32) / 32768.0, last=False)
-            samples = _to_int16(resampled.astype(np.float64) * 32768.0)
-        if not len(samples):
-            return 0
-        pcm = samples.astype("<i2").tobytes()
-        first = self._origin + self._produced
-        self._produced += len(samples)
-        self._history += pcm
-        excess = len(self._history) // 2 - self._capacity
-        if excess > 0:
-            del self._history[: 2 * excess]
-        if self.reference is not None:
-            self.reference.push(pcm, first / MIC_RATE)
-        return len(samples)
-
-    def played_between(self, t0: float, t1: float) -> np.ndarray:
-        """int16 samples at 16 kHz played over ``[t0, t1)``; silence before open, after the newest
-        block written, and further back than ``history_s``."""
-        self.poll()
-        first = math.floor(t0 * MIC_RATE + 0.5)
-        n = max(0, math.floor(t1 * MIC_RATE + 0.5) - first)
-        out = np.zeros(n, dtype="<i2")
-        end = self._origin + self._produced
-        start = end - len(self._history) // 2
-        lo, hi = max(first, start), min(first + n, end)
-        if lo < hi:
-            held = np.frombuffer(self._history, "<i2")
-            out[lo - first : hi - first] = held[lo - start : hi - start]
-        return out
-
-    def known_until(self) -> float:
-        """Clock time up to which the speaker has written its output (``inf`` unless open and following)."""
-        try:
-            self.poll()
-        except HardwareError:
-            return math.inf  # played_between reports it
-        if self._fd < 0:
-            return math.inf
-        return self._origin / MIC_RATE + self._consumed / 2 / self.sample_rate
-
-    @property
-    def opened_at(self) -> float | None:
-        return self.inner.opened_at
-
-    @property
-    def samples_16k(self) -> int:
-        """16 kHz samples of output (audio and silence) read back so far."""
-        return self._produced
-
-    async def _poll_forever(self, opened_at: float) -> None:
-        block_s = self.inner.block_samples / self.sample_rate
-        try:
-            while True:
-                self.poll()
-                now = self._clock()
-                k = math.floor((now - opened_at - _POLL_AFTER_TICK_S) / block_s) + 1
-                await self._sleep(max(0.0, opened_at + k * block_s + _POLL_AFTER_TICK_S - now))
-        except HardwareError as exc:
-            log.error("speaker_tap_failed", path=str(self.inner.path), error=str(exc))
-
-
 # --------------------------------------------------------------------------- the microphone
 
 
-class RoomMicrophone:
+class RoomMicrophone(ClockedMicrophone):
     """A microphone in a simulated room: a user WAV (or nobody) plus the echo of ``speaker``, plus noise.
 
     On the wall clock like ``WavMicrophone``: ``open()`` loads the file and starts the clock;
@@ -335,8 +104,6 @@ class RoomMicrophone:
     late (a stalled event loop) is waited for, at most ``2 * block_ms``; then what it has not
     written is heard as silence. ``speaker`` may be attached after construction.
     """
-
-    sample_rate: int = MIC_RATE
 
     def __init__(
         self,
@@ -349,34 +116,21 @@ class RoomMicrophone:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
-        if block_ms <= 0 or MIC_RATE * block_ms % 1000:
-            raise ValueError(f"block_ms must be a positive whole number of 16 kHz samples, got {block_ms}")
+        super().__init__(block_ms=block_ms, clock=clock, sleep=sleep)
         self.path = None if user_wav is None else Path(user_wav)
         self.speaker = speaker
         self.acoustics = acoustics or RoomAcoustics()
-        self.block_ms = block_ms
-        self.block_samples = MIC_RATE * block_ms // 1000
-        self._block_s = self.block_samples / MIC_RATE
         self._taps = self.acoustics.taps(MIC_RATE)
         self._rng = np.random.default_rng(seed)
-        self._clock = clock
-        self._sleep = sleep
         self._user = np.zeros(0, dtype="<i2")
-        self._t0: float | None = None
         self._origin = 0
-        self._blocks_read = 0
-        self._closed = False
 
     @property
     def name(self) -> str:
         return f"microphone 'room:{self.path or '-'}'"
 
-    async def open(self) -> None:
-        """Load and convert the user's file (in a worker thread), then start the clock. Idempotent."""
-        if self._closed:
-            raise HardwareError(f"{self.name}: already closed")
-        if self._t0 is not None:
-            return
+    async def _open(self) -> None:
+        """Load and convert the user's file (in a worker thread), then start the clock."""
         if self.path is not None:
             try:
                 self._user = await asyncio.to_thread(load_wav_16k_mono, self.path)
@@ -401,16 +155,7 @@ class RoomMicrophone:
 
     async def read(self) -> bytes:
         """The next ``block_ms`` of the room, waiting for its end time to pass."""
-        if self._closed:
-            raise HardwareError(f"{self.name}: read after close")
-        if self._t0 is None:
-            raise HardwareError(f"{self.name}: read before open()")
-        n = self._blocks_read
-        delay = self._t0 + (n + 1) * self._block_s - self._clock()
-        if delay > 0:
-            await self._sleep(delay)
-        if self._closed:
-            raise HardwareError(f"{self.name}: closed while reading")
+        n = await self._next_block()
         size = self.block_samples
         first = self._origin + n * size
         if self.speaker is not None:
@@ -428,30 +173,13 @@ class RoomMicrophone:
         self._blocks_read = n + 1
         return _to_int16(mix).tobytes()
 
-    async def aclose(self) -> None:
-        self._closed = True
-
     async def _wait_for_speaker(self, speaker: PlayedAudio, needed: float) -> None:
         """Let a late speaker ticker write what this block's echo needs (bounded: never hangs)."""
         deadline = self._clock() + 2 * self._block_s
         while speaker.known_until() < needed and self._clock() < deadline:
             await self._sleep(0.001)
 
-    async def __aenter__(self) -> RoomMicrophone:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
-
     # -- observation
-
-    @property
-    def opened_at(self) -> float | None:
-        """Clock time of ``open()``: the user file's offset 0."""
-        return self._t0
 
     @property
     def last_capture_time(self) -> float | None:
@@ -459,10 +187,6 @@ class RoomMicrophone:
         if self._t0 is None or self._blocks_read == 0:
             return None
         return (self._origin + (self._blocks_read - 1) * self.block_samples) / MIC_RATE
-
-    @property
-    def blocks_read(self) -> int:
-        return self._blocks_read
 
     @property
     def duration_s(self) -> float:

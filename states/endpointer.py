@@ -110,6 +110,11 @@ class LoudnessGate:
     The noise floor is learnt from the frames the VAD calls non-speech: it drops at once to a
     quieter frame and rises slowly. Before it has heard any, only ``MIN_GATE_RMS`` counts, so
     an unknown room makes the gate call more audio loud, which trims less, never more.
+
+    Not the same tracker as the Silero VAD's ``NoiseFloor`` (hardware/vad.py), on purpose: that
+    one sees every frame before any verdict, so it may only creep up (1 dB/s) or speech would lift
+    it; this one sees only frames already called non-speech, so it can follow a louder room
+    within a second, which the end trim needs. It also serves the WebRTC VAD, which has no floor.
     """
 
     def __init__(self) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import structlog
 
 from states.ports import MIC_RATE, Microphone, TimedMicrophone
+from states.reopen import Backoff, reopen_device
 
 log = structlog.get_logger()
 
@@ -50,7 +51,7 @@ class MicFeed:
     ) -> None:
         self.mic = mic
         self._reopen = reopen
-        self._reopen_every_s = reopen_every_s
+        self._backoff = Backoff(every_s=reopen_every_s)
         self._max_bytes = int(max_buffer_s * BYTES_PER_SECOND)
         self._clock = clock
         self._blocks: deque[Block] = deque()
@@ -105,7 +106,7 @@ class MicFeed:
                 self._ready.set()
                 if self._reopen is None:
                     return
-                await self._recover()
+                self.mic = await reopen_device(self.mic, self._reopen, name="mic", backoff=self._backoff)
                 continue
             self._push(Block(pcm, start + len(pcm) / BYTES_PER_SECOND))
 
@@ -125,22 +126,3 @@ class MicFeed:
             self._bytes -= len(old.pcm)
             self.dropped_bytes += len(old.pcm)
         self._ready.set()
-
-    async def _recover(self) -> None:
-        assert self._reopen is not None
-        old = self.mic
-        try:
-            await old.aclose()
-        except Exception as exc:  # noqa: BLE001 - the old device is gone anyway
-            log.debug("mic_close_failed", error=str(exc))
-        attempt = 0
-        while True:
-            await asyncio.sleep(self._reopen_every_s)
-            attempt += 1
-            try:
-                self.mic = await self._reopen()
-            except Exception as exc:  # noqa: BLE001 - keep trying until the device is back
-                log.warning("mic_reopen_failed", attempt=attempt, error=str(exc))
-                continue
-            log.info("mic_recovered", attempts=attempt)
-            return

@@ -16,15 +16,9 @@ import pytest
 from structlog.testing import capture_logs
 
 from hardware.errors import HardwareError
-from hardware.pyaudio_io import (
-    DeviceInfo,
-    PyAudioMicrophone,
-    PyAudioSpeaker,
-    format_candidates,
-    format_devices,
-    list_devices,
-    select_device,
-)
+from hardware.pyaudio_devices import DeviceInfo, format_candidates, format_devices, list_devices, select_device
+from hardware.pyaudio_mic import PyAudioMicrophone
+from hardware.pyaudio_speaker import PyAudioSpeaker
 from hardware.wavfile import load_wav_16k_mono
 from tests.pulse import PulseServer, pulse_server
 

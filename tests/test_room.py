@@ -20,8 +20,10 @@ from daemon.tools.bench.vad import synth_speech
 from hardware import wavfile
 from hardware.aec import SpeexEchoCanceller
 from hardware.errors import HardwareError
-from hardware.room import RoomAcoustics, RoomMicrophone, TappedSpeaker
-from hardware.wavfile import WavSpeaker, load_wav_16k_mono
+from hardware.room import RoomAcoustics, RoomMicrophone
+from hardware.speaker_tap import TappedSpeaker
+from hardware.wav_speaker import WavSpeaker
+from hardware.wavfile import load_wav_16k_mono
 from states.echo_reference import EchoReference
 from states.ports import Microphone, Speaker
 

@@ -21,7 +21,9 @@ import pytest
 import soxr
 
 from hardware.errors import HardwareError
-from hardware.wavfile import WavMicrophone, WavSpeaker, load_wav_16k_mono, read_wav
+from hardware.wav_mic import WavMicrophone
+from hardware.wav_speaker import WavSpeaker
+from hardware.wavfile import load_wav_16k_mono, read_wav
 
 TIMEOUT = 10.0
 REPO = Path(__file__).resolve().parents[1]
@@ -391,7 +393,7 @@ async def test_reply_starts_after_the_question_on_one_time_line(tmp_path: Path) 
 
 KILL_SCRIPT = """
 import asyncio, sys
-from hardware.wavfile import WavSpeaker
+from hardware.wav_speaker import WavSpeaker
 
 async def main():
     spk = WavSpeaker(sys.argv[1], sample_rate=16000, block_ms=10)

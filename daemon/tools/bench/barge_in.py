@@ -46,7 +46,8 @@ from daemon.tools.bench.timeline import first_loud_s
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.tools.stubs.questions import QUESTIONS, make_question_wav
 from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
-from hardware.wavfile import WavSpeaker, write_wav
+from hardware.wav_speaker import WavSpeaker
+from hardware.wavfile import write_wav
 from states.model import Turn
 
 RATE = 16000

@@ -56,7 +56,9 @@ from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.tools.stubs.questions import make_question_wav
 from daemon.tools.stubs.runner import demo_llm_behaviour
 from daemon.tools.stubs.tokens import tokenize
-from hardware.wavfile import WavMicrophone, WavSpeaker, write_wav
+from hardware.wav_mic import WavMicrophone
+from hardware.wav_speaker import WavSpeaker
+from hardware.wavfile import write_wav
 
 log = structlog.get_logger()
 

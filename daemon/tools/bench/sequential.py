@@ -22,7 +22,8 @@ from daemon.clients.llm import OpenAiCompatibleLlm
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
 from hardware.vad import make_vad
-from hardware.wavfile import WavMicrophone, WavSpeaker
+from hardware.wav_mic import WavMicrophone
+from hardware.wav_speaker import WavSpeaker
 from states.events import ChatMessage, TurnTimes
 from states.listen import listen_for_utterance
 from states.mic_feed import MicFeed
