@@ -216,10 +216,6 @@ class EarconSettings(Checked):
     """When a turn fails (a service or a device)."""
 
 
-BargeInConfig = BargeInSettings
-"""The old name of the ``[barge_in]`` settings, for the code that still imports it."""
-
-
 @dataclass(frozen=True)
 class WakeSettings(Checked):
     """What starts a turn. Hotword and GPIO wake arrive with live audio."""

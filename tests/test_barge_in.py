@@ -18,7 +18,7 @@ from daemon.config import (
     AecSettings,
     AsrSettings,
     AudioSettings,
-    BargeInConfig,
+    BargeInSettings,
     LlmSettings,
     Settings,
     TtsSettings,
@@ -84,7 +84,7 @@ async def test_cutting_in_stops_the_answer_and_is_answered_next(tmp_path: Path, 
             tts=TtsSettings(url=tts.url),
             audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
             vad=VadSettings(end_silence_ms=500),
-            barge_in=BargeInConfig(mode=mode),
+            barge_in=BargeInSettings(mode=mode),
             aec=AecSettings(engine="off"),  # no echo path here; tests/test_echo.py has one
         )
         app = App(settings, on_turn_end=turn_ended)
@@ -145,7 +145,7 @@ async def test_a_false_interruption_pauses_then_the_whole_answer_is_heard(tmp_pa
             tts=TtsSettings(url=tts.url),
             audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
             vad=VadSettings(end_silence_ms=500),
-            barge_in=BargeInConfig(mode="pause", resume_after_ms=3000),
+            barge_in=BargeInSettings(mode="pause", resume_after_ms=3000),
             aec=AecSettings(engine="off"),
         )
         with capture_logs() as logs:

@@ -36,6 +36,7 @@ from daemon.clients.asr_text import TranscriptAssembler
 from daemon.config import AsrSettings
 from daemon.errors import AsrError, AsrTimeout
 from states.events import Transcript
+from states.ports import MIC_RATE
 
 __all__ = ["END_MARKER", "FunAsrClient", "FunAsrSession", "build_config_message"]
 
@@ -44,8 +45,7 @@ log = structlog.get_logger()
 END_MARKER: dict[str, Any] = {"is_speaking": False, "is_end": True}
 """End of speech. ``is_end`` asks Python >= 2026-07-29 servers for an acknowledgement; others ignore it."""
 
-SAMPLE_RATE = 16000
-BYTES_PER_SECOND = SAMPLE_RATE * 2
+BYTES_PER_SECOND = MIC_RATE * 2
 MAX_MESSAGE_BYTES = 16 * 2**20
 """Results are small; this only guards against a runaway server."""
 CLOSE_TIMEOUT_S = 2.0
@@ -69,7 +69,7 @@ def build_config_message(settings: AsrSettings) -> dict[str, Any]:
         "decoder_chunk_look_back": 0,
         "wav_name": settings.wav_name,
         "wav_format": "pcm",
-        "audio_fs": SAMPLE_RATE,
+        "audio_fs": MIC_RATE,
         "is_speaking": True,
         # A JSON object inside a string: the C++ server throws on an object value.
         "hotwords": json.dumps(settings.hotwords, ensure_ascii=False) if settings.hotwords else "",

@@ -35,7 +35,7 @@ from daemon.config import (
     AecSettings,
     AsrSettings,
     AudioSettings,
-    BargeInConfig,
+    BargeInSettings,
     LlmSettings,
     Settings,
     TtsSettings,
@@ -174,7 +174,7 @@ async def measure(n: int, mode: str, workdir: Path, *, tts_protocol: str = "http
             tts=TtsSettings(url=tts.url),
             audio=AudioSettings(input=f"wav:{question_wav}", output=f"wav:{workdir / 'out.wav'}"),
             vad=VadSettings(end_silence_ms=500),
-            barge_in=BargeInConfig(mode=mode),
+            barge_in=BargeInSettings(mode=mode),
             aec=AecSettings(engine="off"),  # WAV devices: no echo path to cancel
         )
         app = App(settings, on_turn_end=turn_ended)
