@@ -15,7 +15,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,13 @@ def _is_settings(kind: Any) -> bool:
 
 
 _INVALID = object()
+_SCALARS: dict[type, tuple[Callable[[Any], bool], str]] = {
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: isinstance(v, int | float) and not isinstance(v, bool), "a number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+}
+"""TOML scalars: what each field type accepts (TOML's booleans are not numbers), and its name."""
 
 
 def _convert(kind: Any, value: Any, name: str, problems: list[str]) -> Any:
@@ -122,25 +129,11 @@ def _convert(kind: Any, value: Any, name: str, problems: list[str]) -> Any:
     if origin in (types.UnionType, typing.Union):
         inner = [a for a in args if a is not type(None)]
         return _convert(inner[0], value, name, problems)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        problems.append(f"{name}: must be true or false, got {_show(value)}")
-        return _INVALID
-    if kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        problems.append(f"{name}: must be an integer, got {_show(value)}")
-        return _INVALID
-    if kind is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        problems.append(f"{name}: must be a number, got {_show(value)}")
-        return _INVALID
-    if kind is str:
-        if isinstance(value, str):
-            return value
-        problems.append(f"{name}: must be a string, got {_show(value)}")
+    if kind in _SCALARS:
+        accepts, what = _SCALARS[kind]
+        if accepts(value):
+            return float(value) if kind is float else value
+        problems.append(f"{name}: must be {what}, got {_show(value)}")
         return _INVALID
     if origin is tuple:
         if isinstance(value, str) and args and args[-1] is Ellipsis:

@@ -33,6 +33,7 @@ from websockets.exceptions import (
 )
 
 from daemon.clients.asr_text import TranscriptAssembler
+from daemon.clients.json_frame import json_object
 from daemon.config import AsrSettings
 from daemon.errors import AsrError, AsrTimeout
 from states.events import Transcript
@@ -371,17 +372,10 @@ class FunAsrSession:
             self._fail(AsrError(f"reading results from ASR server {self._url} failed: {exc!r}"))
 
     def _parse(self, raw: str | bytes) -> dict[str, Any]:
-        if isinstance(raw, bytes):
-            raise AsrError(f"ASR server {self._url} sent a binary frame ({len(raw)} bytes) instead of a JSON result")
         try:
-            msg = json.loads(raw)
+            return json_object(raw)
         except ValueError as exc:
-            raise AsrError(f"ASR server {self._url} sent malformed JSON: {raw[:120]!r}") from exc
-        if not isinstance(msg, dict):
-            raise AsrError(
-                f"ASR server {self._url} sent a JSON {type(msg).__name__} instead of an object: {raw[:120]!r}"
-            )
-        return msg
+            raise AsrError(f"ASR server {self._url} sent {exc}") from exc
 
     def _closed_error(self, exc: ConnectionClosed | None) -> AsrError:
         """Any close before the final result is an error, even code 1000.

@@ -18,6 +18,7 @@ import structlog
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
+from daemon.clients.json_frame import json_object
 from daemon.clients.tts_common import (
     Clock,
     SampleRate,
@@ -189,15 +190,10 @@ class _WsAudioStream(TtsAudioStream):
                 f" while waiting for {waiting_for} ({_close_reason(exc)})"
             )
             raise TtsError(self._no_audio_or(message)) from exc
-        if isinstance(raw, bytes):
-            raise TtsError(f"TTS websocket {self.url} sent a binary frame while waiting for {waiting_for}")
         try:
-            reply = json.loads(raw)
+            return json_object(raw)
         except ValueError as exc:
-            raise TtsError(f"TTS websocket {self.url} sent a message that is not JSON: {excerpt(raw)}") from exc
-        if not isinstance(reply, dict):
-            raise TtsError(f"TTS websocket {self.url} sent a JSON message that is not an object: {excerpt(raw)}")
-        return reply
+            raise TtsError(f"TTS websocket {self.url} sent {exc} while waiting for {waiting_for}") from exc
 
     async def _close(self) -> None:
         if not self._completed:
