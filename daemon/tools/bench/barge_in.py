@@ -9,7 +9,8 @@ interruption:
 * the *cancel propagation*: from the daemon's decision to cancel the answer
   (``Turn.cancelled_at``: the interruption confirmed in ``cancel`` mode, the held answer dropped
   in ``pause`` mode) to the moment the LLM and TTS stand-ins saw their connection closed
-  (their ``disconnect_times``). All on ``time.monotonic()`` in this one process. A stream that
+  (their ``disconnect_times``), in a process of their own. All on ``time.monotonic()``, one
+  clock for both processes. A stream that
   had already ended before the decision has nothing to close: that interruption has no figure
   for it, and the report says how many had an open stream.
 """
@@ -23,7 +24,6 @@ import statistics
 import tempfile
 import wave
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,11 @@ from daemon.config import (
     VadSettings,
 )
 from daemon.logs import configure_logging
+from daemon.tools.bench.stub_process import StubProcess
 from daemon.tools.bench.timeline import first_loud_s
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.tools.stubs.questions import QUESTIONS, make_question_wav
-from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
+from daemon.tools.stubs.runner import demo_llm_behaviour
 from hardware.wav_speaker import WavSpeaker
 from hardware.wavfile import write_wav
 from states.model import Turn
@@ -159,19 +160,20 @@ async def measure(n: int, mode: str, workdir: Path, *, tts_protocol: str = "http
         if len(turns) == n + 1:
             stop.set()
 
-    async with AsyncExitStack() as stack:
-        asr, llm, tts = await start_stubs(
-            stack,
-            llm=demo_llm_behaviour(
-                default_answer=CUT_IN_ANSWER, answers={FINAL_QUESTION: FINAL_ANSWER}, tokens_per_s=TOKENS_PER_S
-            ),
-            tts=TTS,
-            tts_protocol=tts_protocol,
-        )
+    # The stand-ins run in a process of their own, as the services run on another machine: on
+    # this event loop they would notice a closed connection only when the daemon's next burst of
+    # work (the new utterance's VAD) let them run, which is not what a remote server sees.
+    async with StubProcess(
+        llm=demo_llm_behaviour(
+            default_answer=CUT_IN_ANSWER, answers={FINAL_QUESTION: FINAL_ANSWER}, tokens_per_s=TOKENS_PER_S
+        ),
+        tts=TTS,
+        tts_protocol=tts_protocol,
+    ) as stubs:
         settings = Settings(
-            asr=AsrSettings(url=asr.url, final_timeout_s=1.0),
-            llm=LlmSettings(url=llm.url),
-            tts=TtsSettings(url=tts.url),
+            asr=AsrSettings(url=stubs.urls.asr, final_timeout_s=1.0),
+            llm=LlmSettings(url=stubs.urls.llm),
+            tts=TtsSettings(url=stubs.urls.tts),
             audio=AudioSettings(input=f"wav:{question_wav}", output=f"wav:{workdir / 'out.wav'}"),
             vad=VadSettings(end_silence_ms=500),
             barge_in=BargeInSettings(mode=mode),
@@ -181,7 +183,7 @@ async def measure(n: int, mode: str, workdir: Path, *, tts_protocol: str = "http
         await asyncio.wait_for(app.run(stop), 30 + 10 * n)
         assert app.assistant is not None
         speaker = app.assistant.speaker
-        llm_closed, tts_closed = list(llm.disconnect_times), list(tts.disconnect_times)
+        llm_closed, tts_closed = await stubs.disconnect_times()
     assert isinstance(speaker, WavSpeaker)
     spans = [(a / speaker.sample_rate, b / speaker.sample_rate) for a, b in speaker.played_audio_spans]
     reactions = [Reaction(onset, _stop_after(spans, onset)) for onset in onsets]

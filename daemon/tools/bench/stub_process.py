@@ -50,8 +50,9 @@ class StubUrls:
 
 
 class StubProcess:
-    """``async with StubProcess(asr=..., llm=..., tts=...) as stubs``: ``stubs.urls``, and
-    ``await stubs.synth_log()`` (the TTS stand-in's ``(sentence, seconds)`` records so far)."""
+    """``async with StubProcess(asr=..., llm=..., tts=...) as stubs``: ``stubs.urls``,
+    ``await stubs.synth_log()`` (the TTS stand-in's ``(sentence, seconds)`` records so far) and
+    ``await stubs.disconnect_times()`` (when the LLM and TTS stand-ins saw a client go away)."""
 
     def __init__(
         self,
@@ -98,13 +99,22 @@ class StubProcess:
         return None if self._process is None else self._process.exitcode
 
     async def synth_log(self) -> list[tuple[str, float]]:
+        payload = await self._ask("synth_log")
+        return [(str(sentence), float(seconds)) for sentence, seconds in payload]
+
+    async def disconnect_times(self) -> tuple[list[float], list[float]]:
+        """When the LLM and the TTS stand-ins saw a client go away mid-stream, on ``time.monotonic()``."""
+        llm, tts = await self._ask("disconnect_times")
+        return [float(t) for t in llm], [float(t) for t in tts]
+
+    async def _ask(self, command: str) -> Any:
         async with self._lock:
             assert self._conn is not None
-            self._conn.send("synth_log")
+            self._conn.send(command)
             kind, payload = await self._receive(REPLY_TIMEOUT_S)
-        if kind != "synth_log":
-            raise StubProcessError(f"the stand-ins answered {kind!r} to synth_log: {payload}")
-        return [(str(sentence), float(seconds)) for sentence, seconds in payload]
+        if kind != command:
+            raise StubProcessError(f"the stand-ins answered {kind!r} to {command}: {payload}")
+        return payload
 
     async def _receive(self, timeout: float) -> tuple[str, Any]:
         conn = self._conn
@@ -157,6 +167,8 @@ async def _serve(conn: Connection, b: StubBehaviours) -> None:
                 return
             if command == "synth_log":
                 conn.send(("synth_log", list(tts_stub.synth_log)))
+            elif command == "disconnect_times":
+                conn.send(("disconnect_times", (list(llm_stub.disconnect_times), list(tts_stub.disconnect_times))))
             elif command == "stop":
                 return
             else:
