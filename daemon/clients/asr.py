@@ -105,10 +105,8 @@ class FunAsrClient:
     async def open_session(self) -> FunAsrSession:
         """Connect, send the configuration message and return a session ready for audio."""
         settings, url = self._settings, self._url
-        scheme = urlsplit(url).scheme
-        if scheme not in ("ws", "wss"):
-            raise AsrError(f"ASR url {url!r} must start with ws:// or wss://")
-        ssl_arg = _ssl_context(settings) if scheme == "wss" else None
+        # AsrSettings accepts only ws:// and wss:// (checked when it is built).
+        ssl_arg = _ssl_context(settings) if urlsplit(url).scheme == "wss" else None
         started = self._clock()
         ws = await self._connect(ssl_arg)
         connected_ms = round((self._clock() - started) * 1000)
