@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +23,16 @@ def _split(data: bytes, cuts: set[int]) -> list[bytes]:
     """``data`` cut at the given offsets (those beyond its length are ignored)."""
     points = sorted(c for c in cuts if 0 < c < len(data))
     return [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+
+
+def _fed_in_whole_samples(feed: Callable[[bytes], bytes], pieces: list[bytes]) -> bytes:
+    """Feed ``pieces`` one by one; every output must be whole 16-bit samples. Returns them joined."""
+    out = []
+    for piece in pieces:
+        emitted = feed(piece)
+        assert len(emitted) % 2 == 0
+        out.append(emitted)
+    return b"".join(out)
 
 
 PROPERTY = settings(max_examples=150, deadline=None)
@@ -159,13 +169,8 @@ def test_wrong_input_type() -> None:
 @given(data=st.binary(min_size=1, max_size=2001), cuts=st.sets(st.integers(1, 2000), max_size=40))
 def test_pcm_framer_emits_only_whole_samples(data: bytes, cuts: set[int]) -> None:
     framer = PcmFramer()
-    out = []
-    for piece in _split(data, cuts):
-        emitted = framer.feed(piece)
-        assert len(emitted) % 2 == 0
-        out.append(emitted)
     whole = len(data) - len(data) % 2
-    assert b"".join(out) == data[:whole]
+    assert _fed_in_whole_samples(framer.feed, _split(data, cuts)) == data[:whole]
     assert framer.pending == len(data) % 2
     assert framer.close() == data[whole:]
     assert framer.pending == 0
@@ -186,14 +191,8 @@ def test_pcm_framer_stereo_frames() -> None:
 def test_decoder_in_frames_returns_only_whole_samples(data: bytes, cuts: set[int]) -> None:
     """What the TTS client relies on: 4 base64 characters make 3 bytes, yet no half sample leaves."""
     decoder = Base64StreamDecoder(frame_bytes=2)
-    text = base64.b64encode(data)
-    out = []
-    for piece in _split(text, cuts):
-        emitted = decoder.feed(piece)
-        assert len(emitted) % 2 == 0
-        out.append(emitted)
     whole = len(data) - len(data) % 2
-    assert b"".join(out) == data[:whole]
+    assert _fed_in_whole_samples(decoder.feed, _split(base64.b64encode(data), cuts)) == data[:whole]
     assert decoder.close() == data[whole:]  # a lone last byte: the caller says it dropped it
 
 
