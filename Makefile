@@ -33,7 +33,7 @@ system-packages:
 $(STAMP): pyproject.toml | system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -U pip
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[stubs,aec,audio,bench,test]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[stubs,aec,audio,bench,hotword,test]'
 	touch $(STAMP)
 
 venv: $(STAMP)

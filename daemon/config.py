@@ -216,12 +216,101 @@ class EarconSettings(Checked):
     """When a turn fails (a service or a device)."""
 
 
+HOTWORD_ENGINES = ("microwakeword", "pocketsphinx", "sherpa-onnx", "asr", "off")
+CONTROL_TOKEN_ENV = "MOSS_VOICE_CONTROL_TOKEN"
+
+
+def control_address(value: str | None) -> str | None:
+    """A check: ``HOST:PORT`` or ``unix:/ABSOLUTE/PATH``."""
+    if value is None:
+        return None
+    if value.startswith("unix:"):
+        return None if value[5:].startswith("/") else f"must be unix:/ABSOLUTE/PATH, got {value!r}"
+    host, sep, port = value.rpartition(":")
+    if sep and host and port.isdigit() and 0 < int(port) < 65536:
+        return None
+    return f"must look like '127.0.0.1:8765' or 'unix:/run/moss-voice/control.sock', got {value!r}"
+
+
+@dataclass(frozen=True)
+class HotwordSettings(Checked):
+    """``[wake.hotword]``: the offline wake word engine (hardware/hotword/), or ``asr``."""
+
+    engine: str = setting("microwakeword", one_of=HOTWORD_ENGINES)
+    """microwakeword | pocketsphinx | sherpa-onnx | asr | off"""
+    phrases: tuple[str, ...] = ("hey_mycroft",)
+    """Model names or .json files (microwakeword), phrases (pocketsphinx, asr), keywords (sherpa-onnx)."""
+    threshold: float | None = setting(None, gt=0)
+    """The engine's own sensitivity knob; unset: the engine's default (see the README)."""
+    model_dir: str | None = None
+    """sherpa-onnx: the keyword-spotting model directory (encoder, decoder, joiner, tokens.txt)."""
+    refractory_s: float = setting(2.0, ge=0)
+    """After a wake, detections are ignored this long: one utterance wakes once."""
+
+
+@dataclass(frozen=True)
+class ButtonSettings(Checked):
+    """``[wake.button]``: a push button on a GPIO pin (gpiozero). No pin: no button."""
+
+    pin: int | None = setting(None, ge=0)
+    """BCM pin number; unset: no button."""
+    pull_up: bool = True
+    """true: the button connects the pin to ground (the usual wiring)."""
+    bounce_ms: int = setting(20, ge=0)
+    hold_s: float = setting(1.5, gt=0)
+    """A press held this long is a long press: cancel everything, go idle."""
+
+
 @dataclass(frozen=True)
 class WakeSettings(Checked):
-    """What starts a turn. Hotword and GPIO wake arrive with live audio."""
+    """What starts a turn: several sources at once, each can be off."""
 
     on_start: bool = True
     """Start listening once, right after the daemon starts (WAV input, scripts, tests)."""
+    follow_up_s: float = setting(5.0, ge=0)
+    """After an answer, keep listening this long without a wake word; 0: off."""
+    always: bool = False
+    """No wake word: speech alone (the VAD) starts a turn."""
+    hotword: HotwordSettings = field(default_factory=HotwordSettings)
+    button: ButtonSettings = field(default_factory=ButtonSettings)
+
+
+@dataclass(frozen=True)
+class LedSettings(Checked):
+    """``[leds]``: one optional status LED per state (gpiozero), by BCM pin number."""
+
+    idle: int | None = setting(None, ge=0)
+    listening: int | None = setting(None, ge=0)
+    thinking: int | None = setting(None, ge=0)
+    speaking: int | None = setting(None, ge=0)
+    active_high: bool = True
+
+
+@dataclass(frozen=True)
+class ControlSettings(Checked):
+    """``[control]``: the HTTP control API for the robot's other software. No ``listen``: no API."""
+
+    listen: str | None = setting(None, check=control_address)
+    """``127.0.0.1:8765`` or ``unix:/run/moss-voice/control.sock``. Any address other than
+    loopback or a Unix socket needs a token in MOSS_VOICE_CONTROL_TOKEN."""
+    token: str | None = setting(None, env=CONTROL_TOKEN_ENV)
+    max_body_bytes: int = setting(65536, gt=0)
+
+
+@dataclass(frozen=True)
+class HooksSettings(Checked):
+    """``[hooks]``: commands run on events, each an argument list (never a shell string); the
+    event goes to the command as JSON on stdin."""
+
+    on_wake: tuple[str, ...] = ()
+    on_listening: tuple[str, ...] = ()
+    on_thinking: tuple[str, ...] = ()
+    on_speaking: tuple[str, ...] = ()
+    on_idle: tuple[str, ...] = ()
+    on_error: tuple[str, ...] = ()
+    on_turn_finished: tuple[str, ...] = ()
+    timeout_s: float = setting(5.0, gt=0)
+    """A hook still running after this is killed (and the kill is logged)."""
 
 
 @dataclass(frozen=True)
@@ -246,4 +335,7 @@ class Settings:
     barge_in: BargeInSettings = field(default_factory=BargeInSettings)
     earcons: EarconSettings = field(default_factory=EarconSettings)
     wake: WakeSettings = field(default_factory=WakeSettings)
+    leds: LedSettings = field(default_factory=LedSettings)
+    control: ControlSettings = field(default_factory=ControlSettings)
+    hooks: HooksSettings = field(default_factory=HooksSettings)
     log: LogSettings = field(default_factory=LogSettings)

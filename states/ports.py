@@ -153,3 +153,35 @@ class EchoReferenceSource(Protocol):
     def far_for(self, t_capture: float, n_bytes: int) -> bytes:
         """16 kHz mono int16 that was audible at ``t_capture`` (silence where nothing played)."""
         ...
+
+
+@runtime_checkable
+class HotwordEngine(Protocol):
+    """Spots wake words in the echo-cancelled microphone stream (16 kHz mono int16).
+
+    ``process`` is called from the event loop for every block the microphone delivers (10-30 ms),
+    so it must be quick (well under a millisecond per block on a robot board). ``speech`` is the
+    VAD's verdict on the block; engines that listen to everything ignore it.
+    """
+
+    phrases: tuple[str, ...]
+    """What it listens for, as configured (``wake.hotword.phrases``)."""
+
+    def process(self, pcm: bytes, speech: bool) -> str | None:
+        """Feed the next audio (any whole number of samples); the phrase detected, if one ended in it."""
+        ...
+
+    def reset(self) -> None:
+        """Forget the audio heard so far (after a wake, so one utterance wakes once)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the engine holds (a network session, a model)."""
+        ...
+
+
+class EventSink(Protocol):
+    """Where the conversation tells the world what it does (the control API's /events, hooks,
+    metrics, LEDs). ``emit`` never blocks and never raises."""
+
+    def emit(self, event: str, /, **fields: object) -> None: ...

@@ -1,0 +1,1 @@
+"""The control API: HTTP on loopback or a Unix socket, for the robot's other software."""
