@@ -24,6 +24,7 @@ async def answer_question(
     settings: SpeechTextSettings,
     clock: Callable[[], float],
     on_audible: Callable[[], Awaitable[None]],
+    on_clause: Callable[[str], None] | None = None,
 ) -> None:
     """Speak the answer; fill in ``turn.reply`` and the history. Cancelled, it records only what
     was played (marked as cut off); a failing service raises after what arrived was spoken."""
@@ -41,6 +42,7 @@ async def answer_question(
             clock=clock,
             on_audible=on_audible,
             progress=progress,
+            on_clause=on_clause,
         )
     except asyncio.CancelledError:
         # Interrupted: remember only what the user actually heard.

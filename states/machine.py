@@ -39,24 +39,41 @@ ANSWERING = [THINKING, SPEAKING]
 LOG = "log_state_changed"
 
 TRANSITIONS: list[dict[str, Any]] = [
-    # -- wake sources: a new turn starts listening -------------------------------------------
-    {"trigger": "wake", "source": IDLE, "dest": LISTENING, "after": ["start_listening", LOG]},
+    # -- idle: the state's task listens for a wake word (or, in `always` mode, any speech). Every
+    #    row into IDLE ends with start_waiting, which first starts a queued control call, if any.
+    {"trigger": "ready", "source": IDLE, "dest": None, "after": ["start_waiting"]},
+    # -- wake sources (hotword, always, button, control API, on_start): a new turn listens
+    {"trigger": "wake", "source": IDLE, "dest": LISTENING,
+     "before": ["cancel_state_tasks"], "after": ["start_listening", LOG]},
+    # -- the control API's /say and /display: speak a given text (no question, no LLM)
+    {"trigger": "say", "source": IDLE, "dest": THINKING,
+     "before": ["cancel_state_tasks"], "after": ["start_saying", LOG]},
     # -- the listening task's verdicts -------------------------------------------------------
+    # GET /listen: the text is the caller's; the robot does not answer it
+    {"trigger": "heard", "source": LISTENING, "dest": IDLE, "conditions": ["listen_only"],
+     "before": ["cancel_state_tasks"], "after": [LOG, "end_turn_listened", "start_waiting"]},
     {"trigger": "heard", "source": LISTENING, "dest": THINKING,
      "before": ["cancel_state_tasks"], "after": ["start_answer", LOG]},
     {"trigger": "heard", "source": HELD, "dest": THINKING,
      "before": ["cancel_state_tasks", "drop_held_as_real"], "after": ["start_answer", LOG]},
     {"trigger": "no_speech", "source": LISTENING, "dest": IDLE,
-     "before": ["cancel_state_tasks"], "after": [LOG, "end_turn_no_speech"]},
+     "before": ["cancel_state_tasks"], "after": [LOG, "end_turn_no_speech", "start_waiting"]},
     {"trigger": "no_speech", "source": HELD, "dest": IDLE,
-     "before": ["cancel_state_tasks", "drop_held_as_real"], "after": [LOG, "end_turn_no_speech"]},
+     "before": ["cancel_state_tasks", "drop_held_as_real"], "after": [LOG, "end_turn_no_speech", "start_waiting"]},
     # -- answering: one reply task streams, synthesises and plays across THINKING and SPEAKING;
     #    it fires start_speaking itself when the first answer audio is audible (a hand-over).
     {"trigger": "start_speaking", "source": THINKING, "dest": SPEAKING, "after": [LOG]},
+    {"trigger": "done", "source": ANSWERING, "dest": IDLE, "conditions": ["saying"],
+     "before": ["cancel_state_tasks"], "after": [LOG, "end_turn_said", "start_waiting"]},
+    # the follow-up window: after an answer, listen again without a wake word (no earcon); the
+    # answered turn closes first, so here turn_finished comes before the state_changed line
+    {"trigger": "done", "source": ANSWERING, "dest": LISTENING, "conditions": ["follow_up_open"],
+     "before": ["cancel_state_tasks"], "after": ["end_turn_answered", "start_follow_up", LOG]},
     {"trigger": "done", "source": ANSWERING, "dest": IDLE,
-     "before": ["cancel_state_tasks"], "after": [LOG, "end_turn_answered"]},
-    # -- barge-in: the user cuts in and the robot listens again. In pause mode an interruption
-    #    heard by the microphone holds the answer until it proves real; otherwise it is cancelled.
+     "before": ["cancel_state_tasks"], "after": [LOG, "end_turn_answered", "start_waiting"]},
+    # -- barge-in: the user cuts in (by voice, the button or the API) and the robot listens again.
+    #    In pause mode an interruption heard by the microphone holds the answer until it proves
+    #    real; otherwise it is cancelled.
     {"trigger": "barge_in", "source": ANSWERING, "dest": HELD, "conditions": ["answer_can_be_held"],
      "before": ["hold_answer", "cancel_state_tasks"], "after": ["start_listening", "start_resume_deadline", LOG]},
     {"trigger": "barge_in", "source": ANSWERING, "dest": LISTENING,
@@ -68,20 +85,22 @@ TRANSITIONS: list[dict[str, Any]] = [
     # Nothing runs before, so the state is LISTENING at once: the listening task, judging what it
     # heard, then sees no held answer to resume (the dropping itself awaits, in after).
     {"trigger": "resume_deadline", "source": HELD, "dest": LISTENING, "after": [LOG, "drop_held_answer"]},
-    # -- stop: a stop word (by_user), a control call, or shutdown -----------------------------
+    # -- stop: a stop word (by_user), the button held, a control call, or shutdown ------------
     {"trigger": "stop", "source": NOT_HELD, "dest": IDLE, "conditions": ["said_by_user"],
-     "before": ["cancel_state_tasks", "flush_speaker"], "after": [LOG, "end_turn_stop_word"]},
+     "before": ["cancel_state_tasks", "flush_speaker"], "after": [LOG, "end_turn_stop_word", "start_waiting"]},
     {"trigger": "stop", "source": HELD, "dest": IDLE, "conditions": ["said_by_user"],
-     "before": ["cancel_state_tasks", "drop_held_as_real", "flush_speaker"], "after": [LOG, "end_turn_stop_word"]},
+     "before": ["cancel_state_tasks", "drop_held_as_real", "flush_speaker"],
+     "after": [LOG, "end_turn_stop_word", "start_waiting"]},
     {"trigger": "stop", "source": NOT_HELD, "dest": IDLE,
-     "before": ["cancel_state_tasks", "flush_speaker"], "after": [LOG, "end_turn_stopped"]},
+     "before": ["cancel_state_tasks", "flush_speaker"], "after": [LOG, "end_turn_stopped", "start_waiting"]},
     {"trigger": "stop", "source": HELD, "dest": IDLE,
-     "before": ["cancel_state_tasks", "drop_held_answer", "flush_speaker"], "after": [LOG, "end_turn_stopped"]},
+     "before": ["cancel_state_tasks", "drop_held_answer", "flush_speaker"],
+     "after": [LOG, "end_turn_stopped", "start_waiting"]},
     # -- failure: a task raised, or a callback did (handle_error) ------------------------------
     {"trigger": "fail", "source": NOT_HELD, "dest": IDLE,
-     "before": ["cancel_state_tasks"], "after": [LOG, "fail_turn"]},
+     "before": ["cancel_state_tasks"], "after": [LOG, "fail_turn", "start_waiting"]},
     {"trigger": "fail", "source": HELD, "dest": IDLE,
-     "before": ["cancel_state_tasks", "drop_held_answer"], "after": [LOG, "fail_turn"]},
+     "before": ["cancel_state_tasks", "drop_held_answer"], "after": [LOG, "fail_turn", "start_waiting"]},
 ]  # fmt: skip
 
 TRIGGERS = tuple(dict.fromkeys(row["trigger"] for row in TRANSITIONS))
@@ -93,7 +112,13 @@ class Triggers:
 
     state: State
 
+    async def ready(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
     async def wake(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def say(self, **kwargs: Any) -> bool:
         raise NotImplementedError
 
     async def heard(self, **kwargs: Any) -> bool:

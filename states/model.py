@@ -11,8 +11,10 @@ does to the answer in states/barge_in_policy.py. Nothing here does I/O: the port
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,15 +34,20 @@ from states.ports import (
     AsrClient,
     EchoCanceller,
     EchoReferenceSource,
+    EventSink,
+    HotwordEngine,
     LlmClient,
     Microphone,
     Speaker,
     TtsClient,
     Vad,
 )
-from states.speech_text import SpeechTextSettings
+from states.reply import speak_reply
+from states.say import FixedText
+from states.speech_text import SpeechText, SpeechTextSettings
 from states.state_tasks import TASK_CANCEL_TIMEOUT_S, StateTasks, Trigger
 from states.turn import Turn, TurnReport, decide_cancel
+from states.wake_watch import EchoCleaner, Wake, watch_for_wake
 
 __all__ = ["TASK_CANCEL_TIMEOUT_S", "Assistant", "AssistantSettings", "Earcons", "Turn"]
 
@@ -55,6 +62,12 @@ class AssistantSettings:
     endpointer: EndpointerSettings = field(default_factory=EndpointerSettings)
     speech_text: SpeechTextSettings = field(default_factory=SpeechTextSettings)
     barge_in: BargeInSettings = field(default_factory=BargeInSettings)
+    follow_up_s: float = 0.0
+    """After an answer, listen this long without a wake word; 0: back to idle."""
+    always: bool = False
+    """IDLE: speech alone starts a turn (no wake word)."""
+    refractory_s: float = 2.0
+    """After a wake heard in the audio, the same utterance does not wake again."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,8 @@ class Assistant(Triggers):
         aec: EchoCanceller | None = None,
         echo_reference: EchoReferenceSource | None = None,
         earcons: Earcons | None = None,
+        hotword: HotwordEngine | None = None,
+        events: EventSink | None = None,
         on_turn_end: Callable[[Turn], Awaitable[None] | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         new_turn_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
@@ -96,7 +111,14 @@ class Assistant(Triggers):
         self.conversation = conversation
         self.settings = settings
         self.earcons = earcons or Earcons()
-        self._report = TurnReport(on_turn_end)
+        self.hotword = hotword
+        self.events = events
+        self._cleaner = EchoCleaner(aec, echo_reference)
+        self._ignore_wakes_until = 0.0
+        self._pending: deque[Trigger] = deque()
+        """Control calls waiting for IDLE (a /say queued after the current answer), in order."""
+        self._closing = False
+        self._report = TurnReport(on_turn_end, events)
         self._clock = clock
         self._new_turn_id = new_turn_id
         self._tasks = StateTasks(lambda name, **kwargs: self.trigger(name, **kwargs))  # the machine's, once built
@@ -129,13 +151,14 @@ class Assistant(Triggers):
     def log_state_changed(self, event: EventData) -> None:
         shown = self._event_turn or self.turn
         transition = event.transition
-        log.info(
-            "state_changed",
-            src=state_name(transition.source if transition else None),
-            dst=state_name(transition.dest if transition else self.state),
-            trigger=event.event.name,
-            turn_id=shown.id if shown else None,
-        )
+        fields = {
+            "src": state_name(transition.source if transition else None),
+            "dst": state_name(transition.dest if transition else self.state),
+            "trigger": event.event.name,
+            "turn_id": shown.id if shown else None,
+        }
+        log.info("state_changed", **fields)
+        self._emit("state_changed", **fields)
 
     async def handle_error(self, event: EventData) -> None:
         """An exception inside a callback (a bug, or a port that raised): back to idle."""
@@ -158,6 +181,17 @@ class Assistant(Triggers):
         interruption: Interruption | None = event.kwargs.get("interruption")
         return can_hold(self.settings.barge_in, interruption) and self._tasks.owns(self._reply_task)
 
+    def listen_only(self, event: EventData) -> bool:
+        """GET /listen: the turn hears, and the caller decides what the robot says."""
+        return self.turn is not None and self.turn.kind == "listen"
+
+    def saying(self, event: EventData) -> bool:
+        return self.turn is not None and self.turn.kind == "say"
+
+    def follow_up_open(self, event: EventData) -> bool:
+        """After an answer, listen on without a wake word, unless a control call is waiting."""
+        return self.settings.follow_up_s > 0 and not self._pending and not self._closing
+
     def said_by_user(self, event: EventData) -> bool:
         """A stop word, as opposed to a stop from the daemon (a control call, shutdown)."""
         return bool(event.kwargs.get("by_user"))
@@ -178,11 +212,19 @@ class Assistant(Triggers):
         reply = self._reply_task
         assert reply is not None and self.turn is not None
         self.speaker.pause()
+        self._note_barge_in(event)
         self._held = HeldReply(reply, self.turn)
         self._tasks.release(reply, keep=self._held.keep)
 
     def flush_speaker(self, event: EventData) -> None:
         self.speaker.flush()
+        self._note_barge_in(event)
+
+    def _note_barge_in(self, event: EventData) -> None:
+        """The answer has just fallen silent because the user cut in: how long after they began."""
+        interruption: Interruption | None = event.kwargs.get("interruption")
+        if interruption is not None and self.turn is not None and self.turn.barge_in_ms is None:
+            self.turn.barge_in_ms = round((self._clock() - interruption.onset) * 1000)
 
     async def drop_held_as_real(self, event: EventData) -> None:
         """The listening task heard real words: the held answer is over."""
@@ -193,20 +235,64 @@ class Assistant(Triggers):
 
     # -- entering a state (after) ------------------------------------------------------------
 
+    async def start_waiting(self, event: EventData) -> None:
+        """IDLE: start a control call that waited for the current turn, else listen for a wake."""
+        if self._closing:
+            return
+        if self._pending:
+            name, kwargs = self._pending.popleft()
+            await self.trigger(name, **kwargs)  # queued: it runs once this event is over
+            return
+        if self.hotword is not None or self.settings.always:
+            self._spawn(self._wait_for_wake(), "wake-watch")
+
     async def start_listening(self, event: EventData) -> None:
-        """A new turn listens: after the earcon, or, after a barge-in, from the interruption's
-        onset with the audio already heard."""
+        """A new turn listens: after the earcon, or with the audio already heard (a barge-in, a
+        wake word said in the same breath as the question, speech in ``always`` mode)."""
         interruption: Interruption | None = event.kwargs.get("interruption")
-        if interruption is None:  # what the microphone heard before is stale, but for a pre-roll
+        wake: Wake = event.kwargs.get("wake") or Wake("control")
+        heard_in_audio = interruption is not None or wake.source in ("hotword", "always")
+        if not heard_in_audio:  # what the microphone heard before is stale, but for a pre-roll
             self.feed.keep_recent(self.settings.endpointer.pre_roll_ms / 1000)
         self._new_turn()
-        assert self.turn is not None
-        deaf_until = None
+        turn = self.turn
+        assert turn is not None
+        turn.waiter = event.kwargs.get("waiter")
+        if event.kwargs.get("listen_only"):
+            turn.kind = "listen"
         if interruption is not None:
-            self.turn.times.speech_start = interruption.onset
-        elif self.earcons.listening is not None:
+            turn.wake_source = "barge_in"
+        else:
+            turn.wake_source, turn.wake_word = wake.source, wake.word
+            self._emit("wake", turn_id=turn.id, source=wake.source, word=wake.word)
+        if wake.at is not None:
+            self._ignore_wakes_until = wake.at + self.settings.refractory_s
+        deaf_until = None
+        audio = b""
+        if interruption is not None:
+            turn.times.speech_start, audio = interruption.onset, interruption.audio
+        elif wake.audio:
+            turn.times.speech_start, audio = wake.onset, wake.audio
+        elif self.earcons.listening is not None and not wake.speaking:
             deaf_until = await self._play_listening_earcon()
-        self._spawn(self._listen(self.turn, interruption.audio if interruption else b"", deaf_until), "listen")
+        self._spawn(self._listen(turn, audio, deaf_until), "listen")
+
+    async def start_follow_up(self, event: EventData) -> None:
+        """The follow-up window: a new turn listens at once, quietly (no earcon), for follow_up_s."""
+        self._new_turn()
+        assert self.turn is not None
+        self.turn.wake_source = "follow_up"
+        settings = dataclasses.replace(self.settings.endpointer, no_speech_timeout_s=self.settings.follow_up_s)
+        self._spawn(self._listen(self.turn, b"", None, settings), "listen")
+
+    async def start_saying(self, event: EventData) -> None:
+        """/say, /display: a turn that speaks the given text (barge-in works as in an answer)."""
+        self._new_turn()
+        assert self.turn is not None
+        self.turn.kind, self.turn.wake_source = "say", "say"
+        self.turn.waiter = event.kwargs.get("waiter")
+        self._reply_task = self._spawn(self._say(self.turn, event.kwargs["text"]), "say")
+        self._start_watching()
 
     def start_resume_deadline(self, event: EventData) -> None:
         self._spawn(self._resume_deadline(), "resume-deadline")
@@ -236,6 +322,12 @@ class Assistant(Triggers):
 
     async def end_turn_answered(self, event: EventData) -> None:
         await self._end_current_turn("answered")
+
+    async def end_turn_listened(self, event: EventData) -> None:
+        await self._end_current_turn("listened")
+
+    async def end_turn_said(self, event: EventData) -> None:
+        await self._end_current_turn("said")
 
     async def end_turn_no_speech(self, event: EventData) -> None:
         await self._end_current_turn("no_speech")
@@ -279,12 +371,18 @@ class Assistant(Triggers):
         await self.speaker.write(pcm)
         return self._clock() + len(pcm) / 2 / self.speaker.sample_rate + EARCON_ECHO_MARGIN_S
 
-    async def _listen(self, turn: Turn, initial_audio: bytes, deaf_until: float | None) -> Trigger:
+    async def _listen(
+        self,
+        turn: Turn,
+        initial_audio: bytes,
+        deaf_until: float | None,
+        settings: EndpointerSettings | None = None,
+    ) -> Trigger:
         transcript = await listen_for_utterance(
             mic=self.feed,
             vad=self.vad,
             asr=self.asr,
-            settings=self.settings.endpointer,
+            settings=settings or self.settings.endpointer,
             times=turn.times,
             clock=self._clock,
             initial_audio=initial_audio,
@@ -303,6 +401,9 @@ class Assistant(Triggers):
         if not turn.transcript:
             log.info("asr_empty")
             return "no_speech", {}
+        self._emit("transcript", turn_id=turn.id, text=turn.transcript)
+        if turn.kind == "listen":
+            return "heard", {"transcript": transcript}
         if is_stop_command(turn.transcript, self.settings.barge_in.stop_words):
             log.info("stop_word", text=turn.transcript)
             return "stop", {"by_user": True}
@@ -362,8 +463,36 @@ class Assistant(Triggers):
             settings=self.settings.speech_text,
             clock=self._clock,
             on_audible=self._audible,
+            on_clause=lambda clause: self._emit("reply_clause", turn_id=turn.id, text=clause),
         )
         return "done", {}
+
+    async def _say(self, turn: Turn, text: str) -> Trigger:
+        outcome = await speak_reply(
+            llm=FixedText(text),
+            tts=self.tts,
+            speaker=self.speaker,
+            text=SpeechText(self.settings.speech_text),
+            messages=[],
+            times=turn.times,
+            clock=self._clock,
+            on_audible=self._audible,
+            on_clause=lambda clause: self._emit("reply_clause", turn_id=turn.id, text=clause),
+        )
+        turn.reply = outcome.spoken
+        return "done", {}
+
+    async def _wait_for_wake(self) -> Trigger:
+        wake = await watch_for_wake(
+            feed=self.feed,
+            vad=self.vad,
+            engine=self.hotword,
+            always=self.settings.always,
+            listening=self.settings.endpointer,
+            cleaner=self._cleaner,
+            ignore_until=self._ignore_wakes_until,
+        )
+        return "wake", {"wake": wake}
 
     async def _audible(self) -> None:
         await self.start_speaking()
@@ -391,6 +520,11 @@ class Assistant(Triggers):
 
     async def aclose(self) -> None:
         """Stop whatever runs (daemon shutdown). The current turn ends as ``stopped``."""
+        self._closing = True
+        for _, kwargs in self._pending:
+            if kwargs.get("waiter") is not None:
+                kwargs["waiter"].cancel()
+        self._pending.clear()
         for task in self._warm_ups:
             task.cancel()
         if self._warm_ups:
@@ -401,6 +535,46 @@ class Assistant(Triggers):
         await self._drop_held("shutdown")
         await self.settle()
         await self.feed.aclose()
+
+    # -- other wake sources and control calls (the button, the control API) --------------------
+
+    async def press(self) -> None:
+        """The button: idle, wake; thinking or speaking, stop the answer and listen (a barge-in
+        by hand); listening already, nothing."""
+        if self.state is State.IDLE:
+            await self.wake(wake=Wake("button"))
+        elif self.state in (State.THINKING, State.SPEAKING):
+            await self.barge_in()
+
+    async def long_press(self) -> None:
+        """The button held: cancel everything (queued calls too), go idle."""
+        await self.cancel_everything()
+
+    async def cancel_everything(self) -> None:
+        for _, kwargs in self._pending:
+            if kwargs.get("waiter") is not None:
+                kwargs["waiter"].cancel()
+        self._pending.clear()
+        await self.stop()
+
+    async def request(self, trigger: str, *, interrupt: bool, **kwargs: Any) -> asyncio.Future[Turn]:
+        """A control call that starts a turn (``wake`` with listen_only, ``say``): now when idle;
+        with ``interrupt`` after stopping what runs; else once the current turn is over. The
+        future is the finished turn."""
+        waiter: asyncio.Future[Turn] = asyncio.get_running_loop().create_future()
+        kwargs["waiter"] = waiter
+        if self.state is State.IDLE and not self._pending:
+            await self.trigger(trigger, **kwargs)
+        elif interrupt:
+            self._pending.appendleft((trigger, kwargs))
+            await self.stop()
+        else:
+            self._pending.append((trigger, kwargs))
+        return waiter
+
+    def _emit(self, name: str, **fields: object) -> None:
+        if self.events is not None:
+            self.events.emit(name, **fields)
 
     def _new_turn(self) -> None:
         self.turn = Turn(id=self._new_turn_id())

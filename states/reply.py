@@ -74,10 +74,12 @@ async def speak_reply(
     clock: Callable[[], float],
     on_audible: Callable[[], Awaitable[None]],
     progress: ReplyProgress | None = None,
+    on_clause: Callable[[str], None] | None = None,
 ) -> ReplyOutcome:
     """Speak the answer to ``messages``. Raises the LLM or TTS error after speaking what arrived.
 
-    ``on_audible`` is awaited once, when the first answer sample has been played.
+    ``on_audible`` is awaited once, when the first answer sample has been played. ``on_clause``
+    is called with each clause as its first audio goes to the speaker.
     """
     progress = progress if progress is not None else ReplyProgress()
     clauses: asyncio.Queue[str | None] = asyncio.Queue()
@@ -131,6 +133,8 @@ async def speak_reply(
                             group.create_task(watch_first_audio(), name="first-audio")
                         if not got_audio:
                             progress.clauses.append((clause, clause_start, clause_start))
+                            if on_clause is not None:
+                                on_clause(clause)
                         got_audio = True
                         await speaker.write(pcm)
                         progress.written += len(pcm) // 2

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
 
 from states.events import TurnTimes
+from states.ports import EventSink
 
 log = structlog.get_logger()
 
@@ -21,7 +23,16 @@ class Turn:
     transcript: str = ""
     reply: str = ""
     outcome: str = "open"
-    """answered | no_speech | failed | interrupted | stop_word | stopped"""
+    """answered | no_speech | failed | interrupted | stop_word | stopped | listened | said"""
+    kind: str = "question"
+    """question (heard, then answered) | listen (GET /listen: heard, not answered) | say (a given text spoken)"""
+    wake_source: str | None = None
+    """hotword | button | control | always | on_start | follow_up | listen | say | barge_in"""
+    wake_word: str | None = None
+    barge_in_ms: int | None = None
+    """From the onset of the user's interrupting speech to the answer falling silent."""
+    waiter: asyncio.Future[Turn] | None = field(default=None, repr=False, compare=False)
+    """Resolved with the turn when it finishes (a control call waiting for it)."""
     interrupted: bool = False
     truncated: bool = False
     finish_reason: str | None = None
@@ -36,7 +47,7 @@ class Turn:
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("answered", "no_speech", "interrupted", "stop_word")
+        return self.outcome in ("answered", "no_speech", "interrupted", "stop_word", "listened", "said")
 
 
 def decide_cancel(turn: Turn, at: float, reason: str) -> None:
@@ -49,11 +60,15 @@ def decide_cancel(turn: Turn, at: float, reason: str) -> None:
 class TurnReport:
     """Closes turns: logs them and hands them to ``on_turn_end`` (the daemon's exit code, tests)."""
 
-    def __init__(self, on_turn_end: Callable[[Turn], Awaitable[None] | None] | None) -> None:
+    def __init__(
+        self, on_turn_end: Callable[[Turn], Awaitable[None] | None] | None, events: EventSink | None = None
+    ) -> None:
         self._on_turn_end = on_turn_end
+        self._events = events
+        self.last: Turn | None = None
+        """The last finished turn (GET /status)."""
 
-    @staticmethod
-    def failed(turn: Turn, error: BaseException | None) -> None:
+    def failed(self, turn: Turn, error: BaseException | None) -> None:
         """Record why ``turn`` failed (``finished(turn, "failed")`` closes it)."""
         turn.failed_service = getattr(error, "service", None) or "daemon"
         turn.failure = str(error) or type(error).__name__
@@ -65,21 +80,35 @@ class TurnReport:
             error_type=type(error).__name__,
             transcript=turn.transcript,
         )
+        if self._events is not None:
+            self._events.emit("turn_failed", turn_id=turn.id, service=turn.failed_service, reason=turn.failure)
 
     async def finished(self, turn: Turn, outcome: str, *, interrupted: bool = False) -> None:
         turn.outcome, turn.interrupted = outcome, interrupted
-        log.info(
-            "turn_finished",
-            turn_id=turn.id,
-            outcome=outcome,
-            transcript=turn.transcript,
-            reply=turn.reply,
-            interrupted=interrupted,
-            truncated=turn.truncated,
-            finish_reason=turn.finish_reason,
-            **turn.times.latencies_ms(),
-        )
+        self.last = turn
+        fields = report_fields(turn)
+        log.info("turn_finished", **fields)
+        if self._events is not None:
+            self._events.emit("turn_finished", **fields)
+        if turn.waiter is not None and not turn.waiter.done():
+            turn.waiter.set_result(turn)
         if self._on_turn_end is not None:
             result = self._on_turn_end(turn)
             if result is not None:
                 await result
+
+
+def report_fields(turn: Turn) -> dict[str, object]:
+    """What ``turn_finished`` says of a turn (the log line, the event, GET /status)."""
+    return {
+        "turn_id": turn.id,
+        "outcome": turn.outcome,
+        "transcript": turn.transcript,
+        "reply": turn.reply,
+        "interrupted": turn.interrupted,
+        "truncated": turn.truncated,
+        "finish_reason": turn.finish_reason,
+        "wake_source": turn.wake_source,
+        **turn.times.latencies_ms(),
+        "barge_in_ms": turn.barge_in_ms,
+    }

@@ -23,7 +23,9 @@ ACTIVE = [LISTENING, HELD, THINKING, SPEAKING]
 
 # The spec, written out by hand: (state, trigger) -> where it goes. Anything else is ignored.
 GOES: dict[tuple[State, str], State] = {
+    (IDLE, "ready"): IDLE,  # an internal transition: IDLE starts listening for a wake
     (IDLE, "wake"): LISTENING,
+    (IDLE, "say"): THINKING,
     (LISTENING, "heard"): THINKING,
     (HELD, "heard"): THINKING,
     (LISTENING, "no_speech"): IDLE,
@@ -39,9 +41,12 @@ GOES: dict[tuple[State, str], State] = {
     **{(state, "fail"): IDLE for state in ACTIVE},
 }
 
-CONDITIONS = {"answer_can_be_held", "said_by_user"}
+INTERNAL = {(IDLE, "ready")}
+CONDITIONS = {"answer_can_be_held", "said_by_user", "listen_only", "saying", "follow_up_open"}
 TURN_CLOSERS = {
     "end_turn_answered",
+    "end_turn_listened",
+    "end_turn_said",
     "end_turn_no_speech",
     "end_turn_stop_word",
     "end_turn_stopped",
@@ -63,9 +68,10 @@ class RecordingModel(Triggers):
     """Stands in for the Assistant: records the callbacks the rows run, in order, and answers the
     conditions as told."""
 
-    def __init__(self, state: State, *, can_hold: bool = False) -> None:
+    def __init__(self, state: State, *, can_hold: bool = False, **conditions: bool) -> None:
         self.calls: list[str] = []
         self.can_hold = can_hold
+        self.conditions = conditions
         self.machine = build_machine(self)
         self.machine.set_state(state, model=self)
 
@@ -74,6 +80,15 @@ class RecordingModel(Triggers):
 
     def said_by_user(self, event: EventData) -> bool:
         return bool(event.kwargs.get("by_user"))
+
+    def listen_only(self, event: EventData) -> bool:
+        return self.conditions.get("listen_only", False)
+
+    def saying(self, event: EventData) -> bool:
+        return self.conditions.get("saying", False)
+
+    def follow_up_open(self, event: EventData) -> bool:
+        return self.conditions.get("follow_up_open", False)
 
     def remember_turn(self, event: EventData) -> None:
         pass
@@ -91,7 +106,8 @@ class RecordingModel(Triggers):
 
 
 async def fire(state: State, trigger: str, **kwargs: Any) -> tuple[RecordingModel, list[dict[str, Any]]]:
-    model = RecordingModel(state, can_hold=kwargs.pop("can_hold", False))
+    conditions = {name: kwargs.pop(name) for name in ("listen_only", "saying", "follow_up_open") if name in kwargs}
+    model = RecordingModel(state, can_hold=kwargs.pop("can_hold", False), **conditions)
     with capture_logs() as logs:
         await model.trigger(trigger, **kwargs)
     return model, logs
@@ -103,7 +119,9 @@ async def test_every_trigger_from_every_state_goes_where_the_spec_says_or_is_ign
 ) -> None:
     model, logs = await fire(state, trigger)
     ignored = [e for e in logs if e["event"] == "trigger_ignored"]
-    if (state, trigger) in GOES:
+    if (state, trigger) in INTERNAL:
+        assert model.state is state and model.calls == ["start_waiting"]
+    elif (state, trigger) in GOES:
         assert model.state is GOES[state, trigger]
         assert model.calls.count("log_state_changed") == 1
         assert ignored == []
@@ -145,22 +163,48 @@ async def test_a_barge_in_that_cannot_hold_the_answer_cancels_it_and_closes_its_
 @pytest.mark.parametrize(("by_user", "closer"), [(True, "end_turn_stop_word"), (False, "end_turn_stopped")])
 async def test_stop_says_whether_the_user_said_it(state: State, by_user: bool, closer: str) -> None:
     model, _ = await fire(state, "stop", by_user=by_user)
-    assert model.state is IDLE and model.calls[-2:] == ["log_state_changed", closer]
+    assert model.state is IDLE and model.calls[-3:] == ["log_state_changed", closer, "start_waiting"]
     assert "flush_speaker" in model.calls
 
 
-@pytest.mark.parametrize(("state", "trigger"), sorted(GOES, key=str))
+@pytest.mark.parametrize(("state", "trigger"), sorted(set(GOES) - INTERNAL, key=str))
 async def test_every_move_leaves_the_state_cleanly_and_logs_before_it_closes_a_turn(state: State, trigger: str) -> None:
     model, _ = await fire(state, trigger, can_hold=False)
     calls = model.calls
     handover = (state, trigger) in {(THINKING, "start_speaking"), (HELD, "resume_deadline")}
-    assert ("cancel_state_tasks" in calls) is (not handover and state is not IDLE)
+    assert ("cancel_state_tasks" in calls) is not handover
+    assert (calls[-1] == "start_waiting") is (GOES[state, trigger] is IDLE)  # IDLE listens for a wake
     if state is HELD:  # leaving the held state ends the held answer, one way or another
         assert len(HELD_ENDERS & set(calls)) == 1
     closers = [c for c in calls if c in TURN_CLOSERS]
     assert len(closers) == (GOES[state, trigger] is IDLE or trigger == "barge_in")
     if closers:
         assert calls.index(closers[0]) > calls.index("log_state_changed")
+
+
+@pytest.mark.parametrize("state", [THINKING, SPEAKING])
+async def test_an_answer_followed_by_the_follow_up_window_closes_its_turn_and_listens_again(state: State) -> None:
+    model, _ = await fire(state, "done", follow_up_open=True)
+    assert model.state is LISTENING
+    assert model.calls == ["cancel_state_tasks", "end_turn_answered", "start_follow_up", "log_state_changed"]
+
+
+async def test_a_said_text_ends_as_said_and_never_opens_the_follow_up_window() -> None:
+    model, _ = await fire(SPEAKING, "done", saying=True, follow_up_open=True)
+    assert model.state is IDLE
+    assert model.calls == ["cancel_state_tasks", "log_state_changed", "end_turn_said", "start_waiting"]
+
+
+async def test_a_listen_only_turn_goes_idle_with_what_it_heard_unanswered() -> None:
+    model, _ = await fire(LISTENING, "heard", listen_only=True)
+    assert model.state is IDLE
+    assert model.calls == ["cancel_state_tasks", "log_state_changed", "end_turn_listened", "start_waiting"]
+
+
+async def test_wake_and_say_cancel_the_idle_states_wake_watch() -> None:
+    for trigger, starter in (("wake", "start_listening"), ("say", "start_saying")):
+        model, _ = await fire(IDLE, trigger)
+        assert model.calls == ["cancel_state_tasks", starter, "log_state_changed"]
 
 
 def test_every_name_in_the_table_is_a_callback_or_condition_of_the_assistant() -> None:

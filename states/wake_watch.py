@@ -1,0 +1,111 @@
+"""IDLE: listen for a wake. The microphone runs from start-up, through the echo canceller and the
+VAD, into the hotword engine; in ``always`` mode speech alone wakes.
+
+The engines hear the echo canceller's output, so the robot's own voice (an answer's tail, a
+``say``) does not wake it. A wake returns at once; the audio after it stays queued in the
+microphone feed, so a question said in the same breath as the wake word is the start of the
+utterance the next state hears.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import structlog
+
+from states.endpointer import Endpointer, EndpointerSettings, Framer, SpeechStarted
+from states.mic_feed import BYTES_PER_SECOND, MicFeed
+from states.ports import EchoCanceller, EchoReferenceSource, HotwordEngine, Vad
+
+log = structlog.get_logger()
+
+SPEAKING_TAIL_FRAMES = 3
+"""The user is still speaking at the wake when one of the last few VAD frames is speech: the
+listening earcon would talk over them (and be heard as their speech), so it is skipped."""
+
+
+@dataclass(frozen=True)
+class Wake:
+    """Why a turn starts, and what was heard with it."""
+
+    source: str
+    """hotword | always (heard here); button | control | on_start | listen (from outside)."""
+    word: str | None = None
+    """The wake phrase that fired (hotword)."""
+    audio: bytes = b""
+    """``always``: the speech so far, from its pre-roll; the utterance starts with it."""
+    onset: float | None = None
+    """Monotonic capture time of the first sample of ``audio`` (``always``)."""
+    speaking: bool = False
+    """The user was speaking as it fired: no listening earcon."""
+    at: float | None = None
+    """Monotonic capture time of the audio that woke it (refractory period, latency)."""
+
+
+class EchoCleaner:
+    """Microphone blocks through the echo canceller, in its frame size, with their capture times."""
+
+    def __init__(self, aec: EchoCanceller | None, reference: EchoReferenceSource | None) -> None:
+        self._aec, self._reference = aec, reference
+        self._frames = Framer(aec.frame_bytes) if aec is not None else None
+
+    def clean(self, pcm: bytes, start: float) -> bytes:
+        """The echo-cancelled audio of ``pcm`` captured from ``start``; a partial frame waits for the next block."""
+        if self._aec is None or self._frames is None:
+            return pcm
+        t = start - self._frames.pending_bytes / BYTES_PER_SECOND
+        out = []
+        for near in self._frames.push(pcm):
+            far = self._reference.far_for(t, len(near)) if self._reference is not None else bytes(len(near))
+            out.append(self._aec.process(near, far))
+            t += len(near) / BYTES_PER_SECOND
+        return b"".join(out)
+
+
+async def watch_for_wake(
+    *,
+    feed: MicFeed,
+    vad: Vad,
+    engine: HotwordEngine | None,
+    always: bool,
+    listening: EndpointerSettings,
+    cleaner: EchoCleaner,
+    ignore_until: float = 0.0,
+) -> Wake:
+    """Return the first wake heard; runs until cancelled otherwise (another source woke it).
+
+    Detections from audio captured before ``ignore_until`` are ignored (the refractory period
+    after the last wake).
+    """
+    vad.reset()
+    if engine is not None:
+        engine.reset()
+    frames = Framer(vad.frame_bytes)
+    speech_start = replace(listening, no_speech_timeout_s=None)
+    endpointer = Endpointer(speech_start, vad.frame_bytes) if always else None
+    recent: list[bool] = []
+    while True:
+        block = await feed.read_block()
+        clean = cleaner.clean(block.pcm, block.start_time)
+        speech_in_block = False
+        for frame in frames.push(clean):
+            speech = vad.is_speech(frame)
+            speech_in_block |= speech
+            recent = [*recent[-(SPEAKING_TAIL_FRAMES - 1) :], speech]
+            if endpointer is not None:
+                for event in endpointer.push(frame, speech):
+                    if isinstance(event, SpeechStarted):
+                        onset = block.end_time - len(event.audio) / BYTES_PER_SECOND
+                        log.info("wake_heard", source="always")
+                        return Wake("always", audio=event.audio, onset=onset, speaking=True, at=block.end_time)
+        if engine is None or not clean:
+            continue
+        word = engine.process(clean, speech_in_block)
+        if word is None:
+            continue
+        if block.end_time < ignore_until:
+            log.debug("hotword_refractory", word=word)
+            continue
+        engine.reset()
+        log.info("wake_heard", source="hotword", word=word)
+        return Wake("hotword", word=word, speaking=any(recent), at=block.end_time)
