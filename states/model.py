@@ -268,13 +268,11 @@ class Assistant(Triggers):
         if wake.at is not None:
             self._ignore_wakes_until = wake.at + self.settings.refractory_s
         deaf_until = None
-        audio = b""
+        audio = wake.audio
         if interruption is not None:
             turn.times.speech_start, audio = interruption.onset, interruption.audio
-        elif wake.audio:
-            turn.times.speech_start, audio = wake.onset, wake.audio
         elif self.earcons.listening is not None and not wake.speaking:
-            deaf_until = await self._play_listening_earcon()
+            deaf_until = await self._play_listening_earcon()  # the audio handed over is not deafened
         self._spawn(self._listen(turn, audio, deaf_until), "listen")
 
     async def start_follow_up(self, event: EventData) -> None:

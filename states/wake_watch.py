@@ -9,19 +9,19 @@ utterance the next state hears.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, replace
 
 import structlog
 
 from states.endpointer import Endpointer, EndpointerSettings, Framer, SpeechStarted
-from states.mic_feed import BYTES_PER_SECOND, MicFeed
+from states.mic_feed import BYTES_PER_SECOND, Block, MicFeed
 from states.ports import EchoCanceller, EchoReferenceSource, HotwordEngine, Vad
 
 log = structlog.get_logger()
 
-SPEAKING_TAIL_FRAMES = 3
-"""The user is still speaking at the wake when one of the last few VAD frames is speech: the
-listening earcon would talk over them (and be heard as their speech), so it is skipped."""
+RECENT_S = 1.0
+"""Raw microphone audio kept while waiting, to hand over what followed the wake word."""
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,8 @@ class Wake:
     word: str | None = None
     """The wake phrase that fired (hotword)."""
     audio: bytes = b""
-    """``always``: the speech so far, from its pre-roll; the utterance starts with it."""
+    """What the next state hears first: ``always``, the speech so far from its pre-roll;
+    ``hotword``, the audio since the wake word ended (the question, if said in the same breath)."""
     onset: float | None = None
     """Monotonic capture time of the first sample of ``audio`` (``always``)."""
     speaking: bool = False
@@ -75,23 +76,30 @@ async def watch_for_wake(
     """Return the first wake heard; runs until cancelled otherwise (another source woke it).
 
     Detections from audio captured before ``ignore_until`` are ignored (the refractory period
-    after the last wake).
+    after the last wake). An engine fires a little after its wake word ends (its ``lag_s``, if
+    it declares one): the audio from there on is handed over with the wake, so the question's
+    first syllables, heard while the engine made up its mind, are not lost.
     """
+    lag_s = float(getattr(engine, "lag_s", 0.0))
+    recent: deque[Block] = deque(maxlen=max(1, round(RECENT_S * BYTES_PER_SECOND / 640)))
     vad.reset()
     if engine is not None:
         engine.reset()
     frames = Framer(vad.frame_bytes)
     speech_start = replace(listening, no_speech_timeout_s=None)
     endpointer = Endpointer(speech_start, vad.frame_bytes) if always else None
-    recent: list[bool] = []
+    speaking = False
+    """The latest VAD frame is speech: a wake now finds the user still talking (the question said
+    in the same breath as the wake word), and the listening earcon would talk over them."""
     while True:
         block = await feed.read_block()
+        recent.append(block)
         clean = cleaner.clean(block.pcm, block.start_time)
         speech_in_block = False
         for frame in frames.push(clean):
             speech = vad.is_speech(frame)
             speech_in_block |= speech
-            recent = [*recent[-(SPEAKING_TAIL_FRAMES - 1) :], speech]
+            speaking = speech
             if endpointer is not None:
                 for event in endpointer.push(frame, speech):
                     if isinstance(event, SpeechStarted):
@@ -108,4 +116,24 @@ async def watch_for_wake(
             continue
         engine.reset()
         log.info("wake_heard", source="hotword", word=word)
-        return Wake("hotword", word=word, speaking=any(recent), at=block.end_time)
+        after = _tail(recent, len(block.pcm) + round(lag_s * BYTES_PER_SECOND))
+        return Wake(
+            "hotword",
+            word=word,
+            audio=b"".join(b.pcm for b in after),
+            onset=after[0].start_time,
+            speaking=speaking,
+            at=block.end_time,
+        )
+
+
+def _tail(blocks: deque[Block], n_bytes: int) -> list[Block]:
+    """The latest blocks that hold ``n_bytes`` of audio (counted in audio, not in timestamps:
+    blocks that queued up arrive together)."""
+    tail: list[Block] = []
+    for b in reversed(blocks):
+        if n_bytes <= 0:
+            break
+        tail.append(b)
+        n_bytes -= len(b.pcm)
+    return tail[::-1]
