@@ -18,13 +18,17 @@ from daemon.clients.tts import make_tts
 from daemon.config import Settings
 from daemon.devices import make_echo_canceller, open_devices, reopen_microphone
 from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
+from daemon.event_bus import EventBus
+from daemon.health import Health
 from daemon.resampled_tts import ResampledTts
+from daemon.wake_sources import Listeners, make_wake_engine, wake_summary
 from hardware.errors import HardwareError
 from hardware.vad import make_vad
 from states.history import Conversation
 from states.mic_feed import MicFeed
 from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.ports import Microphone, Speaker, TtsClient, Vad
+from states.wake_watch import Wake
 
 log = structlog.get_logger()
 
@@ -38,7 +42,14 @@ EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH = 0, 1, 3
 
 def assistant_settings(settings: Settings) -> AssistantSettings:
     """The conversation's settings are the config's own tables (``[vad]`` is the endpointer's)."""
-    return AssistantSettings(endpointer=settings.vad, speech_text=settings.reply, barge_in=settings.barge_in)
+    return AssistantSettings(
+        endpointer=settings.vad,
+        speech_text=settings.reply,
+        barge_in=settings.barge_in,
+        follow_up_s=settings.wake.follow_up_s,
+        always=settings.wake.always,
+        refractory_s=settings.wake.hotword.refractory_s,
+    )
 
 
 class App:
@@ -58,6 +69,8 @@ class App:
         self.assistant: Assistant | None = None
         """The running conversation, while ``run`` runs (other wake sources fire its triggers)."""
         self._turn_done = asyncio.Event()
+        self.bus = EventBus()
+        """The daemon's events: the control API's /events, hooks, metrics, LEDs subscribe."""
 
     async def run(self, stop: asyncio.Event | None = None) -> int:
         stop = stop or asyncio.Event()
@@ -76,6 +89,9 @@ class App:
             mic, speaker = devices.mic, devices.speaker
             stack.push_async_callback(self._drain, speaker)
             vad = self._make_vad()
+            hotword = make_wake_engine(s)
+            if hotword is not None:
+                stack.push_async_callback(hotword.aclose)
             feed = MicFeed(mic, reopen=self._reopen_mic if s.audio.input.startswith("pyaudio:") else None)
             self.assistant = assistant = Assistant(
                 mic=feed,
@@ -94,9 +110,12 @@ class App:
                     listening=earcon_from_setting(s.earcons.listening, listening_earcon),
                     error=earcon_from_setting(s.earcons.error, failure_earcon),
                 ),
+                hotword=hotword,
+                events=self.bus,
                 on_turn_end=self._turn_ended,
             )
             stack.push_async_callback(assistant.aclose)
+            await Listeners(s, assistant, self.bus, Health(feed)).start(stack)
             checking = asyncio.create_task(self._check_llm(llm), name="llm-check")
             stack.callback(checking.cancel)
             log.info(
@@ -112,9 +131,12 @@ class App:
                 llm=s.llm.url,
                 model=s.llm.model,
                 tts=s.tts.url,
+                wake=wake_summary(s),
             )
+            feed.start()  # the wake sources hear everything from now on
+            await assistant.ready()
             if s.wake.on_start:
-                await assistant.wake()
+                await assistant.wake(wake=Wake("on_start"))
             waiters = [asyncio.create_task(stop.wait(), name="stop")]
             if self.once:
                 waiters.append(asyncio.create_task(self._turn_done.wait(), name="once"))

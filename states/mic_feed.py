@@ -60,6 +60,8 @@ class MicFeed:
         self._error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
         self.dropped_bytes = 0
+        self.last_error: str | None = None
+        """The device's last failure, until it delivers audio again (GET /status)."""
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -103,11 +105,13 @@ class MicFeed:
             except Exception as exc:  # noqa: BLE001 - a device error ends the turn, not the daemon
                 log.error("mic_failed", error=str(exc), error_type=type(exc).__name__)
                 self._error = exc
+                self.last_error = str(exc) or type(exc).__name__
                 self._ready.set()
                 if self._reopen is None:
                     return
                 self.mic = await reopen_device(self.mic, self._reopen, name="mic", backoff=self._backoff)
                 continue
+            self.last_error = None
             self._push(Block(pcm, start + len(pcm) / BYTES_PER_SECOND))
 
     async def _read_timed(self) -> tuple[bytes, float]:

@@ -534,6 +534,11 @@ class Assistant(Triggers):
         await self.settle()
         await self.feed.aclose()
 
+    @property
+    def last_turn(self) -> Turn | None:
+        """The last finished turn (GET /status)."""
+        return self._report.last
+
     # -- other wake sources and control calls (the button, the control API) --------------------
 
     async def press(self) -> None:

@@ -132,6 +132,7 @@ class DaemonProcess:
         self.ready_event: dict[str, Any] = {}
         self.events: list[dict[str, Any]] = []
         self.other_lines: list[str] = []
+        self._new_event = asyncio.Event()
         self.stderr = bytearray()
         self._readers = [
             asyncio.create_task(self._read_stdout(), name="daemon-stdout"),
@@ -165,15 +166,40 @@ class DaemonProcess:
                 self.other_lines.append(text)
                 continue
             self.events.append(event)
+            self._new_event.set()
             if event.get("event") == "daemon_ready" and not self.ready.is_set():
                 self.ready_at = now
                 self.ready_event = event
                 self.ready.set()
+        self._new_event.set()  # the end: whoever waits sees it
 
     async def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
         while chunk := await self.proc.stderr.read(65536):
             self.stderr += chunk
+
+    async def wait_for(self, event: str, *, after: int = 0, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        """The first log event named ``event`` with these ``fields``, from index ``after`` of
+        ``events`` on, already logged or still to come. Raises BenchError on timeout or exit."""
+
+        def find() -> dict[str, Any] | None:
+            for e in self.events[after:]:
+                if e.get("event") == event and all(e.get(k) == v for k, v in fields.items()):
+                    return e
+            return None
+
+        async def arrival() -> dict[str, Any]:
+            while (found := find()) is None:
+                if self.proc.stdout is not None and self.proc.stdout.at_eof():
+                    raise BenchError(f"the daemon stopped before {event} {fields}\n{self.tail()}")
+                self._new_event.clear()
+                await self._new_event.wait()
+            return found
+
+        try:
+            return await asyncio.wait_for(arrival(), timeout)
+        except TimeoutError:
+            raise BenchError(f"no {event} {fields} within {timeout:.0f} s\n{self.tail()}") from None
 
     def tail(self, lines: int = 12) -> str:
         """The last lines it wrote, for an error message."""
