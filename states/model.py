@@ -236,15 +236,15 @@ class Assistant(Triggers):
     # -- entering a state (after) ------------------------------------------------------------
 
     async def start_waiting(self, event: EventData) -> None:
-        """IDLE: start a control call that waited for the current turn, else listen for a wake."""
+        """IDLE: start a control call that waited for the current turn, else listen for a wake
+        (the microphone, the echo canceller and the VAD run from start-up, engine or not)."""
         if self._closing:
             return
         if self._pending:
             name, kwargs = self._pending.popleft()
             await self.trigger(name, **kwargs)  # queued: it runs once this event is over
             return
-        if self.hotword is not None or self.settings.always:
-            self._spawn(self._wait_for_wake(), "wake-watch")
+        self._spawn(self._wait_for_wake(), "wake-watch")  # with no engine, it keeps the canceller learning
 
     async def start_listening(self, event: EventData) -> None:
         """A new turn listens: after the earcon, or with the audio already heard (a barge-in, a
