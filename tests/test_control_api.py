@@ -9,7 +9,7 @@ import os
 import socket
 import stat
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +21,9 @@ from daemon.control.metrics import Metrics
 from daemon.control.port import Busy
 from daemon.control.server import ControlServer
 from daemon.errors import AsrError, ControlError
-from daemon.event_bus import EventBus
+from tests.fake_control import FakeControl
 
 TOKEN = "s3cret-token"
-
-
-@dataclass
-class FakeControl:
-    """A VoiceControl that records its calls; ``listen`` answers ``heard``; ``fail`` is raised by every call."""
-
-    bus: EventBus = field(default_factory=EventBus)
-    calls: list[tuple[Any, ...]] = field(default_factory=list)
-    heard: str = "what time is it"
-    fail: BaseException | None = None
-
-    def _call(self, *call: Any) -> None:
-        self.calls.append(call)
-        if self.fail is not None:
-            raise self.fail
-
-    async def wake(self) -> None:
-        self._call("wake")
-
-    async def listen(self) -> str:
-        self._call("listen")
-        return self.heard
-
-    async def say(self, text: str, *, interrupt: bool = False, wait: bool = False) -> None:
-        self._call("say", text, interrupt, wait)
-
-    async def stop(self) -> None:
-        self._call("stop")
-
-    def status(self) -> dict[str, Any]:
-        self._call("status")
-        return {"state": "idle", "turn": None, "last_turn": {"outcome": "answered", "first_audio_ms": 412}}
 
 
 @dataclass
