@@ -19,7 +19,7 @@ import pytest
 from daemon.config import ControlSettings
 from daemon.control.metrics import Metrics
 from daemon.control.port import Busy
-from daemon.control.server import ControlServer
+from daemon.control.server import Address, ControlServer
 from daemon.errors import AsrError, ControlError
 from tests.fake_control import FakeControl
 
@@ -284,6 +284,13 @@ async def test_failures_of_the_control_are_json_and_the_server_lives_on(
     assert (await api.client.post("/wake")).status_code == 202
 
 
+async def test_a_burst_of_requests_is_served_whole(api: Api) -> None:
+    """200 calls at once, over a handful of connections: every one answered, none lost."""
+    responses = await asyncio.gather(*(api.client.post("/say", json={"text": f"n{n}"}) for n in range(200)))
+    assert [r.status_code for r in responses] == [202] * 200
+    assert sorted(call[1] for call in api.control.calls) == sorted(f"n{n}" for n in range(200))
+
+
 # --- the token -----------------------------------------------------------------------------
 
 
@@ -299,6 +306,24 @@ async def test_the_token_is_required_on_every_route_when_set(start: Start, socke
         assert api.control.calls == []
         assert (await api.client.post("/wake")).status_code == 202
         assert (await api.client.get("/listen")).text == "what time is it"
+
+
+@pytest.mark.parametrize(
+    ("listen", "local"),
+    [
+        ("127.0.0.1:8765", True),
+        ("127.3.2.1:1", True),
+        ("localhost:8765", True),
+        ("[::1]:8765", True),
+        ("unix:/run/moss-voice/control.sock", True),
+        ("0.0.0.0:8765", False),
+        ("[::]:8765", False),
+        ("192.168.1.20:8765", False),
+        ("robot.local:8765", False),
+    ],
+)
+def test_which_addresses_need_no_token(listen: str, local: bool) -> None:
+    assert Address.parse(listen).is_local is local
 
 
 async def test_a_non_loopback_address_refuses_to_start_without_a_token(start: Start) -> None:
