@@ -15,12 +15,14 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.config import ControlSettings
 from daemon.control.metrics import Metrics
 from daemon.control.port import Busy
 from daemon.control.server import Address, ControlServer
 from daemon.errors import AsrError, ControlError
+from daemon.event_bus import Event
 from tests.fake_control import FakeControl
 
 TOKEN = "s3cret-token"
@@ -406,15 +408,18 @@ async def test_too_many_event_clients_get_503_and_close_ends_the_streams(start: 
 
 async def test_a_slow_event_client_loses_only_its_oldest_events(api: Api) -> None:
     bus = api.control.bus
-    async with api.client.stream("GET", "/events") as response:
-        lines = response.aiter_lines()
-        assert await anext(lines) == ": moss-voice events"
-        for n in range(300):  # more than the client's queue (256), emitted before it reads any
-            bus.emit("transcript", turn_id=n, text=str(n))
-        first = await _next_event(lines)
-        later = [await _next_event(lines) for _ in range(255)]
-    numbers = [json.loads(e["data"])["turn_id"] for e in [first, *later]]
-    assert numbers == list(range(44, 300))
+    other = bus.subscribe(maxsize=1000)  # another subscriber, which keeps everything
+    with capture_logs() as logs:
+        async with api.client.stream("GET", "/events") as response:
+            lines = response.aiter_lines()
+            assert await anext(lines) == ": moss-voice events"
+            for n in range(300):  # more than the client's queue (256), emitted before it reads any
+                bus.emit("transcript", turn_id=n, text=str(n))
+            assert [await anext(lines) for _ in range(2)] == ["", ": dropped 44 events"]
+            events = [await _next_event(lines) for _ in range(256)]
+    assert [json.loads(e["data"])["turn_id"] for e in events] == list(range(44, 300))
+    assert [e["dropped"] for e in logs if e["event"] == "control_events_client_behind"] == [44]
+    assert len(other._events) == 300 and other.dropped == 0
 
 
 async def test_keepalive_comments_while_nothing_happens(start: Start) -> None:
@@ -423,3 +428,42 @@ async def test_keepalive_comments_while_nothing_happens(start: Start) -> None:
         lines = response.aiter_lines()
         seen = [await anext(lines) for _ in range(6)]
     assert seen.count(": keepalive") >= 2
+
+
+# --- metrics, without a server -----------------------------------------------------------------
+
+
+def _event(name: str, **fields: object) -> Event:
+    return Event(name, dict(fields), 1, 0.0)
+
+
+def test_metrics_start_idle_with_every_known_label_at_zero() -> None:
+    samples = _samples(Metrics().render().decode())
+    assert samples['moss_voice_state{state="idle"}'] == 1
+    assert samples['moss_voice_state{state="speaking"}'] == 0
+    assert samples['moss_voice_turns_total{outcome="said"}'] == 0
+    assert samples['moss_voice_wakes_total{source="follow_up"}'] == 0
+    assert samples['moss_voice_failures_total{service="daemon"}'] == 0
+
+
+def test_metrics_state_follows_state_changed_even_to_an_unknown_state() -> None:
+    metrics = Metrics()
+    for dst in ("listening", "weird", "speaking"):
+        metrics.observe(_event("state_changed", src="x", dst=dst, trigger="t", turn_id=1))
+    samples = _samples(metrics.render().decode())
+    states = {k: v for k, v in samples.items() if k.startswith("moss_voice_state{")}
+    assert {k for k, v in states.items() if v == 1} == {'moss_voice_state{state="speaking"}'}
+    assert states['moss_voice_state{state="weird"}'] == 0
+
+
+def test_metrics_skip_missing_and_malformed_latencies() -> None:
+    metrics = Metrics()
+    with capture_logs() as logs:
+        metrics.observe(_event("turn_finished", outcome="interrupted", barge_in_ms=85, asr_final_ms="fast"))
+        metrics.observe(_event("turn_finished", outcome="answered", asr_final_ms=True, llm_first_token_ms=250.5))
+    samples = _samples(metrics.render().decode())
+    assert samples["moss_voice_barge_in_seconds_sum"] == pytest.approx(0.085)
+    assert samples['moss_voice_barge_in_seconds_bucket{le="0.1"}'] == 1
+    assert samples["moss_voice_asr_final_seconds_count"] == 0
+    assert samples["moss_voice_llm_first_token_seconds_sum"] == pytest.approx(0.2505)
+    assert [e["field"] for e in logs if e["event"] == "metrics_bad_field"] == ["asr_final_ms", "asr_final_ms"]

@@ -44,6 +44,8 @@ MAX_SSE_CLIENTS = 16
 SSE_KEEPALIVE_S = 15.0
 SSE_QUEUE = 256
 """Events one /events client may fall behind before it loses its oldest ones."""
+SSE_WRITE_TIMEOUT_S = 30.0
+"""A client that takes no bytes for this long is dropped (a stalled reader must not hold a slot)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -311,35 +313,47 @@ class ControlServer:
         self._streams.append(subscription)
         remote = request.remote
         log.info("control_events_opened", remote=remote, clients=len(self._streams))
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
         try:
-            response = web.StreamResponse(
-                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-            )
             await response.prepare(request)
-            await response.write(b": moss-voice events\n\n")
-            reported = 0
-            while True:
-                try:
-                    event = await asyncio.wait_for(subscription.get(), self._keepalive_s)
-                except TimeoutError:
-                    await response.write(b": keepalive\n\n")
-                    continue
-                if event is None:
-                    break
-                if subscription.dropped > reported:
-                    log.warning("control_events_client_behind", remote=remote, dropped=subscription.dropped - reported)
-                    await response.write(f": dropped {subscription.dropped - reported} events\n\n".encode())
-                    reported = subscription.dropped
-                data = _dumps(event.as_dict())
-                await response.write(f"id: {event.seq}\nevent: {event.name}\ndata: {data}\n\n".encode())
-            await response.write_eof()
+            await self._stream(response, subscription, remote)
         except ConnectionResetError:
             log.info("control_events_client_gone", remote=remote)
+        except TimeoutError:
+            log.warning("control_events_client_stalled", remote=remote, seconds=SSE_WRITE_TIMEOUT_S)
         finally:
             if subscription in self._streams:
                 self._streams.remove(subscription)
             bus.unsubscribe(subscription)
         return response
+
+    async def _stream(self, response: web.StreamResponse, subscription: Subscription, remote: str | None) -> None:
+        """Write events until the subscription closes. Raises TimeoutError for a client that has
+        not taken a write for SSE_WRITE_TIMEOUT_S (its slot is freed), ConnectionResetError for
+        one that went away."""
+
+        async def send(text: str) -> None:
+            async with asyncio.timeout(SSE_WRITE_TIMEOUT_S):
+                await response.write(text.encode())
+
+        await send(": moss-voice events\n\n")
+        reported = 0
+        while True:
+            try:
+                event = await asyncio.wait_for(subscription.get(), self._keepalive_s)
+            except TimeoutError:
+                await send(": keepalive\n\n")
+                continue
+            if event is None:
+                break
+            if subscription.dropped > reported:
+                log.warning("control_events_client_behind", remote=remote, dropped=subscription.dropped - reported)
+                await send(f": dropped {subscription.dropped - reported} events\n\n")
+                reported = subscription.dropped
+            await send(f"id: {event.seq}\nevent: {event.name}\ndata: {_dumps(event.as_dict())}\n\n")
+        await response.write_eof()
 
 
 def _dumps(value: Any) -> str:
