@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from daemon.config import ControlSettings
 from daemon.control.metrics import Metrics
 from daemon.control.port import Busy
-from daemon.control.server import Address, ControlServer
+from daemon.control.server import Address, ControlServer, control_api
 from daemon.errors import AsrError, ControlError
 from daemon.event_bus import Event
 from tests.fake_control import FakeControl
@@ -241,6 +241,12 @@ async def test_unknown_route_and_wrong_method_are_json(api: Api) -> None:
     assert response.json()["error"].startswith("GET /wake: method not allowed")
 
 
+async def test_head_starts_nothing(api: Api) -> None:
+    for path in ("/listen", "/status", "/events", "/metrics"):
+        assert (await api.client.head(path)).status_code == 405, path
+    assert api.control.calls == []
+
+
 async def test_a_body_over_the_limit_is_413(start: Start) -> None:
     api = await start("127.0.0.1:0", max_body_bytes=100)
     response = await api.client.post("/say", json={"text": "x" * 200})
@@ -428,6 +434,29 @@ async def test_keepalive_comments_while_nothing_happens(start: Start) -> None:
         lines = response.aiter_lines()
         seen = [await anext(lines) for _ in range(6)]
     assert seen.count(": keepalive") >= 2
+
+
+async def test_control_api_runs_the_metrics_and_the_server_and_stops_both(unused_tcp_port: int) -> None:
+    control = FakeControl()
+    async with control_api(ControlSettings(listen=f"127.0.0.1:{unused_tcp_port}"), control) as server:
+        assert server is not None and server.address == f"127.0.0.1:{unused_tcp_port}"
+        await control.bus.subscribed.wait()  # the metrics task is counting
+        control.bus.emit("wake", turn_id=1, source="button", word=None)
+        async with _client(server.address) as client:
+            # the metrics task, woken by the emit, runs while this request goes out
+            samples = _samples((await client.get("/metrics")).text)
+    assert samples['moss_voice_wakes_total{source="button"}'] == 1
+    assert control.bus._subscribers == []
+    async with _client(f"127.0.0.1:{unused_tcp_port}") as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("/status")
+
+
+async def test_control_api_without_an_address_starts_nothing() -> None:
+    control = FakeControl()
+    async with control_api(ControlSettings(), control) as server:
+        assert server is None
+        assert not control.bus.subscribed.is_set()
 
 
 # --- metrics, without a server -----------------------------------------------------------------

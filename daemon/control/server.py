@@ -22,7 +22,8 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,26 @@ class Address:
             return ipaddress.ip_address(self.host or "").is_loopback
         except ValueError:
             return False  # a host name other than localhost may resolve to anything
+
+
+@asynccontextmanager
+async def control_api(settings: ControlSettings, control: VoiceControl) -> AsyncIterator[ControlServer | None]:
+    """The control API for ``async with``: the metrics task and the server, started; both stopped
+    at the end. Yields None (and starts nothing) when ``settings.listen`` is unset.
+    Raises ControlError when the server cannot start."""
+    if settings.listen is None:
+        yield None
+        return
+    metrics = Metrics()
+    counting = asyncio.create_task(metrics.run(control.bus), name="control-metrics")
+    server = ControlServer(settings, control, metrics=metrics)
+    try:
+        await server.start()
+        yield server
+    finally:
+        await server.aclose()
+        counting.cancel()
+        await asyncio.gather(counting, return_exceptions=True)
 
 
 def json_error(status: int, message: str) -> web.Response:
@@ -151,6 +172,8 @@ class ControlServer:
         if self._closing:
             return
         self._closing = True
+        if self._runner is None:
+            return  # never started
         for subscription in list(self._streams):
             self._control.bus.unsubscribe(subscription)
         if self._runner is not None:
@@ -210,15 +233,15 @@ class ControlServer:
         app = web.Application(
             client_max_size=self._max_body, middlewares=[self._errors_middleware, self._auth_middleware]
         )
-        app.router.add_get("/listen", self._listen_route)
+        app.router.add_get("/listen", self._listen_route, allow_head=False)
         app.router.add_post("/display", self._display)
         app.router.add_post("/wake", self._wake)
         app.router.add_post("/say", self._say)
         app.router.add_post("/stop", self._stop)
-        app.router.add_get("/status", self._status)
-        app.router.add_get("/events", self._events)
-        app.router.add_get("/metrics", self._metrics_route)
-        return app
+        app.router.add_get("/status", self._status, allow_head=False)
+        app.router.add_get("/events", self._events, allow_head=False)
+        app.router.add_get("/metrics", self._metrics_route, allow_head=False)
+        return app  # no HEAD routes: a HEAD /listen must not start a turn
 
     @web.middleware
     async def _errors_middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
