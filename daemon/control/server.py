@@ -176,10 +176,9 @@ class ControlServer:
             return  # never started
         for subscription in list(self._streams):
             self._control.bus.unsubscribe(subscription)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._where.path is not None and self._address is not None:
+        await self._runner.cleanup()
+        self._runner = None
+        if self._where.path is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self._where.path)
         log.info("control_api_closed", address=self._address)
