@@ -21,7 +21,7 @@ from daemon.config import ControlSettings
 from daemon.control.metrics import Metrics
 from daemon.control.port import Busy
 from daemon.control.server import Address, ControlServer, control_api
-from daemon.errors import AsrError, ControlError
+from daemon.errors import AsrError, ControlError, HardwareError
 from daemon.event_bus import Event
 from tests.fake_control import FakeControl
 
@@ -278,16 +278,20 @@ async def test_a_chunked_body_over_the_limit_is_413(start: Start) -> None:
     [
         (Busy("shutting down"), 409, "busy"),
         (AsrError("the connection closed"), 502, "asr"),
-        (RuntimeError("a bug"), 500, "internal error"),
+        (HardwareError("the microphone is gone"), 503, "audio device"),
+        (RuntimeError("a bug"), 500, "internal error: RuntimeError"),
     ],
 )
 async def test_failures_of_the_control_are_json_and_the_server_lives_on(
-    api: Api, fail: Exception, status: int, needle: str, caplog: pytest.LogCaptureFixture
+    api: Api, fail: Exception, status: int, needle: str
 ) -> None:
     api.control.fail = fail
-    response = await api.client.get("/listen")
+    with capture_logs() as logs:
+        response = await api.client.get("/listen")
     assert response.status_code == status
     assert needle in response.json()["error"]
+    failed = [e for e in logs if e["event"] == "control_request_failed"]
+    assert len(failed) == (1 if status == 500 else 0)
     api.control.fail = None
     assert (await api.client.post("/wake")).status_code == 202
 
