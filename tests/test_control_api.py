@@ -101,7 +101,16 @@ async def test_post_display_speaks_the_form_field_and_waits(api: Api) -> None:
     assert (response.status_code, response.text) == (200, "ok")
     response = await api.client.post("/display", files={"text": (None, "multipart too")})
     assert (response.status_code, response.text) == (200, "ok")
-    assert api.control.calls == [("say", "前方有台阶", False, True), ("say", "multipart too", False, True)]
+    response = await api.client.post("/display", files={"text": ("t.txt", "文件里的字".encode())})
+    assert (response.status_code, response.text) == (200, "ok")
+    assert api.control.calls == [
+        ("say", "前方有台阶", False, True),
+        ("say", "multipart too", False, True),
+        ("say", "文件里的字", False, True),
+    ]
+    response = await api.client.post("/display", files={"text": ("t.bin", b"\xff\xfe")})
+    assert response.status_code == 400
+    assert "not UTF-8" in response.json()["error"]
 
 
 async def test_post_wake(api: Api) -> None:
