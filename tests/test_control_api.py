@@ -195,6 +195,15 @@ async def test_events_stream_in_order_as_sse(api: Api) -> None:
     assert data[2]["outcome"] == "answered" and data[2]["first_audio_ms"] == 400
 
 
+async def test_an_event_field_json_cannot_carry_arrives_as_text(api: Api) -> None:
+    async with api.client.stream("GET", "/events") as response:
+        lines = response.aiter_lines()
+        assert await anext(lines) == ": moss-voice events"
+        api.control.bus.emit("turn_failed", turn_id=1, service="audio", reason=Path("/dev/snd/pcmC0D0c"))
+        event = await _next_event(lines)
+    assert json.loads(event["data"])["reason"] == "/dev/snd/pcmC0D0c"
+
+
 async def _next_event(lines: AsyncIterator[str]) -> dict[str, str]:
     """The fields of the next SSE event, comments skipped."""
     fields: dict[str, str] = {}

@@ -379,7 +379,8 @@ class ControlServer:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    """Compact UTF-8 JSON on one line; a value JSON has no type for (a Path, an enum) as its str()."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 async def _json_object(request: web.Request, route: str) -> dict[str, Any]:
