@@ -345,6 +345,8 @@ class ControlServer:
             log.info("control_events_client_gone", remote=remote)
         except TimeoutError:
             log.warning("control_events_client_stalled", remote=remote, seconds=SSE_WRITE_TIMEOUT_S)
+        except Exception:  # a bug: the stream is already answered, so end it here, not in the middleware
+            log.exception("control_events_failed", remote=remote)
         finally:
             if subscription in self._streams:
                 self._streams.remove(subscription)
