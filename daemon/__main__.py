@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from daemon import __version__, cli_config, cli_devices, cli_run
+from daemon import __version__, cli_config, cli_ctl, cli_devices, cli_run
 from daemon.tools.cli import register_bench, register_demo, register_stubs
 
 
@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_devices.register(sub)
     register_demo(sub)
     register_bench(sub)
+    cli_ctl.register(sub)
     return parser
 
 

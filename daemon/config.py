@@ -227,8 +227,8 @@ def control_address(value: str | None) -> str | None:
     if value.startswith("unix:"):
         return None if value[5:].startswith("/") else f"must be unix:/ABSOLUTE/PATH, got {value!r}"
     host, sep, port = value.rpartition(":")
-    if sep and host and port.isdigit() and 0 < int(port) < 65536:
-        return None
+    if sep and host and port.isdigit() and 0 <= int(port) < 65536:
+        return None  # port 0: any free port (tests); the daemon logs the one it got
     return f"must look like '127.0.0.1:8765' or 'unix:/run/moss-voice/control.sock', got {value!r}"
 
 

@@ -2,6 +2,7 @@
 
     VoiceDaemonError
     ├── ConfigError            a wrong key, type or value in the TOML file
+    ├── ControlError           the control API cannot start (address in use, no token, ...)
     └── ServiceError           a remote service failed; ``.service`` is "asr", "llm" or "tts"
         ├── AsrError
         │   └── AsrTimeout         (also a ServiceTimeout)
@@ -33,6 +34,7 @@ __all__ = [
     "AsrError",
     "AsrTimeout",
     "ConfigError",
+    "ControlError",
     "HardwareError",
     "LlmAuthError",
     "LlmError",
@@ -56,6 +58,10 @@ class ConfigError(VoiceDaemonError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("; ".join(self.problems))
+
+
+class ControlError(VoiceDaemonError):
+    """The control API cannot start: the message names the address and what is wrong with it."""
 
 
 class ServiceError(VoiceDaemonError):

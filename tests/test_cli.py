@@ -25,6 +25,12 @@ COMMANDS = (
     ("bench", "idle"),
     ("bench", "latency"),
     ("bench", "barge-in"),
+    ("ctl", "wake"),
+    ("ctl", "say"),
+    ("ctl", "stop"),
+    ("ctl", "status"),
+    ("ctl", "listen"),
+    ("ctl", "events"),
 )
 
 

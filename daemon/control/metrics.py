@@ -1,0 +1,121 @@
+"""GET /metrics: the daemon's counters and latency histograms in the Prometheus text format.
+
+Everything is derived from the event bus (``run``), so the conversation knows nothing about
+Prometheus. The metrics live in a registry of their own, not prometheus_client's global one:
+two daemons in one test process, or a test next to a running daemon, never share counters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import exposition as _exposition
+
+from daemon.event_bus import Event, EventBus
+
+log = structlog.get_logger()
+
+CONTENT_TYPE: str = _exposition.CONTENT_TYPE_LATEST
+"""The Content-Type of ``render()``'s bytes."""
+
+STATES = ("idle", "listening", "listening_held", "thinking", "speaking")
+OUTCOMES = ("answered", "no_speech", "failed", "interrupted", "stop_word", "stopped", "listened", "said")
+WAKE_SOURCES = ("hotword", "button", "control", "always", "on_start", "follow_up", "listen")
+SERVICES = ("asr", "llm", "tts", "audio", "daemon")
+"""Known label values, created at zero so that a rate() over them works from the first scrape."""
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
+_BARGE_IN_BUCKETS = (0.02, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+
+_HISTOGRAMS = {
+    # turn_finished field (ms) -> (metric name, help, buckets)
+    "asr_final_ms": ("moss_voice_asr_final_seconds", "End of speech to the final transcript.", _LATENCY_BUCKETS),
+    "llm_first_token_ms": (
+        "moss_voice_llm_first_token_seconds",
+        "LLM request to its first token.",
+        _LATENCY_BUCKETS,
+    ),
+    "tts_first_audio_ms": (
+        "moss_voice_tts_first_audio_seconds",
+        "TTS request to its first audio.",
+        _LATENCY_BUCKETS,
+    ),
+    "first_audio_ms": (
+        "moss_voice_first_audio_seconds",
+        "End of the user's speech to the first audio of the answer.",
+        _LATENCY_BUCKETS,
+    ),
+    "barge_in_ms": ("moss_voice_barge_in_seconds", "User speech to the answer stopping.", _BARGE_IN_BUCKETS),
+}
+
+
+class Metrics:
+    """The Prometheus metrics of one daemon. ``run(bus)`` keeps them current; ``render()`` serves them."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.turns = Counter("moss_voice_turns", "Finished turns by outcome.", ["outcome"], registry=self.registry)
+        self.wakes = Counter("moss_voice_wakes", "Wakes by source.", ["source"], registry=self.registry)
+        self.failures = Counter(
+            "moss_voice_failures", "Failed turns by the service that failed.", ["service"], registry=self.registry
+        )
+        self.state = Gauge(
+            "moss_voice_state", "1 for the conversation's current state, 0 for the others.", ["state"],
+            registry=self.registry,
+        )  # fmt: skip
+        self.latencies = {
+            field: Histogram(name, doc, buckets=buckets, registry=self.registry)
+            for field, (name, doc, buckets) in _HISTOGRAMS.items()
+        }
+        for outcome in OUTCOMES:
+            self.turns.labels(outcome=outcome)
+        for source in WAKE_SOURCES:
+            self.wakes.labels(source=source)
+        for service in SERVICES:
+            self.failures.labels(service=service)
+        self._states = set(STATES)
+        self._set_state("idle")
+
+    async def run(self, bus: EventBus) -> None:
+        """Consume the bus's events until it closes (or this task is cancelled)."""
+        subscription = bus.subscribe()
+        try:
+            async for event in subscription:
+                self.observe(event)
+        finally:
+            bus.unsubscribe(subscription)
+
+    def observe(self, event: Event) -> None:
+        """Count one event. Fields of the wrong type are logged and skipped, never raised."""
+        fields = event.fields
+        if event.name == "turn_finished":
+            self.turns.labels(outcome=str(fields.get("outcome"))).inc()
+            self._observe_latencies(fields)
+        elif event.name == "wake":
+            self.wakes.labels(source=str(fields.get("source"))).inc()
+        elif event.name == "turn_failed":
+            self.failures.labels(service=str(fields.get("service"))).inc()
+        elif event.name == "state_changed":
+            self._set_state(str(fields.get("dst")))
+
+    def render(self) -> bytes:
+        """The Prometheus text format (``CONTENT_TYPE``)."""
+        return generate_latest(self.registry)
+
+    def _observe_latencies(self, fields: Mapping[str, Any]) -> None:
+        for field, histogram in self.latencies.items():
+            value = fields.get(field)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                log.warning("metrics_bad_field", field=field, value=repr(value))
+                continue
+            histogram.observe(value / 1000)
+
+    def _set_state(self, current: str) -> None:
+        self._states.add(current)
+        for state in self._states:
+            self.state.labels(state=state).set(1 if state == current else 0)
