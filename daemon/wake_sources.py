@@ -101,17 +101,11 @@ class Listeners:
             )
             stack.callback(button.close)
         if s.control.listen is not None:
-            from daemon.control.metrics import Metrics
-            from daemon.control.server import ControlServer
+            from daemon.control.server import control_api
             from daemon.voice_control import AssistantControl
 
-            metrics = Metrics()
-            self._spawn(metrics.run(self.bus), "metrics")
             control = AssistantControl(self.assistant, self.bus, self.health, wake_sources=wake_summary(s))
-            server = ControlServer(s.control, control, metrics=metrics)
-            await server.start()
-            stack.push_async_callback(server.aclose)
-            log.info("control_listening", address=server.address)
+            await stack.enter_async_context(control_api(s.control, control))
 
     async def _cancel_all(self) -> None:
         self.bus.close()

@@ -122,7 +122,7 @@ async def test_twenty_turns_each_started_a_different_way(pulse: PulseServer, tmp
         daemon = await DaemonProcess.spawn(write_config(tmp_path / "moss.toml", stubs, socket), cwd=tmp_path)
         stack.push_async_callback(daemon.aclose)
         await daemon.wait_ready()
-        await daemon.wait_for("control_listening")
+        await daemon.wait_for("control_api_listening")
         client = await stack.enter_async_context(
             httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(socket)), timeout=30)
         )
