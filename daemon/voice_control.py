@@ -6,16 +6,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from daemon.errors import AsrError, HardwareError, ServiceError
 from daemon.event_bus import EventBus
 from daemon.health import Health
 from states.machine import State
 from states.model import Assistant
 from states.turn import report_fields
 from states.wake_watch import Wake
-
-
-class TurnFailed(Exception):
-    """GET /listen: the turn that listened failed (the ASR, the microphone)."""
 
 
 class AssistantControl:
@@ -47,8 +44,11 @@ class AssistantControl:
     async def listen(self) -> str:
         waiter = await self.assistant.request("wake", interrupt=True, wake=Wake("listen"), listen_only=True)
         turn = await waiter
-        if turn.outcome == "failed":
-            raise TurnFailed(f"{turn.failed_service}: {turn.failure}")
+        if turn.outcome == "failed":  # the API answers 503 for a device, 502 for a service
+            message = f"the listening turn failed: {turn.failed_service}: {turn.failure}"
+            if turn.failed_service == "audio":
+                raise HardwareError(message)
+            raise AsrError(message) if turn.failed_service == "asr" else ServiceError(message)
         return turn.transcript if turn.outcome == "listened" else ""
 
     async def say(self, text: str, *, interrupt: bool = False, wait: bool = False) -> None:
