@@ -1,4 +1,5 @@
-"""Local wake word engines behind one port (``states.ports.HotwordEngine``).
+"""Local wake word engines behind one port (``states.ports.HotwordEngine``, matched by shape:
+``hardware`` does not import ``states``).
 
 Each engine lives in its own module and imports its vendor library only when it is built, so
 importing this package costs nothing. ``make_hotword`` picks the engine by its configured name
@@ -10,11 +11,24 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from typing import Protocol
 
 from hardware.hotword.errors import HotwordError
-from states.ports import HotwordEngine
 
-__all__ = ["ENGINES", "HotwordError", "make_hotword"]
+__all__ = ["ENGINES", "Hotword", "HotwordError", "make_hotword"]
+
+
+class Hotword(Protocol):
+    """What every engine here is: the ``HotwordEngine`` port of ``states.ports``, by shape."""
+
+    phrases: tuple[str, ...]
+
+    def process(self, pcm: bytes, speech: bool) -> str | None: ...
+
+    def reset(self) -> None: ...
+
+    async def aclose(self) -> None: ...
+
 
 ENGINES: dict[str, str] = {
     "microwakeword": "hardware.hotword.microwakeword:MicroWakeWordHotword",
@@ -31,7 +45,7 @@ def make_hotword(
     *,
     threshold: float | None = None,
     model_dir: str | None = None,
-) -> HotwordEngine:
+) -> Hotword:
     """Build the local hotword engine ``engine`` listening for ``phrases``.
 
     Loading a model takes from a few milliseconds (microwakeword) to a fraction of a second
@@ -54,5 +68,5 @@ def make_hotword(
             raise HotwordError(missing) from exc
         raise
     cls = getattr(module, class_name)
-    built: HotwordEngine = cls(tuple(phrases), threshold=threshold, model_dir=model_dir)
+    built: Hotword = cls(tuple(phrases), threshold=threshold, model_dir=model_dir)
     return built
