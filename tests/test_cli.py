@@ -25,6 +25,7 @@ COMMANDS = (
     ("bench", "idle"),
     ("bench", "latency"),
     ("bench", "barge-in"),
+    ("bench", "hotword"),
 )
 
 

@@ -30,7 +30,8 @@ SPOKEN = {"hey_mycroft": "hey mycroft", "okay_nabu": "okay nabu", "hey_jarvis": 
 
 PHRASE_VOICES = ("en-us", "en-us+m3", "en-us+f2", "en-us+klatt4", "en")
 PHRASE_SPEEDS = (140, 160, 175, 195)
-"""20 recordings of the phrase: five voices at four speeds (words per minute)."""
+"""20 recordings of the phrase: five voices at four speeds (words per minute); the first five
+recordings are five voices at several speeds."""
 
 OTHER_VOICES = (("en-us", 175), ("en-us+f2", 160), ("en-us+klatt4", 175), ("en", 150), ("en-us+m3", 190))
 
@@ -180,7 +181,9 @@ def phrase_clips(text: str, cache: Path, n: int = 20, then: str = "") -> list[Cl
     clips = []
     for i in range(n):
         voice = PHRASE_VOICES[i % len(PHRASE_VOICES)]
-        speed = PHRASE_SPEEDS[i // len(PHRASE_VOICES) % len(PHRASE_SPEEDS)]
+        speed = PHRASE_SPEEDS[
+            (i // len(PHRASE_VOICES) + i % len(PHRASE_VOICES)) % len(PHRASE_SPEEDS)
+        ]  # every voice at every speed
         alone = speak(text, cache, voice, speed)
         end = PAD_S + speech_end_s(alone)
         spoken = speak(f"{text}, {then}", cache, voice, speed) if then else alone
