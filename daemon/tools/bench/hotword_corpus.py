@@ -192,20 +192,24 @@ def phrase_clips(text: str, cache: Path, n: int = 20, then: str = "") -> list[Cl
 
 
 def other_speech(cache: Path, minutes: float, avoid: Iterable[str] = ()) -> list[Clip]:
-    """At least ``minutes`` of other sentences (several voices), none containing a phrase in ``avoid``."""
+    """At least ``minutes`` of other sentences, none containing a phrase in ``avoid``.
+
+    The sentences come in turn, each in the next voice, so any length of corpus has every
+    sentence and every voice; past one round of all pairs the voices speak 10 wpm faster.
+    """
     banned = [a.lower() for a in avoid if a]
     sentences = [s for s in SENTENCES if not any(b in s.lower() for b in banned)]
     clips: list[Clip] = []
     total = 0.0
-    while total < minutes * 60:
-        round_ = len(clips) // max(1, len(sentences) * len(OTHER_VOICES))
-        for voice, speed in OTHER_VOICES:
-            for text in sentences:
-                clip = Clip(f"{voice}: {text}", padded(speak(text, cache, voice, speed + 10 * round_), 0.2, 0.3))
-                clips.append(clip)
-                total += clip.seconds
-                if total >= minutes * 60:
-                    return clips
+    i = 0
+    while sentences and total < minutes * 60:
+        text = sentences[i % len(sentences)]
+        voice, speed = OTHER_VOICES[(i + i // len(sentences)) % len(OTHER_VOICES)]
+        speed += 10 * (i // (len(sentences) * len(OTHER_VOICES)))
+        clip = Clip(f"{voice}: {text}", padded(speak(text, cache, voice, speed), 0.2, 0.3))
+        clips.append(clip)
+        total += clip.seconds
+        i += 1
     return clips
 
 
