@@ -270,3 +270,21 @@ def test_speech_recordings_are_real_speech(audio: Path) -> None:
     assert len(samples) > 8000 and np.abs(samples).max() > 3000
     clip = one("hello robot", audio, "en-us+klatt4")
     assert clip.phrase_end_s is not None and 0.8 < clip.phrase_end_s < clip.seconds - 0.4
+
+
+@pytest.mark.parametrize(
+    ("engine", "module"), [("microwakeword", "pymicro_wakeword"), ("pocketsphinx", "pocketsphinx")]
+)
+def test_a_missing_library_names_the_pip_extra(engine: str, module: str) -> None:
+    """In a fresh interpreter where ``module`` cannot be imported (as if it were not installed)."""
+    import subprocess
+    import sys
+
+    probe = (
+        f"import sys; sys.modules[{module!r}] = None\n"
+        "from hardware.hotword import HotwordError, make_hotword\n"
+        f"try: make_hotword({engine!r}, ['alexa' if {engine!r} == 'microwakeword' else 'hello robot'])\n"
+        "except HotwordError as exc: print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert f"'{engine}'" in out.stdout and module in out.stdout and "pip install 'moss-voice[hotword]'" in out.stdout
