@@ -9,6 +9,11 @@ Several phrases share one feature extractor (the features do not depend on the m
 model runs on every window. ``threshold`` replaces every model's own probability cutoff (the
 ``micro.probability_cutoff`` of its json, 0.95 or so for the built-in ones); it must lie between
 0 and 1.
+
+The models are streaming networks: what they heard in the last second or two shifts their
+score for the next word (on espeak-ng speech, "hey mycroft" right after "alexa" and "okay nabu"
+scored 0.86 to 0.94 instead of 0.99). Resetting after each wake, as the daemon does, keeps the
+next wake word from being judged against the last one.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ Per engine and phrase:
 - wake word end -> detection in ms: the phrase ends where its recording's speech ends (known,
   since the benchmark made it); the detection is the end of the 20 ms block that reported it.
 
-Everything is fed in 20 ms blocks, as the daemon feeds it. The recordings are cached in
+Everything is fed in 20 ms blocks, as the daemon feeds it, with ``speech=True`` (the local
+engines do not use the VAD's verdict; an engine that did would be measured at its busiest). The recordings are cached in
 ``--corpus`` (default: a folder in the system's temp dir), so a second run starts at once.
 """
 
