@@ -31,6 +31,7 @@ COMMANDS = (
     ("ctl", "status"),
     ("ctl", "listen"),
     ("ctl", "events"),
+    ("bench", "hotword"),
 )
 
 

@@ -8,6 +8,7 @@ App, the stand-ins' servers) only when that benchmark runs.
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from typing import Any
 from daemon.tools.bench.scenarios import BLOCK_MS, DEFAULT_SCENARIOS, SCENARIOS, WINDOW_S
 
 RATE = 16000
+HOTWORD_CORPUS = Path(tempfile.gettempdir()) / "moss-voice-hotword-corpus"
+"""Where ``bench hotword`` caches its espeak-ng and sox recordings."""
 
 
 def register(subparsers: Any) -> None:
@@ -25,6 +28,7 @@ def register(subparsers: Any) -> None:
     _register_idle(sub)
     _register_latency(sub)
     _register_barge_in(sub)
+    _register_hotword(sub)
 
 
 def _register_vad(sub: Any) -> None:
@@ -92,6 +96,31 @@ def _register_barge_in(sub: Any) -> None:
     barge.set_defaults(func=_run_barge_in)
 
 
+def _register_hotword(sub: Any) -> None:
+    hotword = sub.add_parser(
+        "hotword",
+        help="hotword engines: detections, false wakes on other speech and noise, CPU, wake word end -> detection",
+    )
+    hotword.add_argument(
+        "--engine", help="microwakeword, pocketsphinx or sherpa-onnx (default: microwakeword and pocketsphinx)"
+    )
+    hotword.add_argument("--phrase", action="append", help="repeatable; the recordings say the first one")
+    hotword.add_argument("--say", metavar="TEXT", help="what the recordings of the phrase say (default: the phrase)")
+    hotword.add_argument("--model-dir", metavar="DIR")
+    hotword.add_argument("--threshold", type=_positive)
+    hotword.add_argument("-n", type=_at_least_1, default=20, help="recordings of the phrase (default 20)")
+    hotword.add_argument("--minutes", type=_positive, default=10.0, help="minutes of other speech (default 10)")
+    hotword.add_argument(
+        "--noise-seconds", type=_positive, default=36.0, help="seconds of each of the 5 noises (default 36)"
+    )
+    hotword.add_argument("--quick", action="store_true", help="5 recordings, 30 s of speech, 15 s of noise")
+    hotword.add_argument(
+        "--corpus", type=Path, default=HOTWORD_CORPUS, metavar="DIR", help="where the recordings are cached"
+    )
+    hotword.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
+    hotword.set_defaults(func=_run_hotword)
+
+
 def _run_vad(args: argparse.Namespace) -> int:
     from daemon.tools.bench import vad
 
@@ -120,6 +149,12 @@ def _run_barge_in(args: argparse.Namespace) -> int:
     from daemon.tools.bench import barge_in
 
     return barge_in.command(args)
+
+
+def _run_hotword(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import hotword
+
+    return hotword.command(args)
 
 
 def _checked(kind: type[float] | type[int], ok: Callable[[float], bool], problem: str) -> Callable[[str], Any]:
