@@ -1,0 +1,1 @@
+"""Offline wake word engines (``states.ports.HotwordEngine``); each imports its library lazily."""
