@@ -175,7 +175,9 @@ class SherpaOnnxHotword:
             )
         self.files = SherpaModelFiles.find(Path(model_dir).expanduser())
         table = check_model(self.files)
-        self._keywords = "/".join(keyword_lines(self.phrases, table))
+        self.keywords: tuple[str, ...] = tuple(keyword_lines(self.phrases, table))
+        """sherpa-onnx keyword lines, one per phrase: its tokens and ``@<index>``."""
+        self._keywords = "/".join(self.keywords)
         self._spotter = self._load(num_threads)
         self._self_check()
         self._stream: Any = self._new_stream()
@@ -183,7 +185,7 @@ class SherpaOnnxHotword:
             "hotword_engine_ready",
             engine="sherpa-onnx",
             phrases=list(self.phrases),
-            keywords=self._keywords,
+            keywords=list(self.keywords),
             encoder=self.files.encoder.name,
             threshold=self.threshold,
         )
