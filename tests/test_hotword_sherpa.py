@@ -296,3 +296,10 @@ async def test_a_closed_engine_refuses_audio(engine: SherpaOnnxHotword) -> None:
     engine.reset()
     with pytest.raises(RuntimeError, match="closed"):
         engine.process(bytes(640), True)
+
+
+def test_the_committed_tone_model_is_what_make_model_builds(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    make_model.build(tmp_path)
+    for name in ("encoder.onnx", "decoder.onnx", "joiner.onnx", "tokens.txt"):
+        assert (tmp_path / name).read_bytes() == (MODEL / name).read_bytes(), name
