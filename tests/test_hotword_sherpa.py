@@ -274,6 +274,12 @@ def test_no_wake_on_the_right_tones_in_the_wrong_order_or_an_unfinished_phrase(e
     assert feed(engine, tones(NIHAO_MOSI[:4] + KAISHI)) == []
 
 
+def test_a_phrase_that_begins_another_wins() -> None:
+    """A limit of keyword spotting, stated in the README: 你好 fires before 你好摩斯 can end."""
+    both = SherpaOnnxHotword(["你好摩斯", "你好"], model_dir=str(MODEL))
+    assert feed(both, tones(NIHAO_MOSI)) == ["你好"]
+
+
 def test_a_high_threshold_reaches_sherpa_onnx(engine: SherpaOnnxHotword) -> None:
     """The tone model's tokens score about 0.95; a threshold above that never fires."""
     strict = SherpaOnnxHotword(["你好摩斯"], threshold=0.999, model_dir=str(MODEL))

@@ -150,8 +150,12 @@ class SherpaOnnxHotword:
     ``phrases``: hanzi (``"你好摩斯"``) or the model's tokens separated by spaces
     (``"n ǐ h ǎo m ó s ī"``); ``process`` returns the phrase as written here. ``threshold``
     (0-1, default ``DEFAULT_THRESHOLD``): sherpa-onnx's ``keywords_threshold``. ``model_dir``: the
-    model directory (``SherpaModelFiles.find``). Building it loads the model (a fraction of a
-    second): do it before the audio starts, or in a thread.
+    model directory (``SherpaModelFiles.find``). ``num_threads``: onnxruntime's threads (1 leaves
+    the robot's other core to the rest of the daemon). Building it loads the model (a fraction of
+    a second): do it before the audio starts, or in a thread.
+
+    A phrase that begins another (你好 and 你好摩斯) fires as soon as it is said, so the longer one
+    never does: sherpa-onnx resets the stream after each detection.
     """
 
     def __init__(
