@@ -244,7 +244,8 @@ class Assistant(Triggers):
             name, kwargs = self._pending.popleft()
             await self.trigger(name, **kwargs)  # queued: it runs once this event is over
             return
-        self._spawn(self._wait_for_wake(), "wake-watch")  # with no engine, it keeps the canceller learning
+        # with no engine, it keeps the echo canceller learning
+        self._tasks.spawn(self._wait_for_wake(), "wake-watch", None, waits=True)
 
     async def start_listening(self, event: EventData) -> None:
         """A new turn listens: after the earcon, or with the audio already heard (a barge-in, a

@@ -30,8 +30,11 @@ class StateTasks:
         self._running: set[asyncio.Task[None]] = set()
         self._keepers: dict[asyncio.Task[None], Callable[[Trigger], None]] = {}
 
-    def spawn(self, work: Coroutine[Any, Any, Trigger], name: str, turn_id: str | None) -> asyncio.Task[None]:
-        """Run ``work`` as a task of the current state; fire the trigger it returns."""
+    def spawn(
+        self, work: Coroutine[Any, Any, Trigger], name: str, turn_id: str | None, *, waits: bool = False
+    ) -> asyncio.Task[None]:
+        """Run ``work`` as a task of the current state; fire the trigger it returns. A task that
+        ``waits`` (IDLE's wait for a wake) may never end: ``settle`` does not wait for it."""
 
         async def runner() -> None:
             structlog.contextvars.bind_contextvars(turn_id=turn_id)
@@ -55,8 +58,9 @@ class StateTasks:
 
         task = asyncio.create_task(runner(), name=f"{name}-{turn_id}")
         self._owned.add(task)
-        self._running.add(task)
-        task.add_done_callback(self._running.discard)
+        if not waits:
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         return task
 
     def owns(self, task: asyncio.Task[None] | None) -> bool:
@@ -93,6 +97,7 @@ class StateTasks:
                 log.warning("task_failed_while_cancelled", task=task.get_name(), error=repr(task.exception()))
 
     async def settle(self) -> None:
-        """Wait until no task is running (tests, shutdown): the last trigger has been fired."""
+        """Wait until no task is running but a waiting one (tests, shutdown): the last trigger
+        has been fired."""
         while others := [t for t in self._running if t is not asyncio.current_task()]:
             await asyncio.wait(others)

@@ -116,12 +116,12 @@ async def watch_for_wake(
             continue
         engine.reset()
         log.info("wake_heard", source="hotword", word=word)
-        after = _tail(recent, len(block.pcm) + round(lag_s * BYTES_PER_SECOND))
+        after = _tail(recent, round(lag_s * BYTES_PER_SECOND))
         return Wake(
             "hotword",
             word=word,
             audio=b"".join(b.pcm for b in after),
-            onset=after[0].start_time,
+            onset=after[0].start_time if after else None,
             speaking=speaking,
             at=block.end_time,
         )

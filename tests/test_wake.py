@@ -49,7 +49,10 @@ class ScriptMic:
 
 
 class FakeHotword:
-    """Fires ``word`` at the end of every run of ``WAKE_SAMPLE`` audio (the wake word, said)."""
+    """Fires ``word`` at the end of every run of ``WAKE_SAMPLE`` audio (the wake word, said), on
+    the first block after it: one block late."""
+
+    lag_s = 0.02
 
     def __init__(self, word: str = "hey_mycroft") -> None:
         self.phrases = (word,)
