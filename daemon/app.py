@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -105,7 +106,10 @@ class App:
                 conversation=Conversation(
                     s.llm.system_prompt, max_turns=s.llm.history_turns, reset_after_s=s.llm.history_reset_s
                 ),
-                settings=assistant_settings(s),
+                # --once ends with its first turn: no follow-up window to open
+                settings=dataclasses.replace(assistant_settings(s), follow_up_s=0)
+                if self.once
+                else assistant_settings(s),
                 earcons=Earcons(
                     listening=earcon_from_setting(s.earcons.listening, listening_earcon),
                     error=earcon_from_setting(s.earcons.error, failure_earcon),

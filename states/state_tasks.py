@@ -57,6 +57,7 @@ class StateTasks:
             await self._fire(trigger[0], **trigger[1])
 
         task = asyncio.create_task(runner(), name=f"{name}-{turn_id}")
+        task.add_done_callback(lambda _: work.close())  # cancelled before it began: never awaited
         self._owned.add(task)
         if not waits:
             self._running.add(task)

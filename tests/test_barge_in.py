@@ -91,7 +91,7 @@ async def test_cutting_in_stops_the_answer_and_is_answered_next(tmp_path: Path, 
         await asyncio.wait_for(app.run(stop), 60)
         llm_disconnects, tts_disconnects = llm.disconnects, tts.disconnects
 
-    first, second = turns
+    first, second = turns[:2]  # a third, the follow-up window, is stopped by the shutdown
     assert first.outcome == "interrupted" and first.interrupted
     assert first.transcript == "what is the weather like today"
     assert first.reply.startswith("It is sunny today")  # what was heard, no more
