@@ -10,10 +10,11 @@ to the asyncio loop with ``loop.call_soon_threadsafe`` and never runs the daemon
 Debouncing is done here, not by gpiozero: the pin libraries disagree on what ``bounce_time`` means
 (lgpio and pigpio report an edge only once the level has been stable that long, which delays every
 press by the bounce time; RPi.GPIO ignores edges for that long after one). ``WakeButton`` takes
-the first falling edge at once, for the lowest latency, and ignores a press that follows any edge
+the first press edge at once, for the lowest latency, and ignores a press that follows any edge
 of the same button within ``bounce_ms``: the contact's chatter at press and at release.
 
-Log events: ``button_pressed`` (info), ``button_bounce`` (debug), ``button_long_press`` (info).
+Log events: ``button_opened``, ``button_pressed``, ``button_long_press`` (info), ``button_bounce``
+(debug), ``status_leds_opened`` (info).
 """
 
 from __future__ import annotations
