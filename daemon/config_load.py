@@ -21,6 +21,7 @@ from typing import Any
 
 from daemon.config import API_KEY_ENV, Settings
 from daemon.errors import ConfigError
+from daemon.hooks import check_hooks
 from states.settings import SettingsError, rule_of
 
 __all__ = ["API_KEY_ENV", "file_keys", "load_settings", "settings_from_dict"]
@@ -168,6 +169,7 @@ def _check_files(s: Settings) -> list[str]:
             problems.append(f"earcons.{key}: must be builtin, off, or an existing WAV file, got {value!r}")
     if s.asr.ca_file is not None and not Path(s.asr.ca_file).is_file():
         problems.append(f"asr.ca_file: no such file {s.asr.ca_file!r}")
+    problems.extend(check_hooks(s.hooks))
     return problems
 
 

@@ -5,7 +5,8 @@ the control API."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
+import dataclasses
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -14,6 +15,8 @@ import structlog
 from daemon.config import Settings
 from daemon.event_bus import EventBus
 from daemon.health import Health
+from daemon.hooks import HOOK_NAMES, Hooks
+from hardware.gpio import LED_STATES
 from states.model import Assistant
 from states.ports import HotwordEngine
 
@@ -52,6 +55,7 @@ class Listeners:
     def __init__(self, settings: Settings, assistant: Assistant, bus: EventBus, health: Health) -> None:
         self.settings, self.assistant, self.bus, self.health = settings, assistant, bus, health
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._after_cancel: list[Callable[[], Awaitable[None]]] = []
 
     def _spawn(self, work: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -71,17 +75,16 @@ class Listeners:
         s = self.settings
         stack.push_async_callback(self._cancel_all)
         self._spawn(self.health.run(self.bus), "health")
-        if s.hooks != type(s.hooks)():
-            from daemon.hooks import Hooks
-
+        if any(getattr(s.hooks, name) for name in HOOK_NAMES):
             hooks = Hooks(s.hooks)
-            stack.push_async_callback(hooks.aclose)
+            stack.push_async_callback(hooks.aclose)  # after the run task is cancelled (below)
             self._spawn(hooks.run(self.bus), "hooks")
-        pins = {state: pin for state, pin in vars(s.leds).items() if state != "active_high" and pin is not None}
+        pins = {
+            state: pin for state, pin in dataclasses.asdict(s.leds).items() if state in LED_STATES and pin is not None
+        }
         if pins:
-            from hardware.gpio import StatusLeds
-
             from daemon.status_leds import drive_leds
+            from hardware.gpio import StatusLeds
 
             leds = StatusLeds(pins, active_high=s.leds.active_high)
             stack.callback(leds.close)
@@ -113,3 +116,5 @@ class Listeners:
             task.cancel()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=2.0)
+        for close in self._after_cancel:
+            await close()
