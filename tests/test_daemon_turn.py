@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.app import EXIT_ANSWERED, EXIT_FAILED, App
-from daemon.config import AsrSettings, AudioSettings, LlmSettings, Settings, TtsSettings, VadSettings
+from daemon.config import AsrSettings, AudioSettings, LlmSettings, Settings, TtsSettings, VadSettings, WakeSettings
 from daemon.tools.stubs.funasr import FunAsrBehaviour, make_question_wav
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
@@ -67,6 +67,7 @@ def settings_for(stubs: tuple, qwav: Path, out: Path, **asr: object) -> Settings
         tts=TtsSettings(url=tts_stub.url, read_timeout_s=5),
         audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
         vad=VadSettings(end_silence_ms=500, no_speech_timeout_s=6),
+        wake=WakeSettings(follow_up_s=0),  # no follow-up turn: tests/test_wake.py has those
     )
 
 

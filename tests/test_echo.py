@@ -14,7 +14,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.app import App
-from daemon.config import AsrSettings, AudioSettings, BargeInSettings, LlmSettings, Settings, TtsSettings, VadSettings
+from daemon.config import (
+    AsrSettings,
+    AudioSettings,
+    BargeInSettings,
+    LlmSettings,
+    Settings,
+    TtsSettings,
+    VadSettings,
+    WakeSettings,
+)
 from daemon.tools.bench.barge_in import LONG_ANSWER
 from daemon.tools.stubs.funasr import make_question_wav
 from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
@@ -64,6 +73,7 @@ async def _run(tmp_path: Path, user: Path, turns_wanted: int) -> tuple[list[Turn
             audio=AudioSettings(input=f"room:{user}", output=f"wav:{tmp_path / 'out.wav'}"),
             vad=VadSettings(end_silence_ms=500),
             barge_in=BargeInSettings(mode="cancel"),
+            wake=WakeSettings(follow_up_s=0),  # no follow-up turn: tests/test_wake.py has those
         )
         with capture_logs() as logs:
             await asyncio.wait_for(App(settings, on_turn_end=ended).run(stop), 90)
