@@ -32,6 +32,7 @@ COMMANDS = (
     ("ctl", "listen"),
     ("ctl", "events"),
     ("bench", "hotword"),
+    ("bench", "wake"),
 )
 
 

@@ -29,6 +29,10 @@ def register(subparsers: Any) -> None:
     _register_latency(sub)
     _register_barge_in(sub)
     _register_hotword(sub)
+    wake = sub.add_parser("wake", help="wake word end -> listening, button press -> listening earcon")
+    wake.add_argument("-n", type=_at_least_1, default=20, help="recordings and presses (default 20)")
+    wake.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
+    wake.set_defaults(func=_run_wake)
 
 
 def _register_vad(sub: Any) -> None:
@@ -149,6 +153,12 @@ def _run_barge_in(args: argparse.Namespace) -> int:
     from daemon.tools.bench import barge_in
 
     return barge_in.command(args)
+
+
+def _run_wake(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import wake
+
+    return wake.command(args)
 
 
 def _run_hotword(args: argparse.Namespace) -> int:
