@@ -89,6 +89,8 @@ class PyAudioSpeaker(PlaybackControls, PyAudioStream):
         self._resample: Any = None  # sample_rate -> device rate
         self._tap_resample: Any = None  # device rate -> 16 kHz
         self.underruns = 0
+        self._quiet_buffers = 0
+        """Callbacks in a row that played no queued audio (silence is not tapped after the first)."""
         self._last_underrun_log = -1e9
 
     def _started(self, stream: Any, fmt: StreamFormat) -> float:
@@ -218,8 +220,10 @@ class PyAudioSpeaker(PlaybackControls, PyAudioStream):
         ahead = dac_ahead(time_info)
         t = self._place(fmt, now + (ahead if ahead is not None else self._output_latency), frames)
         self._playback.played(start, n, t)
-        if self.on_played is not None:
-            self._tap(fmt, out, frames, t)
+        quiet = n == 0 and self._quiet_buffers >= 1  # the one before flushed the resampler's tail
+        self._quiet_buffers = self._quiet_buffers + 1 if n == 0 else 0
+        if self.on_played is not None and not quiet:
+            self._tap(fmt, out, frames, t)  # the echo reference takes a gap for silence
 
     def _tap(self, fmt: StreamFormat, out: bytes, frames: int, t: float) -> None:
         assert self.on_played is not None

@@ -43,12 +43,19 @@ class Wake:
     """Monotonic capture time of the audio that woke it (refractory period, latency)."""
 
 
+FAR_QUIET_S = 1.0
+"""Once the speaker has played nothing for this long (longer than any echo tail the canceller
+models), the microphone needs no cancelling: idle costs no canceller."""
+
+
 class EchoCleaner:
     """Microphone blocks through the echo canceller, in its frame size, with their capture times."""
 
     def __init__(self, aec: EchoCanceller | None, reference: EchoReferenceSource | None) -> None:
         self._aec, self._reference = aec, reference
         self._frames = Framer(aec.frame_bytes) if aec is not None else None
+        self._far_heard: float | None = None
+        """Capture time of the last frame with the robot's voice in it."""
 
     def clean(self, pcm: bytes, start: float) -> bytes:
         """The echo-cancelled audio of ``pcm`` captured from ``start``; a partial frame waits for the next block."""
@@ -58,7 +65,11 @@ class EchoCleaner:
         out = []
         for near in self._frames.push(pcm):
             far = self._reference.far_for(t, len(near)) if self._reference is not None else bytes(len(near))
-            out.append(self._aec.process(near, far))
+            if far != bytes(len(far)):
+                self._far_heard = t
+            if self._far_heard is not None and t - self._far_heard < FAR_QUIET_S:
+                near = self._aec.process(near, far)
+            out.append(near)
             t += len(near) / BYTES_PER_SECOND
         return b"".join(out)
 
