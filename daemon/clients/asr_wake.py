@@ -12,8 +12,15 @@ How a stretch of speech travels (all of it driven by ``process``, one microphone
   while the pre-roll, the block and what follows queue up, then streams them.
 * Non-speech blocks inside a segment are held back. When speech resumes they are sent (the
   pauses between words belong to the utterance); after ``close_after_ms`` of non-speech they are
-  dropped and the end marker goes out, so trailing silence is never sent. A segment also ends
-  after ``max_segment_s`` of continuous speech (a television), and a new one starts.
+  dropped, so the room's sound after the speech is never sent. A segment also ends after
+  ``max_segment_s`` of continuous speech (a television), and a new one starts.
+* At the end of a segment, ``tail_pad_ms`` of digital silence (zeros, not the room) goes out
+  before the end marker. An online model decodes a chunk only once the audio after it (the
+  look-ahead) has arrived, and the classic Python server sends nothing at all for the end
+  marker in online mode: without the pad, a wake phrase said alone could end in audio that is
+  never decoded. The default is one chunk plus its look-ahead (``chunk_size[1] + chunk_size[2]``
+  encoder frames of 60 ms: 900 ms for ``[5, 10, 5]``). The wake sessions may send their pre-roll
+  and pad faster than real time (``burst_ms`` is raised to cover both).
 * Each ``process`` call compares the running text of the open sessions (online partials
   included) with the phrases; the final text after the end marker is compared too. A hit is
   returned by the next ``process`` call, once per segment; the session is then closed without
@@ -123,7 +130,8 @@ class AsrWakeSpotter:
         *,
         connect: Connect | None = None,
         preroll_ms: int = 300,
-        close_after_ms: int = 800,
+        close_after_ms: int = 600,
+        tail_pad_ms: int | None = None,
         max_segment_s: float = 20.0,
         retry_min_s: float = 1.0,
         retry_max_s: float = 30.0,
@@ -132,11 +140,14 @@ class AsrWakeSpotter:
     ) -> None:
         self._matcher = PhraseMatcher(phrases)
         self.phrases: tuple[str, ...] = self._matcher.phrases
-        self._settings = replace(settings, mode="online")
+        if tail_pad_ms is None:
+            tail_pad_ms = 60 * (settings.chunk_size[1] + settings.chunk_size[2])
+        self._settings = replace(settings, mode="online", burst_ms=max(settings.burst_ms, preroll_ms + tail_pad_ms))
         self.url = self._settings.url
         self._connect: Connect = connect if connect is not None else FunAsrClient(self._settings).open_session
         self._preroll_bytes = _bytes_for_ms(preroll_ms)
         self._close_after_bytes = _bytes_for_ms(close_after_ms)
+        self._tail_pad = bytes(_bytes_for_ms(tail_pad_ms))
         self._max_segment_bytes = _bytes_for_ms(max_segment_s * 1000)
         self._clock = clock
         self._backoff = _Backoff(clock, retry_min_s, retry_max_s, log_every_s)
@@ -250,6 +261,8 @@ class AsrWakeSpotter:
         segment, self._current = self._current, None
         assert segment is not None
         if not segment.done:
+            if self._tail_pad:
+                segment.queue.put_nowait(self._tail_pad)
             segment.queue.put_nowait(None)
         tail = bytes(self._gap[-self._preroll_bytes :]) if self._preroll_bytes else b""
         self._gap.clear()
