@@ -195,9 +195,11 @@ async def test_a_phrase_said_alone_fires_on_every_flavour(flavour: str, takes: d
     async with FunAsrStub(behaviour=FunAsrBehaviour(flavour=flavour)) as server:
         engine = AsrWakeSpotter(settings_for(server.url, flavour=flavour, final_timeout_s=0.5), PHRASES)
         try:
-            assert await heard(engine, takes["hello"]) == ["hello robot"]
+            with capture_logs() as logs:
+                assert await heard(engine, takes["hello"]) == ["hello robot"]
         finally:
             await engine.aclose()
+    assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
 
 
 @pytest.mark.parametrize("name", ["question", "other"])
