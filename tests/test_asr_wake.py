@@ -236,6 +236,25 @@ async def test_one_utterance_fires_once_and_the_next_fires_again(
     assert len(stub.sessions) == 3
 
 
+async def test_endless_speech_is_cut_into_segments(stub: FunAsrStub, takes: dict[str, Take]) -> None:
+    """A television talking all day does not hold one session open forever."""
+    engine = AsrWakeSpotter(settings_for(stub.url), PHRASES, max_segment_s=1.0)
+    try:
+        speech = [pcm for pcm, _ in takes["other"].blocks] * 2  # about 7 s, all of it called speech
+        assert [w for pcm in speech if (w := engine.process(pcm, True))] == []
+        for _ in range(30):
+            engine.process(bytes(BLOCK), False)
+        await asyncio.wait_for(engine.drain(), TIMEOUT)
+    finally:
+        await engine.aclose()
+    await sessions_done(stub)
+    assert engine.segments_started == len(stub.sessions) >= 6
+    assert all(len(s.audio) <= 32000 + BLOCK + 28800 for s in stub.sessions)  # 1 s of speech and the zeros
+    sent = [bytes(s.audio[:-28800]) for s in stub.sessions]
+    stream = b"".join(speech)
+    assert all(piece in stream for piece in sent) and sum(map(len, sent)) == len(stream)  # every block, once
+
+
 async def test_chinese_phrase_without_a_model_on_the_robot(takes: dict[str, Take]) -> None:
     behaviour = FunAsrBehaviour(
         flavour="python-2026", transcript_override="你好，摩斯。今天天气怎么样", partial_every_frames=1
