@@ -18,9 +18,10 @@ How a stretch of speech travels (all of it driven by ``process``, one microphone
   before the end marker. An online model decodes a chunk only once the audio after it (the
   look-ahead) has arrived, and the classic Python server sends nothing at all for the end
   marker in online mode: without the pad, a wake phrase said alone could end in audio that is
-  never decoded. The default is one chunk plus its look-ahead (``chunk_size[1] + chunk_size[2]``
-  encoder frames of 60 ms: 900 ms for ``[5, 10, 5]``). The wake sessions may send their pre-roll
-  and pad faster than real time (``burst_ms`` is raised to cover both).
+  never decoded (docs/protocols.md "FunASR: online mode for wake words"). The default is one
+  chunk plus its look-ahead (``chunk_size[1] + chunk_size[2]`` encoder frames of 60 ms: 900 ms
+  for ``[5, 10, 5]``). The wake sessions may send their pre-roll and pad faster than real time
+  (``burst_ms`` is raised to cover both).
 * Each ``process`` call compares the running text of the open sessions (online partials
   included) with the phrases; the final text after the end marker is compared too. A hit is
   returned by the next ``process`` call, once per segment; the session is then closed without
