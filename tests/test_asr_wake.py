@@ -202,6 +202,27 @@ async def test_a_phrase_said_alone_fires_on_every_flavour(flavour: str, takes: d
     assert [e["event"] for e in logs if e["log_level"] in ("warning", "error")] == []
 
 
+async def test_a_phrase_in_the_last_partial_closes_the_session_without_waiting_for_a_final(
+    takes: dict[str, Take],
+) -> None:
+    """The classic server never answers the end marker in online mode: once the partial after the
+    zeros has the phrase, the session closes at once instead of waiting out final_timeout_s."""
+    async with FunAsrStub(behaviour=FunAsrBehaviour(flavour="python-classic")) as server:
+        engine = AsrWakeSpotter(settings_for(server.url, flavour="python-classic", final_timeout_s=3.0), PHRASES)
+        try:
+            with capture_logs() as logs:
+                assert feed(engine, takes["hello"]) == []
+                assert await until_fired(engine, bytes(BLOCK), False) == "hello robot"
+                await asyncio.wait_for(engine.drain(), TIMEOUT)
+                await sessions_done(server)
+        finally:
+            await engine.aclose()
+    events = [e["event"] for e in logs]
+    assert "asr_wake_detected" in events
+    assert "asr_no_final" not in events  # the wait for the final result was cut short
+    assert server.sessions[0].end_marker is not None and server.sessions[0].client_close_code == 1000
+
+
 @pytest.mark.parametrize("name", ["question", "other"])
 async def test_other_speech_does_not_fire(
     stub: FunAsrStub, spotter: AsrWakeSpotter, takes: dict[str, Take], name: str

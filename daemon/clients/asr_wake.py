@@ -80,6 +80,8 @@ class _Segment:
     task: asyncio.Task[None] | None = None
     queued_bytes: int = 0
     fired: bool = False
+    finishing: bool = False
+    """The end marker is out; the task waits for the final result."""
     done: bool = False
     """The task has stopped taking audio (ended, failed or fired): ``process`` drops the rest."""
     text_seen: str = ""
@@ -289,11 +291,15 @@ class AsrWakeSpotter:
             return
         segment.fired = True
         segment.done = True
-        segment.queue.put_nowait(None)  # wakes the task: it closes the session
+        segment.queue.put_nowait(None)  # wakes a task that waits for audio: it closes the session
+        if segment.finishing and not final and segment.task is not None:
+            # Seen in a partial while the task waits for the final result (the classic server in
+            # online mode never sends one): no need to wait, close the session now. (Never from
+            # the task itself: final=True comes from there.)
+            segment.task.cancel()
         self._detected = word
         log.info(
-            "hotword_detected",
-            engine="asr",
+            "asr_wake_detected",
             word=word,
             text=text,
             final=final,
@@ -314,6 +320,7 @@ class AsrWakeSpotter:
                 await session.send_audio(chunk)
             if not segment.fired:
                 segment.done = True
+                segment.finishing = True
                 transcript = await session.finish()
                 self._check(segment, transcript.text, final=True)
             self._backoff.succeeded()
