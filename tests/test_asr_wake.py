@@ -424,3 +424,28 @@ async def test_a_session_failing_mid_speech_is_logged_and_its_audio_dropped(take
     assert [e["error"] for e in logs if e["event"] == "asr_wake_unavailable"] == [
         "ASR server ws://x closed the connection (no close frame) before the final result"
     ]
+
+
+async def test_endless_speech_does_not_keep_a_failed_segment_from_being_retried(takes: dict[str, Take]) -> None:
+    clock = FakeClock()
+    sessions: list[BrokenSession] = []
+
+    async def connect() -> BrokenSession:
+        sessions.append(BrokenSession())
+        return sessions[-1]
+
+    engine = AsrWakeSpotter(AsrSettings(), PHRASES, connect=connect, clock=clock, max_segment_s=1.0)
+    speech = [pcm for pcm, _ in takes["other"].blocks]
+    try:
+        with watch_logs() as logs:
+            engine.process(speech[0], True)
+            await asyncio.wait_for(logs.wait_for("asr_wake_unavailable"), TIMEOUT)
+        for pcm in speech[1:40]:  # past max_segment_s: the failed segment ends; the back-off holds
+            assert engine.process(pcm, True) is None
+        assert engine.segments_started == 1
+        clock.now += 1.0
+        for pcm in speech[40:45]:
+            assert engine.process(pcm, True) is None
+        assert engine.segments_started == 2  # the same speech goes on, and is tried again
+    finally:
+        await engine.aclose()

@@ -78,10 +78,13 @@ class _Segment:
     queue: asyncio.Queue[bytes | None] = field(default_factory=asyncio.Queue)
     session: PartialAsrSession | None = None
     task: asyncio.Task[None] | None = None
-    queued_bytes: int = 0
+    heard_bytes: int = 0
+    """Audio of the segment so far (pre-roll included), sent or dropped."""
     fired: bool = False
     finishing: bool = False
     """The end marker is out; the task waits for the final result."""
+    closing: bool = False
+    """The task is closing the session: cancelling it now would leave the socket half closed."""
     done: bool = False
     """The task has stopped taking audio (ended, failed or fired): ``process`` drops the rest."""
     text_seen: str = ""
@@ -191,7 +194,8 @@ class AsrWakeSpotter:
         for segment in self._segments:
             segment.done = True
             if segment.task is not None and not segment.task.done():
-                segment.task.cancel()
+                if not segment.closing:
+                    segment.task.cancel()
                 self._stopping.add(segment.task)
                 segment.task.add_done_callback(self._stopping.discard)
         self._segments.clear()
@@ -226,7 +230,7 @@ class AsrWakeSpotter:
             self._send(segment, bytes(self._gap))
             self._gap.clear()
         self._send(segment, pcm)
-        if segment.queued_bytes >= self._max_segment_bytes:
+        if segment.heard_bytes >= self._max_segment_bytes:
             self._end_current()
 
     def _silence(self, pcm: bytes) -> None:
@@ -255,10 +259,9 @@ class AsrWakeSpotter:
         return segment
 
     def _send(self, segment: _Segment, pcm: bytes) -> None:
-        if segment.done or not pcm:
-            return
-        segment.queue.put_nowait(pcm)
-        segment.queued_bytes += len(pcm)
+        segment.heard_bytes += len(pcm)
+        if not segment.done and pcm:
+            segment.queue.put_nowait(pcm)
 
     def _end_current(self) -> None:
         segment, self._current = self._current, None
@@ -292,7 +295,7 @@ class AsrWakeSpotter:
         segment.fired = True
         segment.done = True
         segment.queue.put_nowait(None)  # wakes a task that waits for audio: it closes the session
-        if segment.finishing and not final and segment.task is not None:
+        if segment.finishing and not segment.closing and not final and segment.task is not None:
             # Seen in a partial while the task waits for the final result (the classic server in
             # online mode never sends one): no need to wait, close the session now. (Never from
             # the task itself: final=True comes from there.)
@@ -303,7 +306,7 @@ class AsrWakeSpotter:
             word=word,
             text=text,
             final=final,
-            audio_ms=round(segment.queued_bytes * 1000 / BYTES_PER_SECOND),
+            audio_ms=round(segment.heard_bytes * 1000 / BYTES_PER_SECOND),
         )
 
     # -- the session task ------------------------------------------------------------------
@@ -322,6 +325,7 @@ class AsrWakeSpotter:
                 segment.done = True
                 segment.finishing = True
                 transcript = await session.finish()
+                segment.finishing = False
                 self._check(segment, transcript.text, final=True)
             self._backoff.succeeded()
         except AsrError as exc:
@@ -331,6 +335,7 @@ class AsrWakeSpotter:
             self._unavailable(exc)
         finally:
             segment.done = True
+            segment.closing = True
             if session is not None:
                 with contextlib.suppress(Exception):
                     await session.aclose()
