@@ -188,6 +188,30 @@ async def test_fires_on_the_phrase_and_sends_only_speech(
     assert any(pcm[last : last + 19200])  # there was sound after the last speech block, and it stayed here
 
 
+async def test_short_pauses_are_sent_and_long_ones_become_zeros(
+    stub: FunAsrStub, spotter: AsrWakeSpotter, takes: dict[str, Take]
+) -> None:
+    """A pause under 200 ms is part of the utterance; a longer one is replaced by the zeros that
+    make the server decode what came before it; the segment goes on if speech resumes within
+    600 ms."""
+    blocks = takes["other"].blocks
+    speech = [pcm for pcm, _ in blocks[takes["other"].first_speech : takes["other"].last_speech + 1]]
+    lead = [pcm for pcm, _ in blocks[: takes["other"].first_speech]]
+    short_pause = speech[:5]  # sound the VAD calls non-speech: 160 ms
+    long_pause = speech[:10]  # 320 ms
+    script = [(p, False) for p in lead] + [(p, True) for p in speech] + [(p, False) for p in short_pause]
+    script += [(p, True) for p in speech] + [(p, False) for p in long_pause] + [(p, True) for p in speech]
+    script += [(bytes(BLOCK), False)] * 20
+    for pcm, flag in script:
+        assert spotter.process(pcm, flag) is None
+    await asyncio.wait_for(spotter.drain(), TIMEOUT)
+    await sessions_done(stub)
+    [session] = stub.sessions
+    words, pad = b"".join(speech), bytes(28800)
+    preroll = b"".join(lead)[-9600:]
+    assert session.audio == preroll + words + b"".join(short_pause) + words + pad + words + pad
+
+
 @pytest.mark.parametrize("flavour", ["python-classic", "python-2026", "cpp-2pass"])
 async def test_a_phrase_said_alone_fires_on_every_flavour(flavour: str, takes: dict[str, Take]) -> None:
     """The zeros after the speech make the online model decode the phrase's last chunk: the

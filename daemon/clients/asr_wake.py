@@ -10,18 +10,19 @@ How a stretch of speech travels (all of it driven by ``process``, one microphone
   syllable, which the VAD notices late, is not lost.
 * The first speech block opens a *segment*: a background task connects (``mode="online"``)
   while the pre-roll, the block and what follows queue up, then streams them.
-* Non-speech blocks inside a segment are held back. When speech resumes they are sent (the
-  pauses between words belong to the utterance); after ``close_after_ms`` of non-speech they are
-  dropped, so the room's sound after the speech is never sent. A segment also ends after
-  ``max_segment_s`` of continuous speech (a television), and a new one starts.
-* At the end of a segment, ``tail_pad_ms`` of digital silence (zeros, not the room) goes out
-  before the end marker. An online model decodes a chunk only once the audio after it (the
-  look-ahead) has arrived, and the classic Python server sends nothing at all for the end
-  marker in online mode: without the pad, a wake phrase said alone could end in audio that is
-  never decoded (docs/protocols.md "FunASR: online mode for wake words"). The default is one
-  chunk plus its look-ahead (``chunk_size[1] + chunk_size[2]`` encoder frames of 60 ms: 900 ms
-  for ``[5, 10, 5]``). The wake sessions may send their pre-roll and pad faster than real time
-  (``burst_ms`` is raised to cover both).
+* Non-speech blocks inside a segment are held back. When speech resumes within ``pad_after_ms``
+  they are sent (short pauses between words belong to the utterance). Once a pause reaches
+  ``pad_after_ms``, the held audio is dropped and ``tail_pad_ms`` of digital silence (zeros, not
+  the room) is sent at once instead: an online model decodes a chunk only once the audio after
+  it (the look-ahead) has arrived, so without more audio the end of a phrase said alone would
+  wait, and on the classic Python server, which answers nothing to the end marker in online
+  mode, never be decoded (docs/protocols.md "FunASR: online mode for wake words"). The default
+  pad is one chunk plus its look-ahead (``chunk_size[1] + chunk_size[2]`` encoder frames of
+  60 ms: 900 ms for ``[5, 10, 5]``). The room's sound after the speech is never sent.
+* After ``close_after_ms`` of non-speech the end marker goes out and the segment ends; so does
+  a segment after ``max_segment_s`` of continuous speech (a television), and a new one starts.
+  The wake sessions are not paced: their audio comes at the microphone's pace already, and the
+  pre-roll and the zeros should be decoded at once.
 * Each ``process`` call compares the running text of the open sessions (online partials
   included) with the phrases; the final text after the end marker is compared too. A hit is
   returned by the next ``process`` call, once per segment; the session is then closed without
@@ -63,6 +64,10 @@ class PartialAsrSession(AsrSession, Protocol):
 
 
 Connect = Callable[[], Awaitable[PartialAsrSession]]
+
+
+UNPACED_MS = 3_600_000
+"""``burst_ms`` of the wake sessions: more audio than a segment ever holds, so none is paced."""
 
 
 def _bytes_for_ms(ms: float) -> int:
@@ -136,6 +141,7 @@ class AsrWakeSpotter:
         *,
         connect: Connect | None = None,
         preroll_ms: int = 300,
+        pad_after_ms: int = 200,
         close_after_ms: int = 600,
         tail_pad_ms: int | None = None,
         max_segment_s: float = 20.0,
@@ -148,10 +154,13 @@ class AsrWakeSpotter:
         self.phrases: tuple[str, ...] = self._matcher.phrases
         if tail_pad_ms is None:
             tail_pad_ms = 60 * (settings.chunk_size[1] + settings.chunk_size[2])
-        self._settings = replace(settings, mode="online", burst_ms=max(settings.burst_ms, preroll_ms + tail_pad_ms))
+        if not 0 < pad_after_ms <= close_after_ms:
+            raise ValueError(f"pad_after_ms must be > 0 and <= close_after_ms, got {pad_after_ms} and {close_after_ms}")
+        self._settings = replace(settings, mode="online", burst_ms=max(settings.burst_ms, UNPACED_MS))
         self.url = self._settings.url
         self._connect: Connect = connect if connect is not None else FunAsrClient(self._settings).open_session
         self._preroll_bytes = _bytes_for_ms(preroll_ms)
+        self._pad_after_bytes = _bytes_for_ms(pad_after_ms)
         self._close_after_bytes = _bytes_for_ms(close_after_ms)
         self._tail_pad = bytes(_bytes_for_ms(tail_pad_ms))
         self._max_segment_bytes = _bytes_for_ms(max_segment_s * 1000)
@@ -159,6 +168,8 @@ class AsrWakeSpotter:
         self._backoff = _Backoff(clock, retry_min_s, retry_max_s, log_every_s)
         self._preroll = bytearray()
         self._gap = bytearray()
+        self._padded = False
+        """The pause now in ``_gap`` has been replaced by the zeros: its audio is never sent."""
         self._current: _Segment | None = None
         self._segments: list[_Segment] = []
         """Segments whose task runs: the current one and those finishing."""
@@ -190,6 +201,7 @@ class AsrWakeSpotter:
         self._detected = None
         self._preroll.clear()
         self._gap.clear()
+        self._padded = False
         self._current = None
         for segment in self._segments:
             segment.done = True
@@ -227,8 +239,10 @@ class AsrWakeSpotter:
                 return
             segment = self._start()
         elif self._gap:
-            self._send(segment, bytes(self._gap))
+            if not self._padded:
+                self._send(segment, bytes(self._gap))
             self._gap.clear()
+            self._padded = False
         self._send(segment, pcm)
         if segment.heard_bytes >= self._max_segment_bytes:
             self._end_current()
@@ -238,6 +252,8 @@ class AsrWakeSpotter:
             self._keep_preroll(pcm)
             return
         self._gap += pcm
+        if not self._padded and len(self._gap) >= self._pad_after_bytes:
+            self._pad(self._current)
         if len(self._gap) >= self._close_after_bytes:
             self._end_current()
 
@@ -263,15 +279,22 @@ class AsrWakeSpotter:
         if not segment.done and pcm:
             segment.queue.put_nowait(pcm)
 
+    def _pad(self, segment: _Segment) -> None:
+        """Zeros instead of the pause, so the server decodes the speech before it."""
+        self._padded = True
+        if self._tail_pad and not segment.done:
+            segment.queue.put_nowait(self._tail_pad)
+
     def _end_current(self) -> None:
         segment, self._current = self._current, None
         assert segment is not None
+        if not self._padded:
+            self._pad(segment)
         if not segment.done:
-            if self._tail_pad:
-                segment.queue.put_nowait(self._tail_pad)
             segment.queue.put_nowait(None)
         tail = bytes(self._gap[-self._preroll_bytes :]) if self._preroll_bytes else b""
         self._gap.clear()
+        self._padded = False
         self._preroll[:] = tail
 
     # -- phrases ---------------------------------------------------------------------------
