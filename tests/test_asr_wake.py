@@ -149,6 +149,11 @@ def test_bad_phrases_are_refused(phrases: list[str], message: str) -> None:
         AsrWakeSpotter(AsrSettings(), phrases)
 
 
+def test_the_zeros_come_before_the_segment_closes() -> None:
+    with pytest.raises(ValueError, match="pad_after_ms must be > 0 and <= close_after_ms, got 700 and 600"):
+        AsrWakeSpotter(AsrSettings(), PHRASES, pad_after_ms=700, close_after_ms=600)
+
+
 def test_one_string_is_not_a_phrase_list() -> None:
     with pytest.raises(TypeError, match="not one string"):
         PhraseMatcher("hello robot")
