@@ -335,6 +335,7 @@ async def test_reset_cuts_the_open_session(stub: FunAsrStub, spotter: AsrWakeSpo
         assert [w for pcm, flag in blocks[: last_speech + 1] if (w := spotter.process(pcm, flag))] == []
         await asyncio.wait_for(logs.wait_for("asr_partial"), TIMEOUT)  # the session is streaming
     spotter.reset()
+    await asyncio.wait_for(spotter.drain(), TIMEOUT)  # waits for the cut session to close
     for pcm, flag in blocks[last_speech + 1 :]:
         assert spotter.process(pcm, flag) is None
     await sessions_done(stub)

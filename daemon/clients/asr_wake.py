@@ -222,10 +222,11 @@ class AsrWakeSpotter:
     # -- extras ----------------------------------------------------------------------------
 
     async def drain(self) -> None:
-        """Wait until every ended segment's session is closed and its final text compared.
-
-        The segment still open (speech not yet over) is not waited for."""
+        """Wait until every ended segment's session is closed and its final text compared, and
+        the sessions cut by ``reset()`` are closed (before a turn on a server that serves one
+        client at a time). The segment still open (speech not yet over) is not waited for."""
         tasks = [s.task for s in self._segments if s is not self._current and s.task is not None]
+        tasks += self._stopping
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
 
