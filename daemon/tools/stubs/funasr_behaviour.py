@@ -81,6 +81,8 @@ class StubSession:
     subprotocol: str | None
     config: dict[str, Any] | None = None
     frame_sizes: list[int] = field(default_factory=list)
+    audio: bytearray = field(default_factory=bytearray)
+    """Every audio byte received, in order (what the client let out of the robot)."""
     violations: list[str] = field(default_factory=list)
     end_marker: dict[str, Any] | None = None
     text_frames: list[str] = field(default_factory=list)

@@ -113,6 +113,7 @@ class Utterance:
             self._violation("audio after the end marker")
             return
         session.frame_sizes.append(len(frame))
+        session.audio += frame
         if len(frame) % 2:
             self._violation(f"frame {len(session.frame_sizes) - 1} has an odd length ({len(frame)} bytes)")
         self.pcm += frame

@@ -20,7 +20,9 @@ QUESTIONS = (
     "who are you",
     "hello robot",
 )
-"""Sentences of questions.gram (``hello robot`` may also precede any other question)."""
+"""Sentences of questions.gram (a wake phrase may also precede any other question)."""
+WAKE_PHRASES = ("hello robot", "hey robot")
+"""The wake phrases of questions.gram: alone, or before a question ("hey robot what time is it")."""
 ESPEAK_VOICE = "en-us+klatt4"
 """The espeak-ng voice the grammar recognises exactly (the default en-us voice loses "is it")."""
 ESPEAK_SPEED = 175
