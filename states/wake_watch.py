@@ -126,6 +126,9 @@ async def watch_for_wake(
             log.debug("hotword_refractory", word=word)
             continue
         engine.reset()
+        drain = getattr(engine, "drain", None)  # a remote engine: its session closes first
+        if drain is not None:
+            await drain()
         log.info("wake_heard", source="hotword", word=word)
         after = _tail(recent, round(lag_s * BYTES_PER_SECOND))
         return Wake(
