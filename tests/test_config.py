@@ -326,3 +326,18 @@ def test_the_readme_states_the_real_defaults() -> None:
             assert documented == (list(actual) if isinstance(actual, tuple) else actual), key
             checked += 1
     assert checked > 55
+
+
+def test_a_hook_that_cannot_run_is_a_config_problem_named_by_its_key(tmp_path: Path) -> None:
+    problems = problems_of({"hooks": {"on_wake": [str(tmp_path / "no-such-hook")], "on_idle": ["true", ""]}})
+    assert [p.split(":")[0] for p in problems] == ["hooks.on_wake", "hooks.on_idle[1]"]
+
+
+def test_the_control_address_is_checked() -> None:
+    assert problems_of({"control": {"listen": "unix:relative.sock"}}) == [
+        "control.listen: must be unix:/ABSOLUTE/PATH, got 'unix:relative.sock'"
+    ]
+    assert problems_of({"control": {"listen": "localhost"}})[0].startswith("control.listen: must look like")
+    assert problems_of({"control": {"token": "x"}}) == [
+        "control.token: secrets do not go in the file; set MOSS_VOICE_CONTROL_TOKEN in the environment"
+    ]
