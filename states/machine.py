@@ -4,8 +4,9 @@ Read the table row by row: a trigger, where it applies, where it goes, and the m
 it runs, by name, in the order written. ``before`` runs while the machine is still in the source
 state (leaving it: cancel its tasks, hold or drop an answer), ``after`` once it is in the
 destination (entering it: start its tasks, then the ``state_changed`` log line, then closing the
-turn the row ended, so ``turn_finished`` comes last). A row without ``cancel_state_tasks`` hands
-the running tasks over to the next state. The callbacks are methods of ``states.model.Assistant``.
+turn the row ended, so ``turn_finished`` comes last; a row into IDLE then starts IDLE's wait for a
+wake, ``start_waiting``). A row without ``cancel_state_tasks`` hands the running tasks over to the
+next state. The callbacks are methods of ``states.model.Assistant``; the conditions too.
 """
 
 from __future__ import annotations
