@@ -47,7 +47,7 @@ def test_small_run_gives_real_figures(tmp_path: Path, capsys: pytest.CaptureFixt
     assert raw["load"]["vad_mb"] > 0
     assert raw["imports"] and raw["imports_total_ms"] > 0
     summary = raw["summary"]
-    assert summary["projected_cpu_s_per_s"]["room noise"] == pytest.approx(idle["cpu_s_per_s"] + noise["cpu_s_per_s"])
+    assert summary["projected_cpu_s_per_s"]["room noise"] == pytest.approx(idle["cpu_s_per_s"])
     assert summary["clean_stops"] is True
     for name in ("start to ready, median", "peak RSS (VmHWM)", "projected idle CPU, room noise"):
         assert name in printed

@@ -12,12 +12,14 @@ under 1.5 s.
   ``/proc/PID/stat`` (utime + stime) and ``/proc/PID/status`` (VmHWM, VmRSS); then SIGTERM,
   which must end it with exit status 0. The WAV microphone's file is loaded whole, which the daemon
   on a sound card does not do: one more start with a 1 s file gives the peak RSS without it.
-* The wake-wait pipeline: while idle the daemon runs no echo canceller and no VAD yet (and does
-  not even read the microphone until the first wake); a hotword wait will. Its cost is measured in
-  this process on the same audio, through the path barge-in runs (``watch_for_barge_in``: the
-  microphone feed, the SpeexDSP echo canceller, the Silero VAD, the endpointer), on a virtual
-  clock, with ``time.process_time``. Added to the daemon's idle figure it is the projection
-  against the target. The hotword model does not exist yet: its cost comes on top.
+* The wake-wait pipeline: while idle the daemon reads the microphone through the echo canceller
+  and the VAD into the hotword engine (the default, microWakeWord "hey_mycroft"), so its idle
+  figure includes them, on quiet room noise. The echo canceller and VAD's cost is also measured
+  apart in this process, on room noise and on speech, through the path barge-in runs
+  (``watch_for_barge_in``: the microphone feed, the SpeexDSP echo canceller, the Silero VAD, the
+  endpointer), on a virtual clock, with ``time.process_time``: what speech costs the VAD more
+  than room noise, added to the daemon's idle figure, is the projection for a room where people
+  talk all the time.
 
 The daemon process and ``/proc`` are in ``daemon_process.py``, the wake-wait pipeline in
 ``wake_pipeline.py``; this module puts the figures together and reports them.
@@ -98,9 +100,11 @@ class IdleReport:
         return all(s.exit_code == 0 and s.stop_ms <= STOP_TIMEOUT_S * 1000 for s in every)
 
     def projected(self, audio: str) -> float:
-        """The daemon idle plus the wake-wait pipeline on ``audio``: CPU s per s, hotword excluded."""
+        """The daemon idle (on room noise, its wake watch included) plus what the pipeline costs
+        more on ``audio`` than on room noise: CPU s per s."""
         cost = next(p for p in self.pipeline if p.audio == audio)
-        return self.idle.cpu_s_per_s + cost.cpu_s_per_s
+        quiet = next(p for p in self.pipeline if p.audio == "room noise")
+        return self.idle.cpu_s_per_s + cost.cpu_s_per_s - quiet.cpu_s_per_s
 
     def to_json(self) -> dict[str, Any]:
         raw = asdict(self)
@@ -232,16 +236,16 @@ def report_table(r: IdleReport) -> str:
     rows.add("  CPU used up to ready, median", f"{statistics.median(s.cpu_s for s in r.starts):.2f} s")
     idle_cpu = r.idle.cpu_s_per_s
     rows.add(
-        "daemon idle CPU (no wake-word pipeline yet)", f"{idle_cpu:.4f} s/s", cpu_target, idle_cpu < TARGET_CPU_S_PER_S
+        "daemon idle CPU (its wake watch included)", f"{idle_cpu:.4f} s/s", cpu_target, idle_cpu < TARGET_CPU_S_PER_S
     )
     for p in r.pipeline:
-        rows.add(f"wake-wait pipeline (AEC + VAD), {p.audio}", f"{p.cpu_s_per_s:.4f} s/s")
+        rows.add(f"AEC + VAD measured apart, {p.audio}", f"{p.cpu_s_per_s:.4f} s/s")
         shares = f"speex AEC {p.aec_cpu_s_per_s:.4f}, Silero VAD {p.vad_cpu_s_per_s:.4f}"
         rows.add(f"  of it: {shares}", f"{p.speech_fraction:.0%} speech")
     for p in r.pipeline:
         projected = r.projected(p.audio)
         ok = projected < TARGET_CPU_S_PER_S
-        rows.add(f"projected idle CPU, {p.audio} (daemon + pipeline)", f"{projected:.4f} s/s", cpu_target, ok)
+        rows.add(f"projected idle CPU, {p.audio}", f"{projected:.4f} s/s", cpu_target, ok)
     peak = r.idle.peak_rss_mb
     rows.add("peak RSS (VmHWM)", f"{peak:.1f} MB", f"< {TARGET_PEAK_RSS_MB:.0f} MB", peak < TARGET_PEAK_RSS_MB)
     rows.add("  RSS at the end of the window (VmRSS)", f"{r.idle.rss_mb:.1f} MB")
@@ -275,7 +279,6 @@ def report_table(r: IdleReport) -> str:
     if r.imports:
         top = ", ".join(f"{c.module} {c.cumulative_ms:.0f}" for c in r.imports)
         lines.append(f"imports of one start (ms, under -X importtime): all {r.imports_total_ms:.0f}; slowest: {top}")
-    lines.append("the hotword model is not built yet: its cost comes on top of the projection")
     return "\n".join(lines)
 
 
