@@ -52,8 +52,12 @@ def wake_summary(s: Settings) -> dict[str, Any]:
 class Listeners:
     """The background work beside the conversation: button, LEDs, hooks, health, control API."""
 
-    def __init__(self, settings: Settings, assistant: Assistant, bus: EventBus, health: Health) -> None:
+    def __init__(
+        self, settings: Settings, assistant: Assistant, bus: EventBus, health: Health, *, pin_factory: Any = None
+    ) -> None:
+        """``pin_factory``: gpiozero's (tests pass its MockFactory); None: gpiozero's own choice."""
         self.settings, self.assistant, self.bus, self.health = settings, assistant, bus, health
+        self._pin_factory = pin_factory
         self._tasks: set[asyncio.Task[Any]] = set()
         self._after_cancel: list[Callable[[], Awaitable[None]]] = []
 
@@ -86,7 +90,7 @@ class Listeners:
             from daemon.status_leds import drive_leds
             from hardware.gpio import StatusLeds
 
-            leds = StatusLeds(pins, active_high=s.leds.active_high)
+            leds = StatusLeds(pins, active_high=s.leds.active_high, pin_factory=self._pin_factory)
             stack.callback(leds.close)
             self._spawn(drive_leds(self.bus, leds), "leds")
         b = s.wake.button
@@ -101,6 +105,7 @@ class Listeners:
                 on_press=self._later(self.assistant.press, "button-press"),
                 on_long_press=self._later(self.assistant.long_press, "button-hold"),
                 loop=asyncio.get_running_loop(),
+                pin_factory=self._pin_factory,
             )
             stack.callback(button.close)
         if s.control.listen is not None:
