@@ -53,6 +53,8 @@ __all__ = ["TASK_CANCEL_TIMEOUT_S", "Assistant", "AssistantSettings", "Earcons",
 
 log = structlog.get_logger()
 
+WAKE_RETRY_S = 1.0
+"""After the wait for a wake failed, it starts again this much later."""
 EARCON_ECHO_MARGIN_S = 0.1
 """After the listening earcon: one speaker block of delay and the room's echo."""
 
@@ -482,15 +484,23 @@ class Assistant(Triggers):
         return "done", {}
 
     async def _wait_for_wake(self) -> Trigger:
-        wake = await watch_for_wake(
-            feed=self.feed,
-            vad=self.vad,
-            engine=self.hotword,
-            always=self.settings.always,
-            listening=self.settings.endpointer,
-            cleaner=self._cleaner,
-            ignore_until=self._ignore_wakes_until,
-        )
+        """IDLE's task. A failure here (the microphone unplugged, an engine that raised) has no
+        turn to fail: it is logged, and the wait starts again after a pause (the feed reopens a
+        lost microphone meanwhile), so the daemon never stops hearing its wake word for good."""
+        try:
+            wake = await watch_for_wake(
+                feed=self.feed,
+                vad=self.vad,
+                engine=self.hotword,
+                always=self.settings.always,
+                listening=self.settings.endpointer,
+                cleaner=self._cleaner,
+                ignore_until=self._ignore_wakes_until,
+            )
+        except Exception as exc:  # noqa: BLE001 - idle must outlive any failure
+            log.error("wake_watch_failed", error=str(exc), error_type=type(exc).__name__, retry_s=WAKE_RETRY_S)
+            await asyncio.sleep(WAKE_RETRY_S)
+            return "ready", {}
         return "wake", {"wake": wake}
 
     async def _audible(self) -> None:

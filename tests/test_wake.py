@@ -15,6 +15,7 @@ from states.mic_feed import MicFeed
 from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.wake_watch import EchoCleaner, Wake, watch_for_wake
 from tests.fakes import FakeAsr, FakeLlm, FakeSpeaker, FakeTts, FakeVad
+from tests.log_watch import watch_logs
 
 TIMEOUT = 10
 EARCON = b"\x05\x00" * 160
@@ -298,4 +299,31 @@ async def test_the_button_wakes_when_idle_cuts_an_answer_and_a_long_press_goes_i
     await assistant.long_press()
     stopped = await next_turn(assistant, ended)
     assert stopped.outcome == "stopped" and assistant.state is State.IDLE
+    await asyncio.wait_for(assistant.aclose(), TIMEOUT)
+
+
+class BrokenOnceHotword(FakeHotword):
+    """Raises on its first block (a model that hiccups), then works."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failed = False
+
+    def process(self, pcm: bytes, speech: bool) -> str | None:
+        if not self.failed:
+            self.failed = True
+            raise RuntimeError("tflite hiccup")
+        return super().process(pcm, speech)
+
+
+async def test_a_failing_wake_watch_is_logged_and_starts_again() -> None:
+    hotword = BrokenOnceHotword()
+    script = [(0.2, 0), (0.5, WAKE_SAMPLE), (0.6, QUESTION_SAMPLE), (0.6, 0)]
+    assistant, _, ended, _, _ = make(script, hotword=hotword, realtime=True)  # the retry waits 1 s
+    with watch_logs() as logs:
+        await assistant.ready()
+        failed = await asyncio.wait_for(logs.wait_for("wake_watch_failed"), TIMEOUT)
+        turn = await next_turn(assistant, ended)  # the wait started again and heard the wake word
+    assert failed["error"] == "tflite hiccup" and failed["log_level"] == "error"
+    assert turn.wake_source == "hotword"
     await asyncio.wait_for(assistant.aclose(), TIMEOUT)
