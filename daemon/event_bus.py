@@ -12,7 +12,7 @@ import asyncio
 import itertools
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +95,20 @@ class EventBus:
         subscription = Subscription(maxsize=maxsize)
         self._subscribers.append(subscription)
         return subscription
+
+    def follow(self, handle: Callable[[Event], None]) -> Coroutine[Any, Any, None]:
+        """A coroutine that hands every event to ``handle`` until the bus closes (or the task
+        running it is cancelled). It subscribes when called, not when first awaited, so that no
+        event emitted between ``asyncio.create_task(bus.follow(...))`` and the task's start is
+        missed."""
+        return self._follow(self.subscribe(), handle)
+
+    async def _follow(self, subscription: Subscription, handle: Callable[[Event], None]) -> None:
+        try:
+            async for event in subscription:
+                handle(event)
+        finally:
+            self.unsubscribe(subscription)
 
     def unsubscribe(self, subscription: Subscription) -> None:
         subscription.close()

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,13 +30,9 @@ class Health:
         self._clock = clock
         self.services = {name: ServiceHealth() for name in SERVICES}
 
-    async def run(self, bus: EventBus) -> None:
-        subscription = bus.subscribe()
-        try:
-            async for event in subscription:
-                self.observe(event)
-        finally:
-            bus.unsubscribe(subscription)
+    def run(self, bus: EventBus) -> Coroutine[Any, Any, None]:
+        """Observe the bus's events until it closes (subscribed when called: ``EventBus.follow``)."""
+        return bus.follow(self.observe)
 
     def observe(self, event: Event) -> None:
         if event.name == "turn_failed":

@@ -32,7 +32,7 @@ from typing import Any
 import structlog
 
 from daemon.config import HooksSettings
-from daemon.event_bus import Event, EventBus, Subscription
+from daemon.event_bus import Event, EventBus
 
 log = structlog.get_logger()
 
@@ -135,19 +135,9 @@ class Hooks:
         return any(self._argv.values())
 
     def run(self, bus: EventBus) -> Coroutine[Any, Any, None]:
-        """Consume the bus's events, running hooks, until cancelled or the bus closes.
-
-        It subscribes when called, not when first awaited, so that no event emitted between
-        ``asyncio.create_task(hooks.run(bus))`` and the task's start is missed.
-        """
-        return self._consume(bus, bus.subscribe())
-
-    async def _consume(self, bus: EventBus, subscription: Subscription) -> None:
-        try:
-            async for event in subscription:
-                self.fire(event)
-        finally:
-            bus.unsubscribe(subscription)
+        """Consume the bus's events, running hooks, until cancelled or the bus closes (it
+        subscribes when called: see ``EventBus.follow``)."""
+        return bus.follow(self.fire)
 
     def fire(self, event: Event) -> None:
         """Start the run of ``event``'s hook, if it has one, in the background."""

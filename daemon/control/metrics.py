@@ -7,7 +7,7 @@ two daemons in one test process, or a test next to a running daemon, never share
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import structlog
@@ -79,14 +79,9 @@ class Metrics:
         self._states = set(STATES)
         self._set_state("idle")
 
-    async def run(self, bus: EventBus) -> None:
-        """Consume the bus's events until it closes (or this task is cancelled)."""
-        subscription = bus.subscribe()
-        try:
-            async for event in subscription:
-                self.observe(event)
-        finally:
-            bus.unsubscribe(subscription)
+    def run(self, bus: EventBus) -> Coroutine[Any, Any, None]:
+        """Observe the bus's events until it closes (subscribed when called: ``EventBus.follow``)."""
+        return bus.follow(self.observe)
 
     def observe(self, event: Event) -> None:
         """Count one event. Fields of the wrong type are logged and skipped, never raised."""
