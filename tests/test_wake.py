@@ -327,3 +327,20 @@ async def test_a_failing_wake_watch_is_logged_and_starts_again() -> None:
     assert failed["error"] == "tflite hiccup" and failed["log_level"] == "error"
     assert turn.wake_source == "hotword"
     await asyncio.wait_for(assistant.aclose(), TIMEOUT)
+
+
+async def test_listen_during_an_answer_stops_it_and_listens_at_once() -> None:
+    llm = FakeLlm(["It is noon."])
+    llm.gate = asyncio.Event()  # the answer never ends by itself
+    script = [(0.3, 0), (0.6, QUESTION_SAMPLE), (0.8, 0), (0.6, QUESTION_SAMPLE), (1.0, 0)]
+    asr = FakeAsr("what time is it", "tell me a joke")
+    assistant, _, ended, events, _ = make(script, asr=asr, llm=llm, realtime=True)
+    await assistant.wake()
+    await events.state("thinking")
+    waiter = await assistant.request("wake", interrupt=True, wake=Wake("listen"), listen_only=True)
+    stopped = await next_turn(assistant, ended)
+    listened = await asyncio.wait_for(waiter, TIMEOUT)
+    assert stopped.outcome == "stopped" and stopped.transcript == "what time is it"
+    assert listened.outcome == "listened" and listened.transcript == "tell me a joke"
+    assert listened.wake_source == "listen" and len(llm.requests) == 1  # the second was not answered
+    await asyncio.wait_for(assistant.aclose(), TIMEOUT)
