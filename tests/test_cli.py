@@ -33,6 +33,7 @@ COMMANDS = (
     ("ctl", "events"),
     ("bench", "hotword"),
     ("bench", "wake"),
+    ("bench", "asr-wake"),
 )
 
 

@@ -1,7 +1,7 @@
 """Measure the ``asr`` wake engine against the FunASR stand-in, in real time.
 
-    python -m daemon.tools.bench.asr_wake                        # every flavour
-    python -m daemon.tools.bench.asr_wake --flavour cpp-2pass
+    moss-voice bench asr-wake                        # every flavour with partial results
+    moss-voice bench asr-wake --flavour cpp-2pass
 
 espeak-ng speaks the stand-in's wake phrases (``hello robot``, ``hey robot``) and its questions
 at three speeds; the Silero VAD judges 32 ms blocks, which are fed to ``AsrWakeSpotter.process``

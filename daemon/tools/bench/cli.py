@@ -33,6 +33,9 @@ def register(subparsers: Any) -> None:
     wake.add_argument("-n", type=_at_least_1, default=20, help="recordings and presses (default 20)")
     wake.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
     wake.set_defaults(func=_run_wake)
+    asr_wake = sub.add_parser("asr-wake", help="the asr wake engine against the FunASR stand-in, in real time")
+    asr_wake.add_argument("--flavour", action="append", help="repeatable; default: every flavour with partials")
+    asr_wake.set_defaults(func=_run_asr_wake)
 
 
 def _register_vad(sub: Any) -> None:
@@ -153,6 +156,12 @@ def _run_barge_in(args: argparse.Namespace) -> int:
     from daemon.tools.bench import barge_in
 
     return barge_in.command(args)
+
+
+def _run_asr_wake(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import asr_wake
+
+    return asr_wake.main([f"--flavour={f}" for f in args.flavour or ()])
 
 
 def _run_wake(args: argparse.Namespace) -> int:
