@@ -464,9 +464,12 @@ class Assistant(Triggers):
             settings=self.settings.speech_text,
             clock=self._clock,
             on_audible=self._audible,
-            on_clause=lambda clause: self._emit("reply_clause", turn_id=turn.id, text=clause),
+            on_clause=self._clause_spoken(turn),
         )
         return "done", {}
+
+    def _clause_spoken(self, turn: Turn) -> Callable[[str], None]:
+        return lambda clause: self._emit("reply_clause", turn_id=turn.id, text=clause)
 
     async def _say(self, turn: Turn, text: str) -> Trigger:
         outcome = await speak_reply(
@@ -478,7 +481,7 @@ class Assistant(Triggers):
             times=turn.times,
             clock=self._clock,
             on_audible=self._audible,
-            on_clause=lambda clause: self._emit("reply_clause", turn_id=turn.id, text=clause),
+            on_clause=self._clause_spoken(turn),
         )
         turn.reply = outcome.spoken
         return "done", {}
