@@ -13,7 +13,7 @@ import structlog
 
 from daemon.cli_config import config_failed
 from daemon.config_load import load_settings
-from daemon.errors import ConfigError, HardwareError
+from daemon.errors import ConfigError, ControlError, HardwareError
 from daemon.logs import configure_logging
 
 log = structlog.get_logger()
@@ -54,6 +54,9 @@ def run_until_signal(start: Start) -> int:
             return await start(stop)
         except HardwareError as exc:
             log.error("hardware_error", error=str(exc))
+            return 1
+        except ControlError as exc:  # the control API cannot listen: address in use, no directory
+            log.error("control_error", error=str(exc))
             return 1
 
     return asyncio.run(runner())

@@ -84,3 +84,26 @@ async def test_button_leds_hook_and_control_api_drive_one_conversation(tmp_path:
         assert (await client.get("http://daemon/status")).json()["state"] == "idle"
         assert idle_led.state and not led.state
     factory.reset()
+
+
+def test_a_control_api_that_cannot_listen_stops_the_daemon_with_a_clear_line(tmp_path: Path) -> None:
+    import subprocess
+
+    from hardware.wavfile import write_wav
+
+    write_wav(tmp_path / "question.wav", bytes(3200), 16000)
+    config = tmp_path / "moss.toml"
+    config.write_text(
+        '[control]\nlisten = "unix:/nonexistent/moss-voice/control.sock"\n[wake]\non_start = false\n'
+        '[wake.hotword]\nengine = "off"\n[log]\nformat = "json"\n',
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon", "run", "--config", str(config)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    (error,) = [e for e in lines if e["event"] == "control_error"]
+    assert "the directory /nonexistent/moss-voice does not exist" in error["error"]
+    assert "Traceback" not in done.stderr
