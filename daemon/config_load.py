@@ -170,6 +170,22 @@ def _check_files(s: Settings) -> list[str]:
     if s.asr.ca_file is not None and not Path(s.asr.ca_file).is_file():
         problems.append(f"asr.ca_file: no such file {s.asr.ca_file!r}")
     problems.extend(check_hooks(s.hooks))
+    problems.extend(_check_hotword_files(s))
+    return problems
+
+
+def _check_hotword_files(s: Settings) -> list[str]:
+    """The model files the hotword engine will load (the engine checks what is inside them)."""
+    h = s.wake.hotword
+    problems: list[str] = []
+    if h.model_dir is not None and not Path(h.model_dir).is_dir():
+        problems.append(f"wake.hotword.model_dir: no such directory {h.model_dir!r}")
+    if h.engine == "sherpa-onnx" and h.model_dir is None:
+        problems.append("wake.hotword.model_dir: the sherpa-onnx engine needs its model directory (see the README)")
+    if h.engine == "microwakeword":
+        for i, phrase in enumerate(h.phrases):
+            if phrase.endswith(".json") and not Path(phrase).is_file():
+                problems.append(f"wake.hotword.phrases[{i}]: no such model file {phrase!r}")
     return problems
 
 

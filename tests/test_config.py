@@ -341,3 +341,17 @@ def test_the_control_address_is_checked() -> None:
     assert problems_of({"control": {"token": "x"}}) == [
         "control.token: secrets do not go in the file; set MOSS_VOICE_CONTROL_TOKEN in the environment"
     ]
+
+
+def test_the_hotword_model_files_are_checked_before_the_daemon_starts(tmp_path: Path) -> None:
+    missing = str(tmp_path / "hey_robot.json")
+    assert problems_of({"wake": {"hotword": {"phrases": ["hey_mycroft", missing]}}}) == [
+        f"wake.hotword.phrases[1]: no such model file {missing!r}"
+    ]
+    assert problems_of({"wake": {"hotword": {"engine": "sherpa-onnx", "phrases": ["你好摩斯"]}}}) == [
+        "wake.hotword.model_dir: the sherpa-onnx engine needs its model directory (see the README)"
+    ]
+    nowhere = str(tmp_path / "kws")
+    assert problems_of({"wake": {"hotword": {"engine": "sherpa-onnx", "model_dir": nowhere}}}) == [
+        f"wake.hotword.model_dir: no such directory {nowhere!r}"
+    ]
