@@ -63,8 +63,12 @@ class App:
         *,
         once: bool = False,
         on_turn_end: Callable[[Turn], Awaitable[None] | None] | None = None,
+        freeze_gc: bool = False,
     ) -> None:
+        """``freeze_gc``: once started, hide what start-up built from the garbage collector
+        (the daemon process; not a process that runs many Apps, such as the tests)."""
         self.settings = settings
+        self._freeze_gc = freeze_gc
         self.once = once
         self._on_turn_end = on_turn_end
         self.turns: list[Turn] = []
@@ -138,9 +142,10 @@ class App:
                 tts=s.tts.url,
                 wake=wake_summary(s),
             )
-            # What start-up built lives as long as the daemon: out of the collector's sight, a
-            # full collection no longer walks it (a 30 ms pause of the audio loop, measured).
-            gc.freeze()
+            if self._freeze_gc:
+                # What start-up built lives as long as the daemon: out of the collector's sight,
+                # a full collection no longer walks it (a 30 ms pause of the audio loop, measured).
+                gc.freeze()
             feed.start()  # the wake sources hear everything from now on
             await assistant.ready()
             if s.wake.on_start:

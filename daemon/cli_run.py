@@ -39,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(settings.log.level, settings.log.format)
     from daemon.app import App  # here, so that the other commands do not pay for its imports
 
-    return run_until_signal(lambda stop: App(settings, once=args.once).run(stop))
+    return run_until_signal(lambda stop: App(settings, once=args.once, freeze_gc=True).run(stop))
 
 
 def run_until_signal(start: Start) -> int:
