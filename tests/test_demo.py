@@ -24,8 +24,12 @@ async def test_demo_answers_the_spoken_question_into_a_wav(tmp_path: Path) -> No
     assert proc.returncode == 0, text[-3000:]
     assert "heard:      'what is the weather like today'" in text
     assert "answered:   'It is sunny today" in text
-    for step in ("dst=listening", "dst=thinking", "dst=speaking", "dst=idle"):
-        assert step in text, step
+    steps = ["listening: ", "heard: 'what is the weather like today'", "thinking: ", "  says: 'It is sunny today,'",
+             "speaking: ", "idle again", "done: the answer began"]  # fmt: skip
+    at = [text.index(step) for step in steps]  # the story of the turn, for a person, in order
+    assert at == sorted(at)
+    assert "state_changed" not in text  # the developers' log went to demo.log
+    assert '"event": "state_changed"' in (tmp_path / "demo.log").read_text(encoding="utf-8")
     assert "end of speech -> first reply sample played" in text
     with wave.open(str(tmp_path / "reply.wav"), "rb") as w:
         samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")

@@ -1,13 +1,16 @@
 """``moss-voice demo`` (``make demo``): one full voice turn against the loopback stand-ins.
 
 It speaks a question into a WAV file with espeak-ng, starts the three stand-ins, runs the daemon
-for one turn with that file as the microphone and another as the speaker, and prints what
-happened: each state change (the log), the transcript, the answer and the latency breakdown.
+for one turn with that file as the microphone and another as the speaker, and tells the turn as
+it happens, for a person (from the daemon's events: listening, what it heard, each clause of the
+answer as it plays), then the latency breakdown. The developers' log (JSON lines) goes to
+``demo.log`` in the work directory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 import wave
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -16,6 +19,7 @@ import numpy as np
 
 from daemon.app import App
 from daemon.config import AsrSettings, AudioSettings, LlmSettings, LogSettings, Settings, TtsSettings
+from daemon.event_bus import Event
 from daemon.logs import configure_logging
 from daemon.tools.stubs.answers import DEMO_QUESTION
 from daemon.tools.stubs.questions import make_question_wav
@@ -36,24 +40,91 @@ async def run_demo(workdir: str, *, question: str | None = None, stop: asyncio.E
     question_wav = out / "question.wav"
     reply_wav = out / "reply.wav"
     question_end = await asyncio.to_thread(_speak_question, question, question_wav)
-    configure_logging("info", "console")
-    print(f"moss-voice demo: question {question!r} spoken into {question_wav}\n", flush=True)
+    log_path = out / "demo.log"
+    print(f"moss-voice demo: the question {question!r} is spoken into {question_wav}", flush=True)
+    print(f"(the daemon's own log, JSON lines, goes to {log_path})\n", flush=True)
 
-    async with AsyncExitStack() as stack:
-        asr, llm, tts = await start_stubs(stack)
-        settings = Settings(
-            asr=AsrSettings(url=asr.url),
-            llm=LlmSettings(url=llm.url),
-            tts=TtsSettings(url=tts.url),
-            audio=AudioSettings(input=f"wav:{question_wav}", output=f"wav:{reply_wav}"),
-            log=LogSettings(format="console"),
-        )
-        app = App(settings, once=True)
-        code = await app.run(stop)
+    with log_path.open("w", encoding="utf-8") as log_file:
+        configure_logging("info", "json", stream=log_file)
+        async with AsyncExitStack() as stack:
+            asr, llm, tts = await start_stubs(stack)
+            print(f"stand-ins up: FunASR {asr.url}, MOSS {llm.url}, PaddleSpeech {tts.url}", flush=True)
+            settings = Settings(
+                asr=AsrSettings(url=asr.url),
+                llm=LlmSettings(url=llm.url),
+                tts=TtsSettings(url=tts.url),
+                audio=AudioSettings(input=f"wav:{question_wav}", output=f"wav:{reply_wav}"),
+                log=LogSettings(format="json"),
+            )
+            app = App(settings, once=True)
+            teller = Story()
+            story = asyncio.create_task(app.bus.follow(teller.tell))
+            try:
+                code = await app.run(stop)
+            finally:
+                app.bus.close()
+                await story
+                teller.close()
 
     turn = app.turns[-1] if app.turns else None
     print(_summary(turn, reply_wav, question_end), flush=True)
     return code
+
+
+PROGRESS_EVERY_S = 2.0
+
+
+class Story:
+    """The turn told for a person, one line per step, from the daemon's events; while the answer
+    plays into the WAV file (the clauses are all synthesised long before), a line every 2 s."""
+
+    def __init__(self) -> None:
+        self._start = time.monotonic()
+        self._ticker: asyncio.Task[None] | None = None
+
+    def tell(self, event: Event) -> None:
+        line = self._line(event)
+        if line is not None:
+            self._print(line)
+        if event.name == "state_changed":
+            if event.fields.get("dst") == "speaking" and self._ticker is None:
+                self._ticker = asyncio.create_task(self._tick(), name="demo-progress")
+            elif event.fields.get("dst") != "speaking":
+                self.close()
+
+    def close(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    def _print(self, line: str) -> None:
+        print(f"[{time.monotonic() - self._start:5.1f} s] {line}", flush=True)
+
+    async def _tick(self) -> None:
+        began = time.monotonic()
+        while True:
+            await asyncio.sleep(PROGRESS_EVERY_S)
+            self._print(f"  ... still playing ({time.monotonic() - began:.0f} s of answer so far)")
+
+    @staticmethod
+    def _line(event: Event) -> str | None:
+        f = event.fields
+        if event.name == "state_changed":
+            return {
+                "listening": "listening: the robot waits for the question",
+                "thinking": "thinking: the question goes to MOSS",
+                "speaking": "speaking: the answer is playing (into the reply WAV file)",
+                "idle": "idle again",
+            }.get(str(f.get("dst")))
+        if event.name == "transcript":
+            return f"heard: {f.get('text')!r}"
+        if event.name == "reply_clause":
+            return f"  says: {f.get('text')!r}"
+        if event.name == "turn_failed":
+            return f"the turn failed in the {f.get('service')} service: {f.get('reason')}"
+        if event.name == "turn_finished" and f.get("first_audio_ms") is not None:
+            return f"done: the answer began {f['first_audio_ms']} ms after the question ended"
+        return None
 
 
 def _speak_question(text: str, path: Path) -> float:
