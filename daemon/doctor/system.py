@@ -50,7 +50,12 @@ def gpio_pins(s: Settings) -> list[int]:
     return [pin for pin in pins if pin is not None]
 
 
+def uses_sound_card(s: Settings) -> bool:
+    return s.audio.input.startswith("pyaudio:") or s.audio.output.startswith("pyaudio:")
+
+
 def check_groups(user: User, s: Settings) -> list[Finding]:
+    """``audio`` (a FAIL only when a sound card is configured), ``gpio`` when a pin is."""
     needed = ["audio"] + (["gpio"] if gpio_pins(s) else [])
     findings = []
     for group in needed:
@@ -63,7 +68,8 @@ def check_groups(user: User, s: Settings) -> list[Finding]:
             findings.append(Finding(name, "ok", f"{user.name} is in {group}"))
         else:
             exists = _group_exists(group)
-            result: Result = "FAIL" if group == "audio" or exists else "warn"
+            required = uses_sound_card(s) if group == "audio" else exists
+            result: Result = "FAIL" if required else "warn"
             fix = f"sudo usermod -aG {group} {user.name} (then log in again / restart the service)"
             if not exists:
                 fix = f"this system has no {group} group: give {user.name} access to the device nodes another way"
@@ -87,7 +93,7 @@ def can_read_write(mode: int, owner: int, group: int, user: User) -> bool:
 def check_device_nodes(user: User, s: Settings, *, dev: Path = Path("/dev")) -> list[Finding]:
     """/dev/snd/* (when a sound card is configured) and /dev/gpiochip* (when a pin is)."""
     findings = []
-    uses_card = s.audio.input.startswith("pyaudio:") or s.audio.output.startswith("pyaudio:")
+    uses_card = uses_sound_card(s)
     sets: list[tuple[str, list[Path], bool]] = [("/dev/snd", sorted((dev / "snd").glob("*")), uses_card)]
     if gpio_pins(s):
         sets.append(("/dev/gpiochip*", sorted(dev.glob("gpiochip*")), True))
@@ -148,7 +154,7 @@ def _reachable(path: Path) -> bool:
 
 def check_sound_server(user: User, s: Settings, env: Mapping[str, str]) -> list[Finding]:
     """Which set-up this is: a sound server (the user unit) or ALSA directly (the system unit)."""
-    uses_card = s.audio.input.startswith("pyaudio:") or s.audio.output.startswith("pyaudio:")
+    uses_card = uses_sound_card(s)
     server = env.get("PULSE_SERVER")
     up = [p for p in sound_server_sockets(env, user.uid) if p.exists() and _reachable(p)]
     if up:
