@@ -4,8 +4,10 @@ system checks on a made-up /dev and runtime directory."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
+import os
 import socket
 import wave
 from collections.abc import AsyncIterator
@@ -19,10 +21,11 @@ from daemon.__main__ import main
 from daemon.cli_doctor import run_doctor
 from daemon.config import AudioSettings, ControlSettings, Settings
 from daemon.doctor import Check, Finding, failed, run_checks, to_table
-from daemon.doctor.audio import check_microphone, check_speaker, level_dbfs
+from daemon.doctor.audio import check_device_list, check_microphone, check_speaker, level_dbfs
 from daemon.doctor.run import DoctorOptions, doctor
 from daemon.doctor.system import User, check_control_socket, check_device_nodes, check_sound_server
 from daemon.tools.stubs.runner import start_stubs
+from tests.pulse import pulse_server
 
 SERVICES = ("asr", "llm", "tts")
 
@@ -155,8 +158,6 @@ async def test_speaker_plays_a_tone_only_when_asked(tmp_path: Path) -> None:
 
 async def test_a_check_that_hangs_or_raises_does_not_stop_the_others() -> None:
     async def hangs() -> list[Finding]:
-        import asyncio
-
         await asyncio.Event().wait()
         return []
 
@@ -209,3 +210,21 @@ def test_control_socket_directory(tmp_path: Path) -> None:
     there = Settings(control=ControlSettings(listen=f"unix:{tmp_path}/ctl.sock"))
     assert check_control_socket(_user(uid=0), there)[0].result == "ok"
     assert check_control_socket(_user(), Settings()) == []
+
+
+async def test_audio_checks_through_a_private_pulseaudio_server(tmp_path: Path) -> None:
+    """pyaudio:default under a sound server: listed, a silent microphone warned about, the tone
+    heard on the speaker's monitor, and the server's socket found."""
+    with pulse_server() as pulse:
+        audio = AudioSettings(input="pyaudio:default", output="pyaudio:default", output_rate=16000)
+        listed = (await check_device_list(audio))[0]
+        assert listed.result == "ok" and "0 input(s)" not in listed.detail
+        mic = (await check_microphone(audio))[0]
+        assert mic.result == "warn" and "silent" in mic.detail  # nothing plays into the virtual microphone
+        with pulse.record_speaker() as recording:
+            played = (await check_speaker(audio, play=True))[0]
+            heard = recording.stop()
+        assert played.result == "ok"
+        assert np.abs(heard).max() > 3000, "the tone reached the speaker's monitor"
+        server = check_sound_server(_user(), Settings(audio=audio), dict(os.environ))[0]
+        assert server.result == "ok" and "PulseAudio" in server.detail
