@@ -19,10 +19,11 @@ import pytest
 
 from daemon.__main__ import main
 from daemon.cli_doctor import run_doctor
-from daemon.config import AudioSettings, ControlSettings, Settings
+from daemon.config import AudioSettings, ControlSettings, HotwordSettings, Settings, WakeSettings
 from daemon.doctor import Check, Finding, failed, run_checks, to_table
 from daemon.doctor.audio import check_device_list, check_microphone, check_speaker, level_dbfs
-from daemon.doctor.run import DoctorOptions, doctor
+from daemon.doctor.run import DoctorOptions, doctor, system_checks
+from daemon.doctor.services import check_hotword
 from daemon.doctor.system import User, check_control_socket, check_device_nodes, check_sound_server
 from daemon.tools.stubs.runner import start_stubs
 from tests.pulse import pulse_server
@@ -228,3 +229,23 @@ async def test_audio_checks_through_a_private_pulseaudio_server(tmp_path: Path) 
         assert np.abs(heard).max() > 3000, "the tone reached the speaker's monitor"
         server = check_sound_server(_user(), Settings(audio=audio), dict(os.environ))[0]
         assert server.result == "ok" and "PulseAudio" in server.detail
+
+
+async def test_hotword_engine_builds_or_names_its_missing_model(tmp_path: Path) -> None:
+    built = (await check_hotword(Settings()))[0]
+    assert built.result == "ok" and "microwakeword" in built.detail
+    missing = str(tmp_path / "robot.json")
+    broken = Settings(wake=WakeSettings(hotword=HotwordSettings(phrases=(missing,))))
+    failure = (await check_hotword(broken))[0]
+    assert failure.result == "FAIL" and missing in failure.detail
+    off = Settings(wake=WakeSettings(hotword=HotwordSettings(engine="off")))
+    assert (await check_hotword(off))[0].result == "ok"
+
+
+async def test_another_users_checks_ignore_this_shells_sound_server() -> None:
+    options = DoctorOptions(user="nobody", env={"PULSE_SERVER": "tcp:elsewhere:4713"})
+    checks = by_check(await run_checks(system_checks(options, Settings())))
+    assert "nobody" in checks["user"].detail
+    assert "elsewhere" not in checks["sound server"].detail
+    unknown = await run_checks(system_checks(DoctorOptions(user="no-such-user-here"), Settings()))
+    assert [(f.check, f.result) for f in unknown] == [("user", "FAIL")]

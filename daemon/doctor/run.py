@@ -44,7 +44,7 @@ async def doctor(options: DoctorOptions) -> list[Finding]:
             for problem in exc.problems
         ]
         skipped = Finding("services", "warn", "not checked: the config has problems", "fix the config first")
-        return [*problems, skipped, *await run_checks(_system_checks(options, Settings()))]
+        return [*problems, skipped, *await run_checks(system_checks(options, Settings()))]
     findings = [Finding("config", "ok", f"{source}: every key and value is valid")]
     return findings + await run_checks(checks_for(settings, options))
 
@@ -79,11 +79,11 @@ def checks_for(s: Settings, options: DoctorOptions) -> list[Check]:
         Check("llm", llm, 2 * s.llm.connect_timeout_s + SLACK_S, s.llm.url),
         Check("tts", tts, 2 * s.tts.connect_timeout_s + SLACK_S, s.tts.url),
         Check("hotword", hotword, LOCAL_TIMEOUT_S),
-        *_system_checks(options, s),
+        *system_checks(options, s),
     ]
 
 
-def _system_checks(options: DoctorOptions, s: Settings) -> list[Check]:
+def system_checks(options: DoctorOptions, s: Settings) -> list[Check]:
     async def system() -> list[Finding]:
         try:
             user = User.lookup(options.user)
@@ -91,9 +91,9 @@ def _system_checks(options: DoctorOptions, s: Settings) -> list[Check]:
             return [
                 Finding("user", "FAIL", f"no user {options.user!r} on this system", "create it (sudo make install)")
             ]
-        return [
-            Finding("user", "ok", f"checking as {user.name} (uid {user.uid})"),
-            *system_findings(user, s, options.env),
-        ]
+        # Another user's sound server is found by its /run/user/UID, not by this shell's variables.
+        env = options.env if user.uid == os.getuid() else {}
+        you = "" if user.uid == os.getuid() else "; the devices above were opened as you"
+        return [Finding("user", "ok", f"checking as {user.name} (uid {user.uid}){you}"), *system_findings(user, s, env)]
 
     return [Check("system", system, LOCAL_TIMEOUT_S)]
