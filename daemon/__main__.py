@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from daemon import __version__, cli_config, cli_ctl, cli_devices, cli_run
+from daemon import __version__, cli_config, cli_ctl, cli_devices, cli_doctor, cli_run
 from daemon.tools.cli import register_bench, register_demo, register_stubs
 
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     register_demo(sub)
     register_bench(sub)
     cli_ctl.register(sub)
+    cli_doctor.register(sub)
     return parser
 
 

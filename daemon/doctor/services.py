@@ -1,0 +1,87 @@
+"""The doctor's service checks: each service spoken to with its real protocol, through the
+daemon's own clients (daemon/clients/), once, with the config's connect timeout."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+
+from daemon.clients.asr import FunAsrClient
+from daemon.clients.llm import OpenAiCompatibleLlm
+from daemon.clients.tts import make_tts
+from daemon.config import Settings
+from daemon.doctor import Finding
+from daemon.errors import HardwareError, ServiceError
+
+SILENCE_S = 0.5
+SYNTHESIS_TEXT = "你好"
+
+
+def _named(url: str, exc: BaseException) -> str:
+    """The error's text, with the URL in front when the text does not name it."""
+    text = str(exc) or type(exc).__name__
+    return text if url in text else f"{url}: {text}"
+
+
+async def check_asr(s: Settings) -> list[Finding]:
+    """Handshake, 0.5 s of silence, the end marker: a final answer (empty text is fine)."""
+    url = s.asr.url
+    try:
+        session = await FunAsrClient(s.asr).open_session()
+        await session.send_audio(bytes(int(16000 * SILENCE_S) * 2))
+        transcript = await session.finish()
+    except (ServiceError, OSError) as exc:
+        return [Finding("asr", "FAIL", _named(url, exc), f"start the FunASR server or fix asr.url ({url})")]
+    return [Finding("asr", "ok", f"{url}: handshake and a silent session (transcript {transcript.text!r})")]
+
+
+async def check_llm(s: Settings, *, max_wait_s: float) -> list[Finding]:
+    """``/health`` and ``/v1/models`` once (the daemon's readiness check): the model is served."""
+    url = s.llm.url
+    async with httpx.AsyncClient() as http:
+        try:
+            model = await OpenAiCompatibleLlm(s.llm, http).wait_ready(max_wait_s=max_wait_s)
+        except ServiceError as exc:
+            fix = f"start the LLM server, or fix llm.url ({url}) / llm.model ({s.llm.model!r}) / the API key"
+            return [Finding("llm", "FAIL", _named(url, exc), fix)]
+    return [Finding("llm", "ok", f"{url}: serves {model!r}")]
+
+
+async def check_tts(s: Settings) -> list[Finding]:
+    """The sample-rate endpoint, then one short synthesis that must bring audio."""
+    url = s.tts.url
+    fix = f"start the PaddleSpeech server or fix tts.url ({url})"
+    async with httpx.AsyncClient() as http:
+        tts = make_tts(s.tts, http)
+        try:
+            rate = await tts.sample_rate()
+        except ServiceError as exc:
+            return [Finding("tts", "FAIL", _named(s.tts.samplerate_url, exc), fix)]
+        try:
+            size = 0
+            async with tts.synthesize(SYNTHESIS_TEXT) as stream:
+                async for chunk in stream:
+                    size += len(chunk)
+        except ServiceError as exc:
+            return [Finding("tts", "FAIL", _named(url, exc), fix)]
+    seconds = size / 2 / rate
+    return [Finding("tts", "ok", f"{url}: {rate} Hz; {SYNTHESIS_TEXT!r} synthesised into {seconds:.2f} s of audio")]
+
+
+async def check_hotword(s: Settings) -> list[Finding]:
+    """The wake engine builds (its library imports, its model files load)."""
+    from daemon.wake_sources import make_wake_engine  # imports the engine's library only here
+
+    h = s.wake.hotword
+    if h.engine == "off":
+        return [Finding("hotword", "ok", "off (no wake word)")]
+    try:
+        engine = await asyncio.to_thread(make_wake_engine, s)
+    except (HardwareError, ServiceError, OSError, ValueError) as exc:
+        fix = "install the engine (pip install '.[hotword]') and check wake.hotword.model_dir / phrases"
+        return [Finding("hotword", "FAIL", f"engine {h.engine!r}: {exc}", fix)]
+    if engine is not None:
+        await engine.aclose()
+    where = f", model {h.model_dir}" if h.model_dir else ""
+    return [Finding("hotword", "ok", f"engine {h.engine!r} builds for {', '.join(h.phrases)}{where}")]
