@@ -27,6 +27,8 @@ SERVICE_USER ?= moss-voice
 EXTRAS ?= audio,aec
 # no: skip the venv and pip (the install test, or a packager who builds the venv elsewhere).
 INSTALL_VENV ?= yes
+# The venv's Python: Debian's, because the unit's ProtectHome= hides a Python under /root or /home (pyenv).
+INSTALL_PYTHON ?= $(if $(wildcard /usr/bin/python3),/usr/bin/python3,$(PYTHON))
 # The source files `make install` copies to $(PREFIX)/src and installs from.
 SOURCES := pyproject.toml README.md daemon states hardware systemd docs
 
@@ -82,7 +84,7 @@ install:
 	@case "$(PREFIX)" in /?*) ;; *) echo "PREFIX must be an absolute path, got '$(PREFIX)'" >&2; exit 2;; esac
 	@if [ -z "$(DESTDIR)" ] && [ "$$(id -u)" != 0 ]; then echo "make install needs root: sudo make install" >&2; exit 1; fi
 ifeq ($(DESTDIR),)
-	@$(MAKE) --no-print-directory robot-packages
+	@$(MAKE) --no-print-directory robot-packages PYTHON=$(INSTALL_PYTHON)
 	@if ! getent passwd $(SERVICE_USER) >/dev/null; then \
 	  echo "creating the system user $(SERVICE_USER)"; \
 	  useradd --system --user-group --home-dir /var/lib/$(SERVICE_USER) --no-create-home \
@@ -117,7 +119,7 @@ endif
 # The venv at its final path: with DESTDIR it is built under $(DESTDIR)$(PREFIX) and the staging
 # prefix is then cut out of its scripts (a venv records its own absolute path).
 install-venv:
-	test -x '$(DESTDIR)$(PREFIX)/.venv/bin/python' || $(PYTHON) -m venv '$(DESTDIR)$(PREFIX)/.venv'
+	test -x '$(DESTDIR)$(PREFIX)/.venv/bin/python' || $(INSTALL_PYTHON) -m venv '$(DESTDIR)$(PREFIX)/.venv'
 	@echo "installing moss-voice[$(EXTRAS)] and its dependencies into $(PREFIX)/.venv (about a minute the first time)..."
 	'$(DESTDIR)$(PREFIX)/.venv/bin/python' -m pip install -q --disable-pip-version-check '$(DESTDIR)$(PREFIX)/src[$(EXTRAS)]'
 	'$(DESTDIR)$(PREFIX)/.venv/bin/python' -m pip install -q --disable-pip-version-check --no-deps --force-reinstall '$(DESTDIR)$(PREFIX)/src'
