@@ -116,6 +116,9 @@ def test_system_unit_runs_as_the_installed_user_and_reaches_sound_and_gpio() -> 
     assert found["DevicePolicy"] == ["closed"]
     assert set(found["DeviceAllow"]) == {"char-alsa rw", "char-gpiochip rw"}
     assert "PrivateDevices" not in found
+    # char-alsa is resolved when the unit starts: ALSA's core must be loaded by then.
+    assert "modprobe@snd.service" in found["Wants"]
+    assert "modprobe@snd.service" in found["After"]
     assert "PrivateNetwork" not in found
     assert found["RestrictAddressFamilies"] == ["AF_UNIX AF_INET AF_INET6"]
 
