@@ -7,9 +7,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 # espeak-ng, sox: the stand-ins' voices; openssl: TLS test certificates; libspeexdsp-dev: the echo
 # canceller; portaudio19-dev: PyAudio; pulseaudio*, libasound2-plugins: a private sound server for
-# the tests of the live audio path; systemd: systemd-analyze for the unit's tests (a Debian
-# container has no systemd).
-APT_PACKAGES := espeak-ng sox openssl libspeexdsp-dev portaudio19-dev pulseaudio pulseaudio-utils libasound2-plugins systemd
+# the tests of the live audio path.
+APT_PACKAGES := espeak-ng sox openssl libspeexdsp-dev portaudio19-dev pulseaudio pulseaudio-utils libasound2-plugins
+# `make test` only: systemd-analyze (in the package systemd) checks the units. A Debian system has
+# it; a Debian container image does not.
+TEST_APT_PACKAGES := systemd
 # What `make install` builds on a robot: PyAudio and the echo canceller.
 ROBOT_APT_PACKAGES := libspeexdsp-dev portaudio19-dev
 STAMP := $(VENV)/.installed
@@ -32,12 +34,12 @@ INSTALL_PYTHON ?= $(if $(wildcard /usr/bin/python3),/usr/bin/python3,$(PYTHON))
 # The source files `make install` copies to $(PREFIX)/src and installs from.
 SOURCES := pyproject.toml README.md daemon states hardware systemd docs
 
-.PHONY: demo test system-packages robot-packages venv clean install install-venv uninstall
+.PHONY: demo test system-packages test-packages robot-packages venv clean install install-venv uninstall
 
 demo: $(STAMP)
 	$(BIN)/moss-voice demo
 
-test: $(STAMP)
+test: $(STAMP) | test-packages
 	$(BIN)/python -m pytest -q
 
 # $(1): the Debian packages needed; installs the missing ones (and python3-venv, python3-dev, a compiler).
@@ -56,6 +58,9 @@ endef
 
 system-packages:
 	$(call apt_install,$(APT_PACKAGES))
+
+test-packages:
+	$(call apt_install,$(TEST_APT_PACKAGES))
 
 robot-packages:
 	$(call apt_install,$(ROBOT_APT_PACKAGES))

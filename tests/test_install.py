@@ -126,3 +126,8 @@ def test_install_refuses_a_relative_prefix(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     assert "PREFIX must be an absolute path" in result.stderr
+
+
+def test_make_test_installs_systemd_for_systemd_analyze_when_missing() -> None:
+    assert "for p in systemd;" in make("-n", "test-packages").stdout
+    assert "systemd" not in make("-n", "system-packages").stdout
