@@ -19,6 +19,7 @@ import re
 import socket
 import struct
 import sys
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
@@ -155,6 +156,8 @@ class JournalSink:
                 sock.close()
                 raise
             self._socket = sock
+            # A sink replaced by a new configuration closes its socket when it goes away.
+            weakref.finalize(self, sock.close)
         return self._socket
 
     def _give_up(self, reason: str) -> None:
