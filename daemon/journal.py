@@ -13,12 +13,14 @@ missing or a send fails, the record and every later one go to ``fallback`` as JS
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
 import socket
 import struct
 import sys
+import threading
 import weakref
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +36,8 @@ _OMITTED = {"timestamp", "level", "event"}
 """Fields the journal keeps by itself (its own timestamp) or gets under another name."""
 _NOT_KEY = re.compile(r"[^A-Z0-9_]")
 MESSAGE_VALUE_CHARS = 200
+TOO_BIG_VALUE_CHARS = 4096
+"""A record too big for one datagram is sent again with every value cut to this length."""
 
 
 def under_journal(environ: Mapping[str, str], stream: TextIO | None = None) -> bool:
@@ -112,6 +116,7 @@ class JournalSink:
         self._identifier = identifier
         self._state: str | None = None
         self._socket: socket.socket | None = None
+        self._lock = threading.Lock()  # stdlib records may come from other threads
         self.failed: str | None = None
         """Why the journal was given up (None while it works)."""
 
@@ -138,14 +143,27 @@ class JournalSink:
         return out
 
     def send(self, event_dict: Mapping[str, Any]) -> None:
-        fields = self.fields(event_dict)
-        if self.failed is None:
-            try:
-                self._connect().send(encode(fields))
-                return
-            except OSError as exc:
-                self._give_up(f"{self._path}: {exc}")
-        self._write_json(event_dict)
+        with self._lock:
+            fields = self.fields(event_dict)
+            if self.failed is None:
+                try:
+                    self._send(fields)
+                    return
+                except OSError as exc:
+                    self._give_up(f"{self._path}: {exc}")
+            self._write_json(event_dict)
+
+    def _send(self, fields: Mapping[str, str]) -> None:
+        sock = self._connect()
+        try:
+            sock.send(encode(fields))
+        except OSError as exc:
+            if exc.errno != errno.EMSGSIZE:
+                raise
+            cut = {
+                k: v if len(v) <= TOO_BIG_VALUE_CHARS else v[: TOO_BIG_VALUE_CHARS - 1] + "…" for k, v in fields.items()
+            }
+            sock.send(encode(cut))
 
     def _connect(self) -> socket.socket:
         if self._socket is None:

@@ -271,3 +271,16 @@ def test_a_recurring_fault_refuses_bad_settings() -> None:
         RepeatedFault("x", every_s=-1)
     with pytest.raises(ValueError, match="level"):
         RepeatedFault("x", level="loud")
+
+
+def test_a_record_too_big_for_a_datagram_is_sent_with_its_values_cut(
+    journal_socket: tuple[Path, socket.socket],
+) -> None:
+    path, server = journal_socket
+    out = io.StringIO()
+    configure_logging("info", "journal", stream=out, journal_socket=path)
+    structlog.get_logger().info("transcript", text="x" * 4_000_000)
+    structlog.get_logger().info("after")
+    big, after = parse(server.recv(65536)), parse(server.recv(65536))
+    assert big["EVENT"] == "transcript" and len(big["TEXT"]) == 4096 and big["TEXT"].endswith("…")
+    assert after["EVENT"] == "after" and out.getvalue() == ""  # the journal is kept
