@@ -83,10 +83,9 @@ def message(event_dict: Mapping[str, Any]) -> str:
         if len(shown) > MESSAGE_VALUE_CHARS:
             shown = shown[: MESSAGE_VALUE_CHARS - 1] + "…"
         parts.append(f"{key}={shown}")
+    line = " ".join(parts)
     exception = event_dict.get("exception")
-    if exception:
-        parts.append("\n" + text(exception))
-    return " ".join(parts)
+    return f"{line}\n{text(exception)}" if exception else line
 
 
 def encode(fields: Mapping[str, str]) -> bytes:

@@ -92,7 +92,7 @@ def configure_logging(
 
 
 def _configure_journal(level: str, shared: list[structlog.types.Processor], sink: JournalSink) -> None:
-    shared = [*shared, structlog.processors.dict_tracebacks]
+    shared = [*shared, structlog.processors.format_exc_info]  # a traceback as text: journalctl shows it as is
     structlog.configure(
         processors=[*shared, journal_renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),

@@ -284,3 +284,18 @@ def test_a_record_too_big_for_a_datagram_is_sent_with_its_values_cut(
     big, after = parse(server.recv(65536)), parse(server.recv(65536))
     assert big["EVENT"] == "transcript" and len(big["TEXT"]) == 4096 and big["TEXT"].endswith("…")
     assert after["EVENT"] == "after" and out.getvalue() == ""  # the journal is kept
+
+
+def test_an_exception_arrives_as_a_readable_traceback(journal_socket: tuple[Path, socket.socket]) -> None:
+    path, server = journal_socket
+    configure_logging("info", "journal", stream=io.StringIO(), journal_socket=path)
+    try:
+        raise ValueError("bad block")
+    except ValueError:
+        structlog.get_logger().exception("asr_wake_failed", url="ws://asr")
+    fields = parse(server.recv(65536))
+    assert fields["PRIORITY"] == "3"
+    assert fields["EXCEPTION"].startswith("Traceback") and "ValueError: bad block" in fields["EXCEPTION"]
+    assert (
+        fields["MESSAGE"].startswith("asr_wake_failed url=ws://asr\n") and "ValueError: bad block" in fields["MESSAGE"]
+    )
