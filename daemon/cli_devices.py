@@ -15,8 +15,10 @@ def register(subparsers: Any) -> None:
 
 
 def _list(args: argparse.Namespace) -> int:
+    from daemon.logs import configure_logging
     from hardware.pyaudio_devices import format_devices, list_devices  # PyAudio only when asked
 
+    configure_logging("warning", stream=sys.stderr)  # PortAudio's chatter is a debug line: not shown
     try:
         print(format_devices(list_devices()))
     except HardwareError as exc:

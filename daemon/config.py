@@ -317,7 +317,7 @@ class HooksSettings(Checked):
 class LogSettings(Checked):
     level: str = setting("info", one_of=("debug", "info", "warning", "error"))
     """debug | info | warning | error"""
-    format: str = setting("auto", one_of=("auto", "json", "console"))
+    format: str = setting("auto", one_of=("auto", "journal", "json", "console"))
     """auto (console on a TTY, JSON lines otherwise) | json | console"""
 
 

@@ -12,9 +12,13 @@ Usage::
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import sys
+import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -30,6 +34,37 @@ INSTALL_HINT = "pip install pyaudio (it builds against PortAudio: apt-get instal
 
 PA_LOCK = threading.Lock()
 """PortAudio's set-up calls are not thread safe; the microphone and the speaker share the library."""
+
+
+_FD2_LOCK = threading.Lock()
+"""fd 2 is the process's: one capture at a time (taken after PA_LOCK where both are held)."""
+
+
+@contextlib.contextmanager
+def captured_stderr(what: str) -> Iterator[None]:
+    """Point fd 2 at a temporary file while PortAudio runs, then put it back and log what was
+    caught as one debug line (``portaudio_chatter``).
+
+    PortAudio's ALSA and JACK host APIs print dozens of "ALSA lib ..." / "jack server is not
+    running" lines from C straight to fd 2 when they probe the cards: noise in the journal and in
+    ``moss-voice devices``. fd 2 is restored even when the call raises. The redirect is
+    process-wide, so a line another thread writes to stderr meanwhile is caught too (it is in the
+    debug line); the lock keeps two captures from undoing each other.
+    """
+    with _FD2_LOCK, tempfile.TemporaryFile() as caught:
+        with contextlib.suppress(ValueError, OSError):
+            sys.stderr.flush()
+        saved = os.dup(2)
+        try:
+            os.dup2(caught.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            caught.seek(0)
+            lines = caught.read().decode(errors="replace").splitlines()
+            if lines:
+                log.debug("portaudio_chatter", during=what, lines=len(lines), first=lines[0], last=lines[-1])
 
 
 def load_pyaudio() -> Any:
@@ -95,7 +130,7 @@ def devices_of(pa: Any) -> list[DeviceInfo]:
 
 def new_portaudio() -> Any:
     pyaudio = load_pyaudio()
-    with PA_LOCK:
+    with PA_LOCK, captured_stderr("initialise"):
         return pyaudio.PyAudio()
 
 
@@ -229,18 +264,19 @@ def open_stream(
         # No pa.is_format_supported() first: it opens the device while holding the GIL (PyAudio
         # releases it only around Pa_OpenStream), freezing every Python thread meanwhile.
         try:
-            stream = pa.open(
-                format=pyaudio.paInt16,
-                channels=channels,
-                rate=rate,
-                input=kind == "input",
-                output=kind == "output",
-                input_device_index=device.index if kind == "input" else None,
-                output_device_index=device.index if kind == "output" else None,
-                frames_per_buffer=fmt.frames_per_buffer,
-                stream_callback=make_callback(fmt),
-                start=True,
-            )
+            with captured_stderr("open"):
+                stream = pa.open(
+                    format=pyaudio.paInt16,
+                    channels=channels,
+                    rate=rate,
+                    input=kind == "input",
+                    output=kind == "output",
+                    input_device_index=device.index if kind == "input" else None,
+                    output_device_index=device.index if kind == "output" else None,
+                    frames_per_buffer=fmt.frames_per_buffer,
+                    stream_callback=make_callback(fmt),
+                    start=True,
+                )
         except (OSError, ValueError) as exc:
             tried.append(f"{rate} Hz x{channels}: {exc}")
             continue

@@ -42,6 +42,7 @@ from states.ports import (
     TtsClient,
     Vad,
 )
+from states.repeats import RepeatedFault
 from states.reply import speak_reply
 from states.say import FixedText
 from states.speech_text import SpeechText, SpeechTextSettings
@@ -117,6 +118,8 @@ class Assistant(Triggers):
         self.events = events
         self._cleaner = EchoCleaner(aec, echo_reference)
         self._ignore_wakes_until = 0.0
+        self._wake_faults = RepeatedFault("wake_watch_failed", level="error", clock=clock)
+        """Logs a wait for the wake that keeps failing (every WAKE_RETRY_S) once a minute."""
         self._pending: deque[Trigger] = deque()
         """Control calls waiting for IDLE (a /say queued after the current answer), in order."""
         self._closing = False
@@ -501,9 +504,10 @@ class Assistant(Triggers):
                 ignore_until=self._ignore_wakes_until,
             )
         except Exception as exc:  # noqa: BLE001 - idle must outlive any failure
-            log.error("wake_watch_failed", error=str(exc), error_type=type(exc).__name__, retry_s=WAKE_RETRY_S)
+            self._wake_faults.failed(error=str(exc), error_type=type(exc).__name__, retry_s=WAKE_RETRY_S)
             await asyncio.sleep(WAKE_RETRY_S)
             return "ready", {}
+        self._wake_faults.recovered("wake_watch_recovered")
         return "wake", {"wake": wake}
 
     async def _audible(self) -> None:

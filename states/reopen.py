@@ -4,17 +4,21 @@ intervals until it works (a USB microphone or speaker unplugged and plugged back
 Pure asyncio, no device code: the caller passes the function that opens a new device. Used by
 the microphone feed (``states.mic_feed``) and the daemon's speaker (``daemon.reopening_speaker``).
 Log events, named after the device (``mic``, ``speaker``): ``<name>_close_failed`` (debug),
-``<name>_reopen_failed`` (warning, ``attempt``, ``error``), ``<name>_recovered`` (``attempts``).
+``<name>_reopen_failed`` (warning, ``attempt``, ``error``; the first failure, then at most once a
+minute with ``repeats``: see ``states.repeats``), ``<name>_recovered`` (``attempts``, ``failures``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import structlog
+
+from states.repeats import EVERY_S, RepeatedFault
 
 log = structlog.get_logger()
 
@@ -50,13 +54,17 @@ async def reopen_device(
     name: str,
     backoff: Backoff,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+    log_every_s: float = EVERY_S,
 ) -> T:
     """Close ``old`` (its errors do not matter: it is gone), then call ``open_new`` after each
-    ``backoff`` delay until it returns a device. Runs until cancelled."""
+    ``backoff`` delay until it returns a device. Runs until cancelled. A failed attempt is logged
+    the first time and then at most once per ``log_every_s`` (by ``clock``)."""
     try:
         await old.aclose()
     except Exception as exc:  # noqa: BLE001 - the old device is gone anyway
         log.debug(f"{name}_close_failed", error=str(exc))
+    faults = RepeatedFault(f"{name}_reopen_failed", every_s=log_every_s, clock=clock)
     attempt = 0
     while True:
         attempt += 1
@@ -64,7 +72,7 @@ async def reopen_device(
         try:
             new = await open_new()
         except Exception as exc:  # noqa: BLE001 - keep trying until the device is back
-            log.warning(f"{name}_reopen_failed", attempt=attempt, error=str(exc))
+            faults.failed(attempt=attempt, error=str(exc))
             continue
-        log.info(f"{name}_recovered", attempts=attempt)
+        log.info(f"{name}_recovered", attempts=attempt, failures=faults.total)
         return new
