@@ -110,7 +110,8 @@ class App:
             llm = OpenAiCompatibleLlm(s.llm, llm_http)
             tts = make_tts(s.tts, tts_http)
             asr = FunAsrClient(s.asr)
-            tts_rate = await self._tts_rate(tts)
+            # Every service probed before the devices open (a WAV microphone's clock starts at open).
+            tts_rate, probed = await asyncio.gather(self._tts_rate(tts), self._probe(asr, llm))
             output_rate = s.audio.output_rate or tts_rate or FALLBACK_OUTPUT_RATE
             aec = make_echo_canceller(s.aec)
             devices = await open_devices(stack, s.audio, s.aec, output_rate=output_rate)
@@ -151,7 +152,7 @@ class App:
             following = asyncio.create_task(self.bus.follow(status.observe), name="systemd-status")
             stack.callback(following.cancel)
             await Listeners(s, assistant, self.bus, health).start(stack)
-            status.probed = {"tts": tts_rate is not None, **await self._probe(asr, llm)}
+            status.probed = {"tts": tts_rate is not None, **probed}
             log.info(
                 "daemon_ready",
                 ms=round((time.monotonic() - started) * 1000),
