@@ -200,8 +200,12 @@ class App:
         return self.exit_code()
 
     def exit_code(self) -> int:
+        """With ``once``, how its turn went; else 0: the daemon was stopped, and a failed turn
+        is no failure of the service (systemd would mark the unit failed)."""
+        if not self.once:
+            return EXIT_ANSWERED
         if not self.turns:
-            return EXIT_ANSWERED if not self.once else EXIT_FAILED
+            return EXIT_FAILED
         last = self.turns[-1]
         if last.outcome == "failed":
             return EXIT_FAILED

@@ -271,3 +271,22 @@ async def test_sigterm_mid_turn_stops_promptly(tmp_path: Path, listener: NotifyL
             assert code == 0
             await listener.until("STOPPING=1")
             assert any(e["event"] == "daemon_stopping" and e["state"] != "idle" for e in process.events)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_a_service_down_is_reported_not_fatal(tmp_path: Path, listener: NotifyListener, question: Path) -> None:
+    async with AsyncExitStack() as stack:
+        urls = {**await stand_ins(stack), "llm": f"http://127.0.0.1:{closed_port()}/v1"}
+        config = write_config(tmp_path / "voice.toml", urls, question, tmp_path / "out.wav")
+        async with daemon(config, listener, tmp_path) as process:
+            await listener.until("READY=1")
+            down = await process.wait_for("service_down", service="llm")
+            assert down["error"]
+            await listener.until("STATUS=idle | asr up, llm down, tts up")
+            code, _ = await process.stop()
+            assert code == 0
