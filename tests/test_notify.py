@@ -267,6 +267,14 @@ async def test_sigterm_mid_turn_stops_promptly(tmp_path: Path, listener: NotifyL
         async with daemon(config, listener, tmp_path) as process:
             await listener.until("READY=1")
             await listener.until("STATUS=listening")
+            # SIGHUP mid-turn: applied when the turn ends; the turn goes on
+            write_config(config, urls, question, tmp_path / "out.wav", level="debug")
+            process.proc.send_signal(signal.SIGHUP)
+            await listener.until("RELOADING=1")
+            await listener.until("READY=1")
+            reloaded = await process.wait_for("config_reloaded")
+            assert reloaded["applied"] == ["log.level"] and reloaded["deferred"] is True
+            await listener.until("STATUS=speaking")
             code, _ = await process.stop()  # DaemonProcess kills it (code None) after 10 s
             assert code == 0
             await listener.until("STOPPING=1")
