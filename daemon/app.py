@@ -147,12 +147,11 @@ class App:
                 on_turn_end=self._turn_ended,
             )
             stack.push_async_callback(assistant.aclose)
-            health = Health(feed)
-            status = StatusLine(self._notifier, health)
+            status = StatusLine(self._notifier)
             following = asyncio.create_task(self.bus.follow(status.observe), name="systemd-status")
             stack.callback(following.cancel)
-            await Listeners(s, assistant, self.bus, health).start(stack)
-            status.probed = {"tts": tts_rate is not None, **probed}
+            await Listeners(s, assistant, self.bus, Health(feed)).start(stack)
+            status.services = {"tts": tts_rate is not None, **probed}
             log.info(
                 "daemon_ready",
                 ms=round((time.monotonic() - started) * 1000),
@@ -167,7 +166,7 @@ class App:
                 model=s.llm.model,
                 tts=s.tts.url,
                 wake=wake_summary(s),
-                services={name: "up" if ok else "down" for name, ok in status.probed.items()},
+                services={name: "up" if ok else "down" for name, ok in status.services.items()},
             )
             if self._freeze_gc:
                 # What start-up built lives as long as the daemon: out of the collector's sight,

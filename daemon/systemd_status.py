@@ -10,7 +10,7 @@ from collections.abc import Callable
 import structlog
 
 from daemon.event_bus import Event
-from daemon.health import Health
+from daemon.health import PROVEN_BY
 from daemon.systemd_notify import Notifier
 from states.mic_feed import MicFeed
 
@@ -24,21 +24,26 @@ failed device is retried every 3 s, and a reopen that works within the watchdog 
 class StatusLine:
     """One short line: ``idle | asr up, llm down, tts up | last first audio 412 ms``.
 
-    A service's state comes from the start-up probes, then from the turns (``Health``): the
-    latest word wins."""
+    A service's state comes from the start-up probes (``services``), then from the turns, as
+    ``daemon.health`` reads them: the latest word wins."""
 
-    def __init__(self, notifier: Notifier, health: Health) -> None:
+    def __init__(self, notifier: Notifier) -> None:
         self._notifier = notifier
-        self._health = health
         self.state = "starting"
-        self.probed: dict[str, bool] = {}
+        self.services: dict[str, bool] = {}
         self.first_audio_ms: int | None = None
 
     def observe(self, event: Event) -> None:
+        fields = event.fields
         if event.name == "state_changed":
-            self.state = str(event.fields.get("dst"))
-        elif event.name == "turn_finished" and isinstance(event.fields.get("first_audio_ms"), int):
-            self.first_audio_ms = int(event.fields["first_audio_ms"])
+            self.state = str(fields.get("dst"))
+        elif event.name == "turn_failed":
+            self.services[str(fields.get("service"))] = False
+        elif event.name == "turn_finished":
+            for name in PROVEN_BY.get(str(fields.get("outcome")), ()):
+                self.services[name] = True
+            if isinstance(fields.get("first_audio_ms"), int):
+                self.first_audio_ms = int(fields["first_audio_ms"])
         else:
             return
         self.publish()
@@ -46,8 +51,7 @@ class StatusLine:
     def text(self) -> str:
         parts = []
         for name in ("asr", "llm", "tts"):
-            service = self._health.services[name]
-            ok = self.probed.get(name) if service.ok is None else service.ok
+            ok = self.services.get(name)
             parts.append(f"{name} {'?' if ok is None else 'up' if ok else 'down'}")
         line = f"{self.state} | {', '.join(parts)}"
         if self.first_audio_ms is not None:
