@@ -240,7 +240,8 @@ class App:
         except ConfigError as exc:
             log.error("config_reload_failed", path=str(self._config_path), problems=exc.problems)
         else:
-            live, restart = changed_keys(self.settings, new)
+            live = changed_keys(self.settings, new)[0]
+            restart = changed_keys(self._started_with, new)[1]  # still differs from what was built
             if restart:
                 log.warning("config_reload_needs_restart", keys=restart)
             assistant = self.assistant
