@@ -6,9 +6,11 @@ import asyncio
 import contextlib
 import dataclasses
 import gc
+import os
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import httpx
 import structlog
@@ -18,15 +20,22 @@ from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
+from daemon.config_load import load_settings
+from daemon.config_reload import changed_keys
 from daemon.devices import make_echo_canceller, open_devices, reopen_microphone
 from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
+from daemon.errors import ConfigError
 from daemon.event_bus import EventBus
 from daemon.health import Health
+from daemon.logs import configure_logging
 from daemon.resampled_tts import ResampledTts
+from daemon.systemd_notify import Notifier, watchdog_interval_s
+from daemon.systemd_status import StatusLine, feed_watchdog
 from daemon.wake_sources import Listeners, make_wake_engine, wake_summary
 from hardware.errors import HardwareError
 from hardware.vad import make_vad
 from states.history import Conversation
+from states.machine import State
 from states.mic_feed import MicFeed
 from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.ports import Microphone, Speaker, TtsClient, Vad
@@ -37,7 +46,8 @@ log = structlog.get_logger()
 FALLBACK_OUTPUT_RATE = 24000
 """PaddleSpeech's csmsc models speak 24 kHz: the rate to assume when the TTS cannot be asked."""
 DRAIN_ON_EXIT_S = 5.0
-LLM_READY_WAIT_S = 60.0
+PROBE_S = 3.0
+"""The start-up probe of each service: a service that does not answer within it is reported down."""
 
 EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH = 0, 1, 3
 
@@ -64,10 +74,21 @@ class App:
         once: bool = False,
         on_turn_end: Callable[[Turn], Awaitable[None] | None] | None = None,
         freeze_gc: bool = False,
+        notifier: Notifier | None = None,
+        config_path: str | Path | None = None,
     ) -> None:
         """``freeze_gc``: once started, hide what start-up built from the garbage collector
-        (the daemon process; not a process that runs many Apps, such as the tests)."""
+        (the daemon process; not a process that runs many Apps, such as the tests).
+        ``notifier``: tells systemd (READY, STATUS, WATCHDOG, STOPPING, RELOADING); none: silent.
+        ``config_path``: the file ``reload()`` re-reads (SIGHUP)."""
         self.settings = settings
+        self._started_with = settings
+        """What the devices and clients were built from: a reload does not rebuild them."""
+        self._notifier = notifier or Notifier({})
+        self._config_path = config_path
+        self._pending: Settings | None = None
+        """A reloaded config waiting for the turn in progress to end."""
+        self._reloading: asyncio.Task[None] | None = None
         self._freeze_gc = freeze_gc
         self.once = once
         self._on_turn_end = on_turn_end
@@ -89,7 +110,9 @@ class App:
             llm = OpenAiCompatibleLlm(s.llm, llm_http)
             tts = make_tts(s.tts, tts_http)
             asr = FunAsrClient(s.asr)
-            output_rate = s.audio.output_rate or await self._tts_rate(tts)
+            # Every service probed before the devices open (a WAV microphone's clock starts at open).
+            tts_rate, probed = await asyncio.gather(self._tts_rate(tts), self._probe(asr, llm))
+            output_rate = s.audio.output_rate or tts_rate or FALLBACK_OUTPUT_RATE
             aec = make_echo_canceller(s.aec)
             devices = await open_devices(stack, s.audio, s.aec, output_rate=output_rate)
             mic, speaker = devices.mic, devices.speaker
@@ -124,9 +147,11 @@ class App:
                 on_turn_end=self._turn_ended,
             )
             stack.push_async_callback(assistant.aclose)
+            status = StatusLine(self._notifier)
+            following = asyncio.create_task(self.bus.follow(status.observe), name="systemd-status")
+            stack.callback(following.cancel)
             await Listeners(s, assistant, self.bus, Health(feed)).start(stack)
-            checking = asyncio.create_task(self._check_llm(llm), name="llm-check")
-            stack.callback(checking.cancel)
+            status.services = {"tts": tts_rate is not None, **probed}
             log.info(
                 "daemon_ready",
                 ms=round((time.monotonic() - started) * 1000),
@@ -141,6 +166,7 @@ class App:
                 model=s.llm.model,
                 tts=s.tts.url,
                 wake=wake_summary(s),
+                services={name: "up" if ok else "down" for name, ok in status.services.items()},
             )
             if self._freeze_gc:
                 # What start-up built lives as long as the daemon: out of the collector's sight,
@@ -148,6 +174,13 @@ class App:
                 gc.freeze()
             feed.start()  # the wake sources hear everything from now on
             await assistant.ready()
+            status.state = "idle"
+            status.publish()
+            self._notifier.ready()
+            interval = watchdog_interval_s(os.environ, os.getpid())
+            if interval is not None:
+                watchdog = asyncio.create_task(feed_watchdog(self._notifier, feed, interval), name="watchdog")
+                stack.callback(watchdog.cancel)
             if s.wake.on_start:
                 await assistant.wake(wake=Wake("on_start"))
             waiters = [asyncio.create_task(stop.wait(), name="stop")]
@@ -155,14 +188,23 @@ class App:
                 waiters.append(asyncio.create_task(self._turn_done.wait(), name="once"))
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                if stop.is_set():
+                    # The turn in progress is cancelled as the stack unwinds (assistant.aclose),
+                    # then the last words drain for at most DRAIN_ON_EXIT_S.
+                    self._notifier.stopping()
+                    log.info("daemon_stopping", state=str(assistant.state.value))
             finally:
                 for waiter in waiters:
                     waiter.cancel()
         return self.exit_code()
 
     def exit_code(self) -> int:
+        """With ``once``, how its turn went; else 0: the daemon was stopped, and a failed turn
+        is no failure of the service (systemd would mark the unit failed)."""
+        if not self.once:
+            return EXIT_ANSWERED
         if not self.turns:
-            return EXIT_ANSWERED if not self.once else EXIT_FAILED
+            return EXIT_FAILED
         last = self.turns[-1]
         if last.outcome == "failed":
             return EXIT_FAILED
@@ -172,6 +214,9 @@ class App:
 
     async def _turn_ended(self, turn: Turn) -> None:
         self.turns.append(turn)
+        if self._pending is not None:
+            settings, self._pending = self._pending, None
+            self._apply_live(settings)
         if self._on_turn_end is not None:
             result = self._on_turn_end(turn)
             if result is not None:
@@ -179,16 +224,83 @@ class App:
         self._turn_done.set()
 
     async def _reopen_mic(self) -> Microphone:
-        return await reopen_microphone(self.settings.audio)
+        return await reopen_microphone(self._started_with.audio)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file (in a task: called from a signal handler)."""
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self.reload_config(), name="reload")
+
+    async def reload_config(self) -> None:
+        """Apply what can change live (now if idle, else when the turn in progress ends); name
+        what needs a restart. A bad file is reported and the running config kept."""
+        self._notifier.reloading()
+        try:
+            new = await asyncio.to_thread(load_settings, self._config_path)
+        except ConfigError as exc:
+            log.error("config_reload_failed", path=str(self._config_path), problems=exc.problems)
+        else:
+            live = changed_keys(self.settings, new)[0]
+            restart = changed_keys(self._started_with, new)[1]  # still differs from what was built
+            if restart:
+                log.warning("config_reload_needs_restart", keys=restart)
+            assistant = self.assistant
+            if assistant is None or assistant.state is State.IDLE:
+                self._apply_live(new)
+            else:
+                self._pending = new
+            log.info("config_reloaded", path=str(self._config_path), applied=live, deferred=self._pending is not None)
+        self._notifier.ready()
+
+    def _apply_live(self, new: Settings) -> None:
+        old, self.settings = self.settings, new
+        if (old.log.level, old.log.format) != (new.log.level, new.log.format):
+            configure_logging(new.log.level, new.log.format)
+        assistant = self.assistant
+        if assistant is None:
+            return
+        settings = assistant_settings(new)
+        assistant.settings = dataclasses.replace(settings, follow_up_s=0) if self.once else settings
+        assistant.earcons = Earcons(
+            listening=earcon_from_setting(new.earcons.listening, listening_earcon),
+            error=earcon_from_setting(new.earcons.error, failure_earcon),
+        )
+        n = new.llm
+        if (
+            dataclasses.replace(
+                old.llm, system_prompt=n.system_prompt, history_turns=n.history_turns, history_reset_s=n.history_reset_s
+            )
+            != old.llm
+        ):
+            # A new prompt starts a new conversation: the history was held under the old one.
+            assistant.conversation = Conversation(
+                n.system_prompt, max_turns=n.history_turns, reset_after_s=n.history_reset_s
+            )
 
     @staticmethod
-    async def _check_llm(llm: OpenAiCompatibleLlm) -> None:
-        """Say in the log, early, whether the LLM serves our model: a wrong model name or API key
-        should not wait for the first question to show. Never fatal: the service may come later."""
-        try:
-            await llm.wait_ready(max_wait_s=LLM_READY_WAIT_S)
-        except Exception as exc:  # noqa: BLE001 - a report, never fatal
-            log.warning("llm_not_ready", error=str(exc), error_type=type(exc).__name__)
+    async def _probe(asr: FunAsrClient, llm: OpenAiCompatibleLlm) -> dict[str, bool]:
+        """One look at the ASR (a session opened and closed) and the LLM (it serves our model), so
+        that a wrong URL, model name or API key shows at start. Never fatal: a service may come later."""
+
+        async def probe_asr() -> None:
+            session = await asr.open_session()
+            await session.aclose()
+
+        async def probe_llm() -> None:
+            await llm.wait_ready(max_wait_s=PROBE_S)
+
+        async def one(name: str, probe: Callable[[], Awaitable[None]]) -> tuple[str, bool]:
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(PROBE_S + 1):
+                    await probe()
+            except Exception as exc:  # noqa: BLE001 - a report, never fatal
+                log.warning("service_down", service=name, error=str(exc) or type(exc).__name__)
+                return name, False
+            log.info("service_up", service=name, ms=round((time.monotonic() - started) * 1000))
+            return name, True
+
+        return dict(await asyncio.gather(one("asr", probe_asr), one("llm", probe_llm)))
 
     def _make_vad(self) -> Vad:
         v = self.settings.vad
@@ -197,12 +309,17 @@ class App:
         return make_vad("silero", threshold=v.silero_threshold, gate_db=v.silero_gate_db)
 
     @staticmethod
-    async def _tts_rate(tts: TtsClient) -> int:
+    async def _tts_rate(tts: TtsClient) -> int | None:
+        """The TTS's sample rate: also the TTS's start-up probe. None: it did not answer."""
+        started = time.monotonic()
         try:
-            return await tts.sample_rate()
+            rate = await tts.sample_rate()
         except Exception as exc:  # noqa: BLE001 - the TTS may come up later; the rate is then checked per sentence
             log.warning("tts_samplerate_unavailable", error=str(exc), assumed=FALLBACK_OUTPUT_RATE)
-            return FALLBACK_OUTPUT_RATE
+            log.warning("service_down", service="tts", error=str(exc) or type(exc).__name__)
+            return None
+        log.info("service_up", service="tts", ms=round((time.monotonic() - started) * 1000))
+        return rate
 
     @staticmethod
     async def _drain(speaker: Speaker) -> None:

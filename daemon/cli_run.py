@@ -38,18 +38,27 @@ def _run(args: argparse.Namespace) -> int:
         return config_failed(args.config, exc)
     configure_logging(settings.log.level, settings.log.format)
     from daemon.app import App  # here, so that the other commands do not pay for its imports
+    from daemon.systemd_notify import Notifier
 
-    return run_until_signal(lambda stop: App(settings, once=args.once, freeze_gc=True).run(stop))
+    notifier = Notifier()  # $NOTIFY_SOCKET: started by systemd with Type=notify
+    app = App(settings, once=args.once, freeze_gc=True, notifier=notifier, config_path=args.config)
+    try:
+        return run_until_signal(app.run, on_reload=app.reload)
+    finally:
+        notifier.close()
 
 
-def run_until_signal(start: Start) -> int:
-    """asyncio.run with SIGTERM and SIGINT setting a stop event (systemd stops us with SIGTERM)."""
+def run_until_signal(start: Start, *, on_reload: Callable[[], None] | None = None) -> int:
+    """asyncio.run with SIGTERM and SIGINT setting a stop event (systemd stops us with SIGTERM),
+    and SIGHUP calling ``on_reload`` (``systemctl reload``) when given."""
 
     async def runner() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        if on_reload is not None:
+            loop.add_signal_handler(signal.SIGHUP, on_reload)
         try:
             return await start(stop)
         except HardwareError as exc:

@@ -62,6 +62,9 @@ class MicFeed:
         self.dropped_bytes = 0
         self.last_error: str | None = None
         """The device's last failure, until it delivers audio again (GET /status)."""
+        self.last_block_at: float | None = None
+        """Monotonic time (``clock``) the device last delivered a block: None before the first.
+        The systemd watchdog is fed only while this is recent (a hung microphone stops it)."""
 
     def start(self) -> None:
         if self._task is None or self._task.done():
@@ -112,6 +115,7 @@ class MicFeed:
                 self.mic = await reopen_device(self.mic, self._reopen, name="mic", backoff=self._backoff)
                 continue
             self.last_error = None
+            self.last_block_at = self._clock()
             self._push(Block(pcm, start + len(pcm) / BYTES_PER_SECOND))
 
     async def _read_timed(self) -> tuple[bytes, float]:

@@ -133,9 +133,10 @@ async def test_a_false_interruption_pauses_then_the_whole_answer_is_heard(tmp_pa
         asr, llm, tts = await start_stubs(stack, llm=demo_llm_behaviour(answers={"weather": answer}))
 
         async def hear_a_filler_next() -> None:  # the stand-in recognises the second utterance as 嗯
-            while not asr.sessions:  # noqa: ASYNC110 - the stand-in has no event for a new session
+            # the first session that hears audio (the daemon's start-up probe sends none)
+            while not (heard := [s for s in asr.sessions if s.audio]):  # noqa: ASYNC110 - no event for it
                 await asyncio.sleep(0.02)
-            await asr.sessions[0].done.wait()
+            await heard[0].done.wait()
             asr.behaviour = FunAsrBehaviour(transcript_override="嗯")
 
         swapper = asyncio.create_task(hear_a_filler_next())

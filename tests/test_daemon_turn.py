@@ -103,7 +103,9 @@ async def test_an_english_question_is_answered_into_the_output_wav(tmp_path: Pat
         ("speaking", "idle"),
     ]
     # what went over the wire
-    assert all(size == 1920 for size in asr_stub.sessions[0].frame_sizes[:-1])
+    probe, question = asr_stub.sessions  # the start-up probe opens and closes one session, with no audio
+    assert not probe.audio and question.frame_sizes
+    assert all(size == 1920 for size in question.frame_sizes[:-1])
     assert [m.content for m in _user_messages(llm_stub)] == ["what is the weather like today"]
     assert [r.text for r in tts_stub.requests] == ["It is sunny today.", "Take a walk!"]
     # the reply is really in the output, at the TTS rate, after the question ended

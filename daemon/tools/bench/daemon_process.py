@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,11 +140,14 @@ class DaemonProcess:
         ]
 
     @classmethod
-    async def spawn(cls, config: Path, *, cwd: Path, python_flags: Sequence[str] = ()) -> DaemonProcess:
+    async def spawn(
+        cls, config: Path, *, cwd: Path, python_flags: Sequence[str] = (), env: Mapping[str, str] | None = None
+    ) -> DaemonProcess:
+        """``env``: the daemon's whole environment (None: ours), e.g. with ``NOTIFY_SOCKET``."""
         cmd = [sys.executable, *python_flags, "-m", "daemon", "run", "--config", str(config)]
         spawned_at = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
-            *cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            *cmd, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
         )
         return cls(proc, spawned_at)
 
