@@ -25,7 +25,7 @@ from daemon.systemd_notify import Notifier, notify_address, watchdog_interval_s
 from daemon.systemd_status import StatusLine, feed_watchdog
 from daemon.tools.bench.daemon_process import DaemonProcess
 from daemon.tools.stubs.questions import make_question_wav
-from daemon.tools.stubs.runner import start_stubs
+from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 from states.mic_feed import MicFeed
 
 WAIT_S = 30.0
@@ -210,9 +210,9 @@ async def daemon(config: Path, listener: NotifyListener, cwd: Path) -> AsyncIter
         await process.aclose()
 
 
-async def stand_ins(stack: AsyncExitStack) -> dict[str, str]:
-    asr, llm, tts = await start_stubs(stack)
-    return {"asr": asr.url, "llm": llm.url, "tts": tts.url}
+async def stand_ins(stack: AsyncExitStack, **llm: object) -> dict[str, str]:
+    asr, llm_stub, tts = await start_stubs(stack, llm=demo_llm_behaviour(**llm))
+    return {"asr": asr.url, "llm": llm_stub.url, "tts": tts.url}
 
 
 async def test_a_daemon_tells_systemd_its_story(tmp_path: Path, listener: NotifyListener, question: Path) -> None:
@@ -280,6 +280,25 @@ async def test_sigterm_mid_turn_stops_promptly(tmp_path: Path, listener: NotifyL
             assert code == 0
             await listener.until("STOPPING=1")
             assert any(e["event"] == "daemon_stopping" and e["state"] != "idle" for e in process.events)
+
+
+@pytest.mark.parametrize("state", ["listening", "thinking"])
+async def test_sigterm_while_listening_or_thinking_stops_at_once(
+    tmp_path: Path, listener: NotifyListener, question: Path, state: str
+) -> None:
+    async with AsyncExitStack() as stack:
+        urls = await stand_ins(stack, first_token_delay_s=30.0)  # thinking lasts until the stop
+        config = write_config(tmp_path / "voice.toml", urls, question, tmp_path / "out.wav")
+        async with daemon(config, listener, tmp_path) as process:
+            await listener.until("READY=1")
+            await listener.until(f"STATUS={state}")
+            code, _ = await process.stop()
+            assert code == 0
+            await listener.until("STOPPING=1")
+            (stopping,) = [e for e in process.events if e["event"] == "daemon_stopping"]
+            assert stopping["state"] == state
+            (finished,) = [e for e in process.events if e["event"] == "turn_finished"]
+            assert finished["outcome"] == "stopped"
 
 
 def closed_port() -> int:
