@@ -25,7 +25,7 @@ from daemon.config_reload import changed_keys
 from daemon.devices import make_echo_canceller, open_devices, reopen_microphone
 from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
 from daemon.errors import ConfigError
-from daemon.event_bus import EventBus
+from daemon.event_bus import Event, EventBus
 from daemon.health import Health
 from daemon.logs import configure_logging
 from daemon.resampled_tts import ResampledTts
@@ -147,11 +147,19 @@ class App:
                 on_turn_end=self._turn_ended,
             )
             stack.push_async_callback(assistant.aclose)
-            status = StatusLine(self._notifier)
-            following = asyncio.create_task(self.bus.follow(status.observe), name="systemd-status")
+            probed["tts"] = tts_rate is not None
+            health = Health(feed)
+            for name, ok in probed.items():
+                health.probed(name, ok)
+            status = StatusLine(self._notifier, health)
+
+            def observe(event: Event) -> None:
+                health.observe(event)  # first: the status line reads it
+                status.observe(event)
+
+            following = asyncio.create_task(self.bus.follow(observe), name="health")
             stack.callback(following.cancel)
-            await Listeners(s, assistant, self.bus, Health(feed)).start(stack)
-            status.services = {"tts": tts_rate is not None, **probed}
+            await Listeners(s, assistant, self.bus, health).start(stack)
             log.info(
                 "daemon_ready",
                 ms=round((time.monotonic() - started) * 1000),
@@ -166,7 +174,7 @@ class App:
                 model=s.llm.model,
                 tts=s.tts.url,
                 wake=wake_summary(s),
-                services={name: "up" if ok else "down" for name, ok in status.services.items()},
+                services={name: "up" if ok else "down" for name, ok in probed.items()},
             )
             if self._freeze_gc:
                 # What start-up built lives as long as the daemon: out of the collector's sight,

@@ -1,14 +1,15 @@
-"""Each service's and device's health, as GET /status shows it: learnt from the turns' events
-(a failure names its service; an answered turn proves all three services) and from the devices."""
+"""Each service's and device's health, as GET /status and systemd's STATUS line show it: the
+start-up probes, then the turns' events (a failure names its service; an answered turn proves all
+three services), and the devices. One instance, fed by one follower of the bus, serves both."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon.event_bus import Event, EventBus
+from daemon.event_bus import Event
 from states.mic_feed import MicFeed
 
 SERVICES = ("asr", "llm", "tts", "audio")
@@ -30,9 +31,14 @@ class Health:
         self._clock = clock
         self.services = {name: ServiceHealth() for name in SERVICES}
 
-    def run(self, bus: EventBus) -> Coroutine[Any, Any, None]:
-        """Observe the bus's events until it closes (subscribed when called: ``EventBus.follow``)."""
-        return bus.follow(self.observe)
+    def probed(self, name: str, ok: bool) -> None:
+        """A start-up probe's verdict on one service."""
+        service = self.services.setdefault(name, ServiceHealth())
+        service.ok = ok
+        if ok:
+            service.last_ok_time = self._clock()
+        else:
+            service.last_error, service.last_error_time = "down at start-up", self._clock()
 
     def observe(self, event: Event) -> None:
         if event.name == "turn_failed":

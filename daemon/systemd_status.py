@@ -10,7 +10,7 @@ from collections.abc import Callable
 import structlog
 
 from daemon.event_bus import Event
-from daemon.health import PROVEN_BY
+from daemon.health import Health
 from daemon.systemd_notify import Notifier
 from states.mic_feed import MicFeed
 
@@ -24,34 +24,30 @@ failed device is retried every 3 s, and a reopen that works within the watchdog 
 class StatusLine:
     """One short line: ``idle | asr up, llm down, tts up | last first audio 412 ms``.
 
-    A service's state comes from the start-up probes (``services``), then from the turns, as
-    ``daemon.health`` reads them: the latest word wins."""
+    The services' states are ``health``'s (the start-up probes, then the turns): whoever feeds
+    this line an event has fed it to ``health`` first."""
 
-    def __init__(self, notifier: Notifier) -> None:
+    def __init__(self, notifier: Notifier, health: Health) -> None:
         self._notifier = notifier
+        self._health = health
         self.state = "starting"
-        self.services: dict[str, bool] = {}
         self.first_audio_ms: int | None = None
 
     def observe(self, event: Event) -> None:
         fields = event.fields
         if event.name == "state_changed":
             self.state = str(fields.get("dst"))
-        elif event.name == "turn_failed":
-            self.services[str(fields.get("service"))] = False
         elif event.name == "turn_finished":
-            for name in PROVEN_BY.get(str(fields.get("outcome")), ()):
-                self.services[name] = True
             if isinstance(fields.get("first_audio_ms"), int):
                 self.first_audio_ms = int(fields["first_audio_ms"])
-        else:
+        elif event.name != "turn_failed":
             return
         self.publish()
 
     def text(self) -> str:
         parts = []
         for name in ("asr", "llm", "tts"):
-            ok = self.services.get(name)
+            ok = self._health.services[name].ok
             parts.append(f"{name} {'?' if ok is None else 'up' if ok else 'down'}")
         line = f"{self.state} | {', '.join(parts)}"
         if self.first_audio_ms is not None:

@@ -50,7 +50,8 @@ def wake_summary(s: Settings) -> dict[str, Any]:
 
 
 class Listeners:
-    """The background work beside the conversation: button, LEDs, hooks, health, control API."""
+    """The background work beside the conversation: button, LEDs, hooks, control API. ``health``
+    is read by the control API's /status; whoever builds it feeds it the bus's events."""
 
     def __init__(
         self, settings: Settings, assistant: Assistant, bus: EventBus, health: Health, *, pin_factory: Any = None
@@ -78,7 +79,6 @@ class Listeners:
     async def start(self, stack: AsyncExitStack) -> None:
         s = self.settings
         stack.push_async_callback(self._cancel_all)
-        self._spawn(self.health.run(self.bus), "health")
         if any(getattr(s.hooks, name) for name in HOOK_NAMES):
             hooks = Hooks(s.hooks)
             stack.push_async_callback(hooks.aclose)  # after the run task is cancelled (below)

@@ -21,6 +21,7 @@ from daemon.config import Settings
 from daemon.config_load import settings_from_dict
 from daemon.config_reload import changed_keys
 from daemon.event_bus import Event
+from daemon.health import Health
 from daemon.systemd_notify import Notifier, notify_address, watchdog_interval_s
 from daemon.systemd_status import StatusLine, feed_watchdog
 from daemon.tools.bench.daemon_process import DaemonProcess
@@ -322,11 +323,18 @@ async def test_a_service_down_is_reported_not_fatal(tmp_path: Path, listener: No
 
 def test_the_status_line_follows_the_turns(tmp_path: Path) -> None:
     notifier = Notifier({})
-    line = StatusLine(notifier)
-    line.services = {"asr": True, "llm": False, "tts": True}
-    line.observe(Event("state_changed", {"dst": "listening"}, 1, 0.0))
+    health = Health()
+    for name, ok in {"asr": True, "llm": False, "tts": True}.items():
+        health.probed(name, ok)
+    line = StatusLine(notifier, health)
+
+    def observe(event: Event) -> None:
+        health.observe(event)
+        line.observe(event)
+
+    observe(Event("state_changed", {"dst": "listening"}, 1, 0.0))
     assert notifier.last_status == "listening | asr up, llm down, tts up"
-    line.observe(Event("turn_failed", {"service": "tts", "reason": "refused"}, 2, 0.0))
-    line.observe(Event("turn_finished", {"outcome": "answered", "first_audio_ms": 412}, 3, 0.0))
-    line.observe(Event("state_changed", {"dst": "idle"}, 4, 0.0))
+    observe(Event("turn_failed", {"service": "tts", "reason": "refused"}, 2, 0.0))
+    observe(Event("turn_finished", {"outcome": "answered", "first_audio_ms": 412}, 3, 0.0))
+    observe(Event("state_changed", {"dst": "idle"}, 4, 0.0))
     assert notifier.last_status == "idle | asr up, llm up, tts up | last first audio 412 ms"
