@@ -26,6 +26,12 @@ def register_stubs(subparsers: Any) -> None:
     stubs.add_argument("--tts-port", type=int, default=8092)
     stubs.add_argument("--asr-flavour", default="cpp-2pass", choices=ASR_FLAVOURS)
     stubs.add_argument("--tts-protocol", default="http", choices=("http", "websocket"))
+    stubs.add_argument(
+        "--control-port",
+        type=int,
+        default=8099,
+        help="POST /_stub/misbehave here makes a stand-in misbehave at run time (default 8099; -1: off)",
+    )
     stubs.set_defaults(func=_stubs)
 
 

@@ -47,12 +47,15 @@ class StubUrls:
     asr: str
     llm: str
     tts: str
+    control: str = ""
+    """``POST /_stub/misbehave`` (daemon/tools/stubs/switch.py): another process flips a stand-in."""
 
 
 class StubProcess:
     """``async with StubProcess(asr=..., llm=..., tts=...) as stubs``: ``stubs.urls``,
     ``await stubs.synth_log()`` (the TTS stand-in's ``(sentence, seconds)`` records so far) and
-    ``await stubs.disconnect_times()`` (when the LLM and TTS stand-ins saw a client go away)."""
+    ``await stubs.disconnect_times()`` (when the LLM and TTS stand-ins saw a client go away),
+    ``await stubs.misbehave("llm", "cut")`` (None: behave again; see daemon/tools/stubs/switch.py)."""
 
     def __init__(
         self,
@@ -107,10 +110,16 @@ class StubProcess:
         llm, tts = await self._ask("disconnect_times")
         return [float(t) for t in llm], [float(t) for t in tts]
 
-    async def _ask(self, command: str) -> Any:
+    async def misbehave(self, service: str, misbehave: str | None) -> dict[str, str | None]:
+        """Make one stand-in misbehave (or behave: None); what each one does now. Raises
+        StubProcessError naming an unknown service or misbehaviour."""
+        result: dict[str, str | None] = await self._ask("misbehave", (service, misbehave))
+        return result
+
+    async def _ask(self, command: str, argument: Any = None) -> Any:
         async with self._lock:
             assert self._conn is not None
-            self._conn.send(command)
+            self._conn.send(command if argument is None else (command, argument))
             kind, payload = await self._receive(REPLY_TIMEOUT_S)
         if kind != command:
             raise StubProcessError(f"the stand-ins answered {kind!r} to {command}: {payload}")
@@ -150,6 +159,7 @@ def _child_main(conn: Connection, behaviours: StubBehaviours) -> None:
 
 async def _serve(conn: Connection, b: StubBehaviours) -> None:
     from daemon.tools.stubs.runner import start_stubs
+    from daemon.tools.stubs.switch import StubSwitch, SwitchServer
 
     async with AsyncExitStack() as stack:
         try:
@@ -159,13 +169,22 @@ async def _serve(conn: Connection, b: StubBehaviours) -> None:
         except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
             conn.send(("error", f"{type(exc).__name__}: {exc}"))
             return
-        conn.send(("ready", (asr_stub.url, llm_stub.url, tts_stub.url)))
+        switch = StubSwitch(asr_stub, llm_stub, tts_stub)
+        control = await stack.enter_async_context(SwitchServer(switch))
+        conn.send(("ready", (asr_stub.url, llm_stub.url, tts_stub.url, control.url)))
         while True:
             try:
                 command = await asyncio.to_thread(conn.recv)
             except (EOFError, OSError):  # the parent is gone
                 return
-            if command == "synth_log":
+            if isinstance(command, tuple) and command[0] == "misbehave":
+                try:
+                    await switch.set(*command[1])
+                except ValueError as exc:
+                    conn.send(("error", str(exc)))
+                else:
+                    conn.send(("misbehave", switch.current()))
+            elif command == "synth_log":
                 conn.send(("synth_log", list(tts_stub.synth_log)))
             elif command == "disconnect_times":
                 conn.send(("disconnect_times", (list(llm_stub.disconnect_times), list(tts_stub.disconnect_times))))

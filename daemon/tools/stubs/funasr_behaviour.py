@@ -9,7 +9,7 @@ from typing import Any
 
 from daemon.config import ASR_FLAVOURS
 
-MISBEHAVIOURS = ("refuse", "hang", "mute", "close_mid_utterance", "garbage", "error")
+MISBEHAVIOURS = ("refuse", "hang", "mute", "close_mid_utterance", "garbage", "error", "trickle", "flood")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,12 @@ class FunAsrBehaviour:
     (or close with ``close_code`` when set, e.g. 1000).
     garbage: after ``misbehave_after_frames`` frames, send a text frame that is not JSON.
     error: answer the end marker with the flavour's error (C++: the PCM-only error text;
-    python-2026: an ``error`` acknowledgement; python-classic: close 1000 without a result)."""
+    python-2026: an ``error`` acknowledgement; python-classic: close 1000 without a result).
+    trickle: answer the end marker with a one-character online result every
+    ``trickle_interval_s``, for ever, and never the final (the connection stays alive).
+    flood: answer the end marker with ``flood_results`` online results sent as fast as
+    possible, each longer than the last, then the final of their whole text (hundreds of
+    thousands of characters)."""
     partial_every_frames: int = 10
     """An online partial every this many audio frames (10 = one 600 ms chunk at [5,10,5]/10)."""
     misbehave_after_frames: int = 5
@@ -63,7 +68,14 @@ class FunAsrBehaviour:
     """Wait this long after the end marker before the final result (the offline pass of a busy
     server); benchmarks inject ASR latency with it. Not applied to ``script``."""
 
+    trickle_interval_s: float = 1.0
+    """misbehave="trickle": the pause between two one-character results."""
+    flood_results: int = 300
+    """misbehave="flood": how many results; result ``i`` adds ``i`` words (300: about 270 000 characters)."""
+
     def __post_init__(self) -> None:
+        if self.trickle_interval_s <= 0 or self.flood_results < 1:
+            raise ValueError("trickle_interval_s must be > 0 and flood_results >= 1")
         if self.final_delay_s < 0:
             raise ValueError(f"final_delay_s must be >= 0, got {self.final_delay_s}")
         if self.flavour not in ASR_FLAVOURS:

@@ -206,6 +206,10 @@ class Utterance:
             self.session.recognised = text
             if b.misbehave == "error":
                 await self._error_reply()
+            elif b.misbehave == "trickle":
+                await self._trickle()
+            elif b.misbehave == "flood":
+                await self._flood()
             elif b.misbehave != "mute":
                 await self._flush_reply(text, wants_ack=wants_ack)
         log.debug("funasr_stub_flushed", text=self.session.recognised, frames=self.session.frames_received)
@@ -238,6 +242,22 @@ class Utterance:
                 await self._send(self._result(self._offline_mode(), text, is_final=True, spk_name="unknown"))
             if wants_ack:
                 await self._send(self._result(self.mode, None, is_final=True, is_end=True))
+
+    async def _trickle(self) -> None:
+        """One character at a time, for ever: the client must give up on its own clock."""
+        while True:
+            await self._send(self._result(self._online_mode(), "a", is_final=False))
+            await asyncio.sleep(self.b.trickle_interval_s)
+
+    async def _flood(self) -> None:
+        """Results as fast as the socket takes them, each longer than the last, then the final
+        of everything they said. Not recorded in ``session.sent``: it would hold it all twice."""
+        words: list[str] = []
+        for i in range(1, self.b.flood_results + 1):
+            delta = ["flood"] * i
+            words += delta
+            await self.ws.send(json.dumps(self._result(self._online_mode(), " " + " ".join(delta), is_final=False)))
+        await self.ws.send(json.dumps(self._result(self._offline_mode(), " ".join(words), is_final=True)))
 
     async def _error_reply(self) -> None:
         flavour = self.b.flavour

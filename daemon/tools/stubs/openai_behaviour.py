@@ -18,6 +18,9 @@ MISBEHAVIOURS = (
     "truncate",  # 200, a few content chunks, then [DONE] without a finish chunk (llama.cpp preempted)
     "health_503",  # GET /health answers 503: the engine is dead
     "starting",  # not listening for starting_s after start(), then up (the model is loading)
+    "trickle",  # 200, then the normal stream one byte every trickle_interval_s (the connection stays alive)
+    "ping_only",  # 200, then only ": ping" comments every ping_interval_s, for ever (llama.cpp's keep-alive)
+    "flood",  # 200, an enormous answer (flood_chars, max_tokens ignored) as fast as possible
 )
 
 
@@ -55,13 +58,20 @@ class OpenAiBehaviour:
     starting_s: float = 0.5
     """misbehave="starting": how long the port refuses connections (model loading)."""
     ping_interval_s: float = 15.0
-    """llama_cpp style: a ``: ping - <time>`` comment whenever the stream was quiet this long."""
+    """llama_cpp style: a ``: ping - <time>`` comment whenever the stream was quiet this long
+    (and misbehave="ping_only": the pause between two pings, in either style)."""
+    trickle_interval_s: float = 1.0
+    """misbehave="trickle": the pause between two bytes of the stream."""
+    flood_chars: int = 200_000
+    """misbehave="flood": the answer's length (the scripted answer repeated)."""
 
     def __post_init__(self) -> None:
         if self.style not in ("vllm", "llama_cpp"):
             raise ValueError(f"style must be 'vllm' or 'llama_cpp', not {self.style!r}")
         if self.error_shape not in ("new", "old"):
             raise ValueError(f"error_shape must be 'new' or 'old', not {self.error_shape!r}")
+        if self.trickle_interval_s <= 0 or self.ping_interval_s <= 0 or self.flood_chars < 1:
+            raise ValueError("trickle_interval_s and ping_interval_s must be > 0, flood_chars >= 1")
         if self.misbehave not in MISBEHAVIOURS:
             raise ValueError(f"misbehave must be one of {MISBEHAVIOURS}, not {self.misbehave!r}")
 

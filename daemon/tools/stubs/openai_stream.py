@@ -70,6 +70,8 @@ class StubCut(Exception):
 def plan_for(b: OpenAiBehaviour, body: dict[str, Any], model: str) -> Plan:
     """What the answer to a valid chat request will be: its tokens, cut at a stop string or the token limit."""
     answer = b.answer_for(body["messages"])
+    if b.misbehave == "flood":
+        answer = (answer * (b.flood_chars // max(len(answer), 1) + 1))[: b.flood_chars]
     stops = body.get("stop") or []
     if isinstance(stops, str):
         stops = [stops]
@@ -82,7 +84,7 @@ def plan_for(b: OpenAiBehaviour, body: dict[str, Any], model: str) -> Plan:
     tokens = tokenize(answer[:cut_at])
     finish = "stop"
     limit = body.get("max_completion_tokens") or body.get("max_tokens")
-    if isinstance(limit, int) and len(tokens) > limit:
+    if isinstance(limit, int) and len(tokens) > limit and b.misbehave != "flood":
         tokens, finish, stop_reason = tokens[:limit], "length", None
     prompt_tokens = sum(len(tokenize(content_text(m.get("content")))) + 4 for m in body["messages"])
     options = body.get("stream_options") or {}
@@ -108,7 +110,7 @@ def paced_tokens(b: OpenAiBehaviour, plan: Plan, first: float) -> tuple[list[tup
     """The tokens sent before a mid-stream misbehaviour strikes, each with the loop time it is due
     (``first``, then one every 1/tokens_per_s), and the index it strikes at (None: it does not)."""
     strike = strike_at(b, len(plan.tokens))
-    interval = 1.0 / b.tokens_per_s if b.tokens_per_s > 0 else 0.0
+    interval = 1.0 / b.tokens_per_s if b.tokens_per_s > 0 and b.misbehave != "flood" else 0.0
     return [(first + i * interval, token) for i, token in enumerate(plan.tokens[:strike])], strike
 
 
@@ -213,6 +215,29 @@ async def llama_events(b: OpenAiBehaviour, plan: Plan, ctl: Ctl) -> AsyncGenerat
     yield event({"content": ""})
     yield event({}, finish=plan.finish_reason)
     yield b"data: [DONE]\r\n\r\n"
+
+
+async def trickle_events(
+    b: OpenAiBehaviour, ctl: Ctl, events: AsyncGenerator[bytes, None]
+) -> AsyncGenerator[bytes, None]:
+    """misbehave="trickle": ``events``' bytes, one at a time, ``trickle_interval_s`` apart."""
+    loop = asyncio.get_running_loop()
+    async with contextlib.aclosing(events) as chunks:
+        async for chunk in chunks:
+            for i in range(len(chunk)):
+                yield chunk[i : i + 1]
+                if not await ctl.sleep_until(loop.time() + b.trickle_interval_s):
+                    return
+
+
+async def ping_events(b: OpenAiBehaviour, ctl: Ctl) -> AsyncGenerator[bytes, None]:
+    """misbehave="ping_only": nothing but keep-alive comments, for ever (until the client goes)."""
+    loop = asyncio.get_running_loop()
+    end = b"\r\n\r\n" if b.style == "llama_cpp" else b"\n\n"
+    while True:
+        yield f": ping - {time.strftime('%Y-%m-%d %H:%M:%S')}.000000".encode() + end
+        if not await ctl.sleep_until(loop.time() + b.ping_interval_s):
+            return
 
 
 def strike_at(b: OpenAiBehaviour, n_tokens: int) -> int | None:

@@ -246,6 +246,13 @@ class PaddleSpeechStub(StartStop):
                 yield _GARBAGE
                 yield _GARBAGE
                 return
+            if behaviour.misbehave == "trickle":
+                async for piece in self._pieces(behaviour, text):
+                    for i in range(len(piece)):
+                        yield piece[i : i + 1]
+                        if not await self._pause(behaviour.trickle_interval_s):
+                            return
+                return
             async for piece in self._pieces(behaviour, text):
                 yield piece
                 sent += 1
@@ -336,6 +343,13 @@ class PaddleSpeechStub(StartStop):
                 await websocket.send_json({"status": 1, "audio": _GARBAGE.decode("ascii")})
                 await websocket.send_json({"status": 2, "audio": ""})
                 return
+            if behaviour.misbehave == "trickle":
+                sample = base64.b64encode(bytes(2)).decode("ascii")
+                while await self._pause(behaviour.trickle_interval_s):
+                    if websocket.scope.get(_CLOSED_AT):
+                        raise WebSocketDisconnect()  # a send would not notice before the close times out
+                    await websocket.send_json({"status": 1, "audio": sample})
+                return
             async for piece in self._pieces(behaviour, text if isinstance(text, str) else str(text)):
                 await websocket.send_json({"status": 1, "audio": piece.decode("ascii")})
                 sent += 1
@@ -363,12 +377,31 @@ class PaddleSpeechStub(StartStop):
             else:
                 seconds = len(pcm) / 2 / behaviour.sample_rate
                 delay = behaviour.chunk_delay_s + behaviour.realtime_factor * seconds
+                if behaviour.misbehave == "endless":
+                    delay = max(delay, seconds)  # a voice that never stops, not a flood
             if not await self._pause(delay):
                 return
             first = False
             yield raw
 
     async def _chunks(self, behaviour: PaddleSpeechBehaviour, text: str) -> AsyncIterator[tuple[bytes, bytes]]:
+        """(pcm, base64) per chunk; endless and flood repeat the clause's chunks."""
+        if behaviour.misbehave not in ("endless", "flood"):
+            async for chunk in self._clause_chunks(behaviour, text):
+                yield chunk
+            return
+        chunks = [chunk async for chunk in self._clause_chunks(behaviour, text)]
+        if not chunks:
+            return
+        sent_s = 0.0
+        while True:
+            for pcm, raw in chunks:
+                yield pcm, raw
+                sent_s += max(len(pcm), len(raw) * 3 // 4) / 2 / behaviour.sample_rate
+                if behaviour.misbehave == "flood" and sent_s >= behaviour.flood_audio_s:
+                    return
+
+    async def _clause_chunks(self, behaviour: PaddleSpeechBehaviour, text: str) -> AsyncIterator[tuple[bytes, bytes]]:
         """(pcm, base64) per chunk, sentence by sentence."""
         if behaviour.raw_body_pieces is not None:
             for raw in behaviour.raw_body_pieces:

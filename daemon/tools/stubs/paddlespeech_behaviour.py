@@ -7,7 +7,10 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Misbehaviour = Literal["refuse", "hang", "error_500", "truncate", "empty", "garbage", "ws_error"]
+Misbehaviour = Literal[
+    "refuse", "hang", "error_500", "truncate", "empty", "garbage", "ws_error", "trickle", "endless", "flood"
+]
+MISBEHAVIOURS: tuple[str, ...] = Misbehaviour.__args__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,19 @@ class PaddleSpeechBehaviour:
     (websocket: handshake rejected with 500). truncate: one chunk, then drop the connection
     without the end of the stream. empty: 200 (websocket: nothing) and an abrupt close.
     garbage: a body (websocket: an ``audio`` value) that is not base64. ws_error: websocket
-    status -1 (over HTTP: like empty)."""
+    status -1 (over HTTP: like empty). trickle: the audio one byte (websocket: one sample) every
+    ``trickle_interval_s``, the connection kept alive. endless: the clause's audio over and over,
+    for ever, paced like the audio. flood: the clause's audio over and over until
+    ``flood_audio_s`` of it went out, as fast as possible, then a normal end."""
+    trickle_interval_s: float = 1.0
+    flood_audio_s: float = 600.0
+    """misbehave="flood": seconds of audio for one clause (ten minutes)."""
+
+    def __post_init__(self) -> None:
+        if self.misbehave is not None and self.misbehave not in MISBEHAVIOURS:
+            raise ValueError(f"unknown misbehaviour {self.misbehave!r}; expected one of {', '.join(MISBEHAVIOURS)}")
+        if self.trickle_interval_s <= 0 or self.flood_audio_s <= 0:
+            raise ValueError("trickle_interval_s and flood_audio_s must be > 0")
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,13 @@ async def run_stubs(args: argparse.Namespace, stop: asyncio.Event) -> int:
             asr=FunAsrBehaviour(flavour=args.asr_flavour),
             tts_protocol=args.tts_protocol,
         )
-        log.info("stubs_ready", asr=asr.url, asr_flavour=args.asr_flavour, llm=llm.url, tts=tts.url)
+        control = None
+        if args.control_port >= 0:
+            from daemon.tools.stubs.switch import StubSwitch, SwitchServer
+
+            server = SwitchServer(StubSwitch(asr, llm, tts), args.host, args.control_port)
+            await stack.enter_async_context(server)
+            control = server.url
+        log.info("stubs_ready", asr=asr.url, asr_flavour=args.asr_flavour, llm=llm.url, tts=tts.url, misbehave=control)
         await stop.wait()
     return 0
