@@ -36,6 +36,7 @@ def register(subparsers: Any) -> None:
     asr_wake = sub.add_parser("asr-wake", help="the asr wake engine against the FunASR stand-in, in real time")
     asr_wake.add_argument("--flavour", action="append", help="repeatable; default: every flavour with partials")
     asr_wake.set_defaults(func=_run_asr_wake)
+    _register_faults(sub)
 
 
 def _register_vad(sub: Any) -> None:
@@ -126,6 +127,23 @@ def _register_hotword(sub: Any) -> None:
     )
     hotword.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
     hotword.set_defaults(func=_run_hotword)
+
+
+def _register_faults(sub: Any) -> None:
+    faults = sub.add_parser(
+        "faults", help="the fault matrix: each service times each fault, the faulty turn and the next one"
+    )
+    faults.add_argument("--cell", action="append", metavar="SERVICE:FAULT", help="repeatable, e.g. llm:cut")
+    faults.add_argument("--extra", action="store_true", help="also llm:ping_only and tts:endless")
+    faults.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
+    faults.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
+    faults.set_defaults(func=_run_faults)
+
+
+def _run_faults(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import faults
+
+    return faults.command(args)
 
 
 def _run_vad(args: argparse.Namespace) -> int:
