@@ -61,15 +61,21 @@ TURN_XFAIL = {
     ("tts", "flood"): NEEDS_A1_TTS,
     ("tts", "endless"): NEEDS_A1_TTS,
 }
-NEEDS_B = "needs part B: the TTS error is logged twice per clause (tts_error, tts_clause_failed), not counted"
+TTS_TWICE = (
+    "runtime bug: a TTS failure is logged twice, tts_error (daemon/clients/tts_*.py) and tts_clause_failed "
+    "(states/reply.py); and once per clause (part B counts repeats)"
+)
 LOG_XFAIL = {
-    **{("tts", fault): NEEDS_B for fault in ("refused", "hang", "error", "malformed", "cut")},
+    **{("tts", fault): TTS_TWICE for fault in ("refused", "hang", "error", "malformed", "cut")},
     ("tts", "trickle"): NEEDS_A1_TTS,
     ("tts", "flood"): NEEDS_A1_TTS,
     ("tts", "endless"): NEEDS_A1_TTS,
 }
 DEGRADING = ("trickle", "flood", "ping_only", "endless")
 """Faults a client may survive by cutting them short: the turn may then be answered."""
+PARTLY_HEARD = {("tts", "cut")}
+"""A clause the TTS cut after its first chunk was partly heard, so it counts as spoken
+(states/reply.py): the turn is answered, cut short, without an earcon."""
 
 _results: dict[tuple[str, str], CellResult] = {}
 
@@ -111,7 +117,7 @@ async def test_the_faulty_turn_ends_and_the_next_is_answered(service: str, fault
         assert r.heard_failure, "neither the error earcon nor an apology was played"
         bound = BOUND_S
     else:
-        assert fault in DEGRADING, f"{r.outcome}: the fault went unnoticed"
+        assert fault in DEGRADING or (service, fault) in PARTLY_HEARD, f"{r.outcome}: the fault went unnoticed"
         assert r.outcome == "answered"
         assert r.transcript_chars <= MAX_TRANSCRIPT_CHARS
         assert r.reply_chars <= REPLY_CHARS
@@ -128,7 +134,7 @@ async def test_the_fault_is_logged_once(service: str, fault: str, workdir: Path)
     assert r.outcome is not None, "the faulty turn never ended"
     failed = [e for e in r.fault_logs if e["event"] == "turn_failed"]
     assert len(failed) == (1 if r.outcome == "failed" else 0)
-    # Besides turn_failed, at most the client's own line (the error with its details).
+    # Besides turn_failed (and part B's service_down), at most the client's own line, with the details.
     assert r.failure_lines <= 1, [e["event"] for e in r.fault_logs]
 
 

@@ -35,6 +35,7 @@ from daemon.config import (
     AecSettings,
     AsrSettings,
     AudioSettings,
+    HotwordSettings,
     LlmSettings,
     Settings,
     TtsSettings,
@@ -84,8 +85,9 @@ EXTRA: dict[tuple[str, str], str] = {("llm", "ping_only"): "ping_only", ("tts", 
 CELLS: tuple[tuple[str, str], ...] = tuple(MATRIX)
 
 QUESTION = "who are you"
-ANSWER = "I am MOSS, a robot."
-QUESTION_EVERY_S = 3.0
+ANSWER = "I am MOSS."
+QUESTION_EVERY_S = 2.0
+LEAD_S = 0.3
 MIC_SECONDS = 120.0
 STAGE_TIMEOUT_S = 2.0
 """Every per-stage timeout of a cell's daemon (connect, ASR final, first token, reads)."""
@@ -116,7 +118,8 @@ class CellResult:
     error_earcons: int = 0
     """Failure earcons in the output WAV, sample for sample."""
     apology: bool = False
-    """The TTS was asked for something between turn_failed and the end of the faulty turn."""
+    """Between turn_failed and the end of the faulty turn, the TTS was asked for something or an
+    event named for an apology was logged."""
     fault_logs: list[dict[str, Any]] = field(default_factory=list)
     """The faulty turn's warnings and errors that name the service."""
     idle_after: bool = False
@@ -133,8 +136,9 @@ class CellResult:
 
     @property
     def failure_lines(self) -> int:
-        """Warnings/errors naming the service, ``turn_failed`` aside (it names it by design)."""
-        return sum(1 for e in self.fault_logs if e["event"] != "turn_failed")
+        """Warnings/errors naming the service, besides ``turn_failed`` (it names it by design) and
+        ``service_down`` (the service's state, once when it changes)."""
+        return sum(1 for e in self.fault_logs if e["event"] not in ("turn_failed", "service_down"))
 
 
 def behaviours() -> tuple[FunAsrBehaviour, OpenAiBehaviour, PaddleSpeechBehaviour]:
@@ -152,12 +156,13 @@ def behaviours() -> tuple[FunAsrBehaviour, OpenAiBehaviour, PaddleSpeechBehaviou
 
 
 def microphone_wav(path: Path) -> Path:
-    """The question every QUESTION_EVERY_S seconds (the first after 1 s), for MIC_SECONDS."""
+    """The question every QUESTION_EVERY_S seconds (the first after LEAD_S), for MIC_SECONDS."""
     spoken = read_wav_pcm(make_question_wav(QUESTION, path.with_name(path.stem + "-once.wav")))
     speech = np.frombuffer(spoken, dtype="<i2")
     period = np.zeros(int(QUESTION_EVERY_S * 16000), dtype="<i2")
     period[: len(speech)] = speech[: len(period)]
-    pcm = np.concatenate([np.zeros(16000, dtype="<i2"), np.tile(period, int(MIC_SECONDS / QUESTION_EVERY_S))])
+    lead = np.zeros(int(LEAD_S * 16000), dtype="<i2")
+    pcm = np.concatenate([lead, np.tile(period, int(MIC_SECONDS / QUESTION_EVERY_S))])
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
         w.setsampwidth(2)
@@ -184,7 +189,8 @@ def cell_settings(urls: tuple[str, str, str], mic: Path, out: Path) -> Settings:
         vad=VadSettings(end_silence_ms=500, no_speech_timeout_s=2 * QUESTION_EVERY_S),
         reply=SpeechTextSettings(max_clause_chars=REPLY_CHARS, max_reply_chars=REPLY_CHARS),
         barge_in=BargeInSettings(enabled=False),  # the next question on the file must not cut the answer
-        wake=WakeSettings(on_start=False, follow_up_s=0),
+        # Woken by the cell alone: the hotword engine can take the file's questions for its word.
+        wake=WakeSettings(on_start=False, follow_up_s=0, hotword=HotwordSettings(engine="off")),
     )
 
 
@@ -258,8 +264,11 @@ def count_earcon(out: Path, earcon: bytes) -> int:
     return count
 
 
-async def run_cell(service: str, fault: str, workdir: Path, *, misbehave: str | None = None) -> CellResult:
-    """One cell: the daemon, a faulty turn, a good turn. Never raises for what the daemon does."""
+async def run_cell(
+    service: str, fault: str, workdir: Path, *, misbehave: str | None = None, give_up_s: float = GIVE_UP_S
+) -> CellResult:
+    """One cell: the daemon, a faulty turn, a good turn. Never raises for what the daemon does.
+    ``give_up_s``: the faulty turn still running this long after its wake is stopped (``outcome`` None)."""
     name = misbehave or MATRIX.get((service, fault)) or EXTRA[(service, fault)]
     result = CellResult(service, fault, name)
     mic = await asyncio.to_thread(_microphone_in, workdir)
@@ -279,7 +288,7 @@ async def run_cell(service: str, fault: str, workdir: Path, *, misbehave: str | 
             app = App(cell_settings((asr.url, llm.url, tts.url), mic, out), on_turn_end=turn_ended, notifier=notifier)
             running = asyncio.create_task(app.run(stop), name="fault-cell-daemon")
             try:
-                await _act(app, running, notifier, ended, timeline, switch, result)
+                await _act(app, running, notifier, ended, timeline, switch, result, give_up_s)
             finally:
                 stop.set()
                 done, _ = await asyncio.wait({running}, timeout=GIVE_UP_S)
@@ -303,6 +312,7 @@ async def _act(
     timeline: _Timeline,
     switch: StubSwitch,
     result: CellResult,
+    give_up_s: float,
 ) -> None:
     if not await _first(notifier.is_ready.wait(), running, GIVE_UP_S):
         result.crashed = "the daemon did not get ready"
@@ -312,7 +322,7 @@ async def _act(
     await switch.set(result.service, result.misbehave)
     woke = time.monotonic()
     await assistant.wake()
-    got = await _first(ended.get(), running, GIVE_UP_S)
+    got = await _first(ended.get(), running, give_up_s)
     if got is None:
         await assistant.stop()  # hung: end it, so that recovery can still be tried
         got = await _first(ended.get(), running, GIVE_UP_S)
@@ -326,7 +336,12 @@ async def _act(
         result.fault_to_end_s = None if struck is None else round(at - struck, 3)
     failed = timeline.after(woke, "turn_failed")
     if failed:
-        result.apology = bool([e for e in timeline.after(failed[0]["_at"], "tts_request") if e["_at"] <= at])
+        # An apology: asked of the TTS after the failure, or a cached one the daemon reports playing.
+        result.apology = any(
+            e["_at"] <= at and (e["event"] == "tts_request" or "apolog" in str(e["event"]))
+            for e in timeline.entries
+            if e["_at"] >= failed[0]["_at"]
+        )
     result.fault_logs = [
         {k: v for k, v in e.items() if k != "_at"}
         for e in timeline.entries
