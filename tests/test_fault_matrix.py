@@ -16,6 +16,7 @@ another part of issue 11 are strict xfails, so they turn into failures to remove
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import itertools
 import json
@@ -28,6 +29,7 @@ import pytest
 from daemon.errors import HardwareError
 from daemon.event_bus import Event, EventBus
 from daemon.health import Health
+from daemon.tools.bench import faults
 from daemon.tools.bench.daemon_process import DaemonProcess
 from daemon.tools.bench.fault_cells import (
     ANSWER,
@@ -136,6 +138,35 @@ async def test_the_fault_is_logged_once(service: str, fault: str, workdir: Path)
     assert len(failed) == (1 if r.outcome == "failed" else 0)
     # Besides turn_failed (and part B's service_down), at most the client's own line, with the details.
     assert r.failure_lines <= 1, [e["event"] for e in r.fault_logs]
+
+
+# --------------------------------------------------------------------------- a fault that repeats
+
+
+@pytest.mark.xfail(
+    strict=True, reason="needs part B: a fault that repeats is logged once (service_down) and counted, not per turn"
+)
+async def test_a_fault_that_repeats_is_counted_not_logged_every_time(workdir: Path) -> None:
+    r = await run_cell("llm", "error", workdir, repeats=3)
+    assert r.outcome == "failed" and r.repeat_outcomes == ["failed", "failed"]
+    assert (r.next_outcome, r.next_reply) == ("answered", ANSWER)
+    lines = [e["event"] for e in r.repeat_logs if e["event"] not in ("turn_failed", "service_down")]
+    assert len(lines) <= 1, lines  # the first failure's details; the repeats only counted
+
+
+async def test_bench_faults_prints_the_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = argparse.Namespace(cell=["llm:error"], extra=False, keep=tmp_path, json=tmp_path / "faults.json")
+    code = await asyncio.to_thread(faults.command, args)  # it runs its own event loop
+    out = capsys.readouterr().out
+    assert code == 0
+    (row,) = [line.split() for line in out.splitlines() if line.startswith("llm ")]
+    assert row[:5] == ["llm", "error", "error_500", "failed", row[4]] and float(row[4]) < BOUND_S
+    assert row[5:] == ["earcon", "2", "answered"]
+    (record,) = json.loads((tmp_path / "faults.json").read_text(encoding="utf-8"))
+    assert record["service"] == "llm" and record["next_outcome"] == "answered"
+    assert faults.parse_cell("tts:endless") == ("tts", "endless")
+    with pytest.raises(ValueError, match="unknown cell 'gpu:melt'"):
+        faults.parse_cell("gpu:melt")
 
 
 # --------------------------------------------------------------------------- a device failing mid-turn

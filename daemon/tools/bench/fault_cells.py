@@ -125,6 +125,10 @@ class CellResult:
     idle_after: bool = False
     transcript_chars: int = 0
     reply_chars: int = 0
+    repeat_outcomes: list[str | None] = field(default_factory=list)
+    """With ``repeats`` > 1: the outcomes of the faulty turns after the first."""
+    repeat_logs: list[dict[str, Any]] = field(default_factory=list)
+    """Like ``fault_logs``, over every faulty turn."""
     next_outcome: str | None = None
     next_reply: str = ""
     crashed: str | None = None
@@ -265,10 +269,17 @@ def count_earcon(out: Path, earcon: bytes) -> int:
 
 
 async def run_cell(
-    service: str, fault: str, workdir: Path, *, misbehave: str | None = None, give_up_s: float = GIVE_UP_S
+    service: str,
+    fault: str,
+    workdir: Path,
+    *,
+    misbehave: str | None = None,
+    give_up_s: float = GIVE_UP_S,
+    repeats: int = 1,
 ) -> CellResult:
     """One cell: the daemon, a faulty turn, a good turn. Never raises for what the daemon does.
-    ``give_up_s``: the faulty turn still running this long after its wake is stopped (``outcome`` None)."""
+    ``give_up_s``: the faulty turn still running this long after its wake is stopped (``outcome`` None).
+    ``repeats``: that many faulty turns in a row (a fault that repeats), then the good one."""
     name = misbehave or MATRIX.get((service, fault)) or EXTRA[(service, fault)]
     result = CellResult(service, fault, name)
     mic = await asyncio.to_thread(_microphone_in, workdir)
@@ -288,7 +299,7 @@ async def run_cell(
             app = App(cell_settings((asr.url, llm.url, tts.url), mic, out), on_turn_end=turn_ended, notifier=notifier)
             running = asyncio.create_task(app.run(stop), name="fault-cell-daemon")
             try:
-                await _act(app, running, notifier, ended, timeline, switch, result, give_up_s)
+                await _act(app, running, notifier, ended, timeline, switch, result, give_up_s, repeats)
             finally:
                 stop.set()
                 done, _ = await asyncio.wait({running}, timeout=GIVE_UP_S)
@@ -313,6 +324,7 @@ async def _act(
     switch: StubSwitch,
     result: CellResult,
     give_up_s: float,
+    repeats: int,
 ) -> None:
     if not await _first(notifier.is_ready.wait(), running, GIVE_UP_S):
         result.crashed = "the daemon did not get ready"
@@ -342,16 +354,18 @@ async def _act(
             for e in timeline.entries
             if e["_at"] >= failed[0]["_at"]
         )
-    result.fault_logs = [
-        {k: v for k, v in e.items() if k != "_at"}
-        for e in timeline.entries
-        if woke <= e["_at"] <= at + 0.5
-        and e.get("log_level") in ("warning", "error", "critical")
-        and _names(e, result.service)
-    ]
+    result.fault_logs = _naming(timeline, result.service, woke, at + 0.5)
     # The turn is reported from the transition into IDLE, so the state may already be there.
     idle = await _first(timeline.wait_for("state_changed", since=woke, dst="idle"), running, GIVE_UP_S)
     result.idle_after = idle is not None and assistant.state is State.IDLE
+    for _ in range(repeats - 1):
+        await assistant.wake()
+        got = await _first(ended.get(), running, give_up_s)
+        if got is None:
+            await assistant.stop()
+            await _first(ended.get(), running, GIVE_UP_S)
+        result.repeat_outcomes.append(None if got is None else got[0].outcome)
+    result.repeat_logs = _naming(timeline, result.service, woke, time.monotonic())
     await switch.set(result.service, None)
     await assistant.wake()
     got = await _first(ended.get(), running, GIVE_UP_S)
@@ -359,6 +373,15 @@ async def _act(
         result.next_outcome, result.next_reply = got[0].outcome, got[0].reply or ""
     if running.done():
         result.crashed = repr(running.exception()) if running.exception() else "the daemon ended by itself"
+
+
+def _naming(timeline: _Timeline, service: str, since: float, until: float) -> list[dict[str, Any]]:
+    """The warnings and errors naming ``service`` logged between ``since`` and ``until``."""
+    return [
+        {k: v for k, v in e.items() if k != "_at"}
+        for e in timeline.entries
+        if since <= e["_at"] <= until and e.get("log_level") in ("warning", "error", "critical") and _names(e, service)
+    ]
 
 
 def _struck(timeline: _Timeline, service: str, woke: float) -> float | None:
