@@ -13,6 +13,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect
 
+from daemon.__main__ import build_parser
 from daemon.clients.asr import build_config_message
 from daemon.clients.tts import build_http_request
 from daemon.config import AsrSettings
@@ -20,7 +21,9 @@ from daemon.tools.bench.stub_process import StubProcess, StubProcessError
 from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
 from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
+from daemon.tools.stubs.runner import run_stubs
 from daemon.tools.stubs.switch import StubSwitch, SwitchServer
+from tests.log_watch import watch_logs
 
 CHAT = {"model": "moss", "stream": True, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
 PCM_0_1_S = bytes(range(256)) * 18 + bytes(192)  # 4800 bytes: 0.1 s at 24 kHz
@@ -178,3 +181,18 @@ async def test_a_stand_in_in_its_own_process_is_told_to_misbehave() -> None:
         assert (await http.post(stubs.urls.llm + "/chat/completions", json=CHAT)).status_code == 200
         with pytest.raises(StubProcessError, match="cannot 'flap'"):
             await stubs.misbehave("tts", "flap")
+
+
+async def test_moss_voice_stubs_serves_the_switch_on_its_control_port() -> None:
+    ports = ("--asr-port", "0", "--llm-port", "0", "--tts-port", "0", "--control-port", "0")
+    args = build_parser().parse_args(["stubs", *ports])
+    stop = asyncio.Event()
+    with watch_logs() as logs:
+        running = asyncio.create_task(run_stubs(args, stop))
+        ready = await asyncio.wait_for(logs.wait_for("stubs_ready"), 30)
+        async with httpx.AsyncClient(timeout=10) as http:
+            answer = await http.post(ready["misbehave"], json={"service": "tts", "misbehave": "error_500"})
+            assert answer.json()["tts"] == "error_500"
+            assert (await http.post(ready["tts"], json=build_http_request("Hi.", 0))).status_code == 500
+        stop.set()
+        assert await asyncio.wait_for(running, 30) == 0

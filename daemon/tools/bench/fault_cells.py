@@ -80,8 +80,13 @@ MATRIX: dict[tuple[str, str], str] = {
     ("tts", "flood"): "flood",  # ten minutes of audio for one clause
 }
 """(service, fault) -> the stand-in's misbehaviour that acts it out."""
-EXTRA: dict[tuple[str, str], str] = {("llm", "ping_only"): "ping_only", ("tts", "endless"): "endless"}
-"""Two more keep-alive faults beside the matrix: an LLM that only pings, a TTS that never stops."""
+EXTRA: dict[tuple[str, str], str] = {
+    ("asr", "mute"): "mute",
+    ("llm", "ping_only"): "ping_only",
+    ("tts", "endless"): "endless",
+}
+"""Three more beside the matrix: an ASR that takes the audio and never answers, an LLM that only
+pings, a TTS that never stops."""
 CELLS: tuple[tuple[str, str], ...] = tuple(MATRIX)
 
 QUESTION = "who are you"
