@@ -314,10 +314,12 @@ async def run_cell(
                     await asyncio.wait({running})
                 elif running.exception() is not None:
                     result.crashed = result.crashed or repr(running.exception())
-    if out.exists():
-        rate = _rate(out)
-        result.error_earcons = count_earcon(out, failure_earcon(rate))
+    result.error_earcons = await asyncio.to_thread(_error_earcons_in, out)
     return result
+
+
+def _error_earcons_in(out: Path) -> int:
+    return count_earcon(out, failure_earcon(_rate(out))) if out.exists() else 0
 
 
 async def _act(
