@@ -49,6 +49,7 @@ from daemon.tools.stubs.openai import OpenAiBehaviour
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.tools.stubs.runner import start_stubs
 from daemon.tools.stubs.switch import StubSwitch
+from hardware.wav_speaker import WavSpeaker
 from states.barge_in import BargeInSettings
 from states.machine import State
 from states.model import Turn
@@ -125,6 +126,9 @@ class CellResult:
     apology: bool = False
     """Between turn_failed and the end of the faulty turn, the TTS was asked for something or an
     event named for an apology was logged."""
+    sound_after_failure: bool = False
+    """The speaker started playing something after turn_failed, before the next turn's wake (an
+    earcon or an apology, whatever its form: nothing else plays then)."""
     fault_logs: list[dict[str, Any]] = field(default_factory=list)
     """The faulty turn's warnings and errors that name the service."""
     idle_after: bool = False
@@ -141,7 +145,7 @@ class CellResult:
 
     @property
     def heard_failure(self) -> bool:
-        return self.error_earcons > 0 or self.apology
+        return self.error_earcons > 0 or self.apology or self.sound_after_failure
 
     @property
     def failure_lines(self) -> int:
@@ -373,6 +377,9 @@ async def _act(
             await _first(ended.get(), running, GIVE_UP_S)
         result.repeat_outcomes.append(None if got is None else got[0].outcome)
     result.repeat_logs = _naming(timeline, result.service, woke, time.monotonic())
+    if failed:  # once what followed the failure has played, before the next turn's earcon
+        await _first(assistant.speaker.drain(), running, GIVE_UP_S)
+        result.sound_after_failure = _sound_between(assistant.speaker, woke, failed[0]["_at"], time.monotonic())
     await switch.set(result.service, None)
     await assistant.wake()
     got = await _first(ended.get(), running, GIVE_UP_S)
@@ -380,6 +387,20 @@ async def _act(
         result.next_outcome, result.next_reply = got[0].outcome, got[0].reply or ""
     if running.done():
         result.crashed = repr(running.exception()) if running.exception() else "the daemon ended by itself"
+
+
+def _sound_between(speaker: object, woke: float, since: float, until: float) -> bool:
+    """Did the WAV speaker start playing something between ``since`` and ``until`` (monotonic)?
+
+    The speaker's file runs on the same clock from its opening; the turn's listening earcon, its
+    first sound, was written at ``woke`` and is the anchor (give or take a block)."""
+    if not isinstance(speaker, WavSpeaker) or not speaker.played_audio_spans:
+        return False
+    rate = speaker.sample_rate
+    anchor = speaker.played_audio_spans[0][0] / rate - woke
+    margin = 2 * speaker.block_ms / 1000
+    spans = speaker.played_audio_spans[1:]
+    return any(since + anchor - margin <= start / rate < until + anchor for start, _ in spans)
 
 
 def _naming(timeline: _Timeline, service: str, since: float, until: float) -> list[dict[str, Any]]:

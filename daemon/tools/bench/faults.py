@@ -42,7 +42,9 @@ async def run_matrix(cells: list[tuple[str, str]], workdir: Path, *, progress: b
 def heard(r: CellResult) -> str:
     if r.apology:
         return "apology"
-    return "earcon" if r.error_earcons else "-"
+    if r.error_earcons:
+        return "earcon"
+    return "sound" if r.sound_after_failure else "-"
 
 
 def render(results: list[CellResult]) -> str:
@@ -73,8 +75,9 @@ def render(results: list[CellResult]) -> str:
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
     lines.append("fault->end: from the wake (ASR), the LLM request or the first TTS request to the turn's end;")
-    lines.append("heard: the error earcon in the output, or an apology asked of the TTS; log lines: warnings and")
-    lines.append(f"errors naming the service (turn_failed included); hung: no end {GIVE_UP_S:g} s after the wake.")
+    lines.append("heard: the error earcon in the output, an apology, or (sound) other audio after the failure;")
+    lines.append("log lines: warnings and errors naming the service (turn_failed included);")
+    lines.append(f"hung: no end {GIVE_UP_S:g} s after the wake.")
     return "\n".join(lines)
 
 
