@@ -70,13 +70,14 @@ TTS_TWICE = (
 )
 LOG_XFAIL = {
     **{("tts", fault): TTS_TWICE for fault in ("refused", "hang", "error", "malformed", "cut")},
+    **{("tts", "ws-" + fault): TTS_TWICE for fault in ("refused", "hang", "error", "malformed", "cut")},
     ("tts", "trickle"): NEEDS_A1_TTS,
     ("tts", "flood"): NEEDS_A1_TTS,
     ("tts", "endless"): NEEDS_A1_TTS,
 }
 DEGRADING = ("trickle", "flood", "ping_only", "endless")
 """Faults a client may survive by cutting them short: the turn may then be answered."""
-PARTLY_HEARD = {("tts", "cut")}
+PARTLY_HEARD = {("tts", "cut"), ("tts", "ws-cut")}
 """A clause the TTS cut after its first chunk was partly heard, so it counts as spoken
 (states/reply.py): the turn is answered, cut short, without an earcon."""
 

@@ -134,7 +134,9 @@ def _register_faults(sub: Any) -> None:
         "faults", help="the fault matrix: each service times each fault, the faulty turn and the next one"
     )
     faults.add_argument("--cell", action="append", metavar="SERVICE:FAULT", help="repeatable, e.g. llm:cut")
-    faults.add_argument("--extra", action="store_true", help="also asr:mute, llm:ping_only and tts:endless")
+    faults.add_argument(
+        "--extra", action="store_true", help="also asr:mute, llm:ping_only, tts:endless, the TTS websocket's tts:ws-*"
+    )
     faults.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
     faults.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
     faults.set_defaults(func=_run_faults)

@@ -85,9 +85,15 @@ EXTRA: dict[tuple[str, str], str] = {
     ("asr", "mute"): "mute",
     ("llm", "ping_only"): "ping_only",
     ("tts", "endless"): "endless",
+    ("tts", "ws-refused"): "down",
+    ("tts", "ws-hang"): "hang",
+    ("tts", "ws-error"): "ws_error",
+    ("tts", "ws-malformed"): "garbage",
+    ("tts", "ws-cut"): "truncate",
 }
-"""Three more beside the matrix: an ASR that takes the audio and never answers, an LLM that only
-pings, a TTS that never stops."""
+"""More beside the matrix: an ASR that takes the audio and never answers, an LLM that only pings,
+a TTS that never stops, and the TTS's websocket protocol (``ws-*``: the stand-in and the daemon
+speak PaddleSpeech's websocket protocol instead of HTTP)."""
 CELLS: tuple[tuple[str, str], ...] = tuple(MATRIX)
 
 QUESTION = "who are you"
@@ -296,7 +302,8 @@ async def run_cell(
     asr_b, llm_b, tts_b = behaviours()
     with _capture() as timeline:
         async with AsyncExitStack() as stack:
-            asr, llm, tts = await start_stubs(stack, asr=asr_b, llm=llm_b, tts=tts_b)
+            protocol = "websocket" if fault.startswith("ws-") else "http"
+            asr, llm, tts = await start_stubs(stack, asr=asr_b, llm=llm_b, tts=tts_b, tts_protocol=protocol)
             switch = StubSwitch(asr, llm, tts)
             ended: asyncio.Queue[tuple[Turn, float]] = asyncio.Queue()
             notifier = _ReadyNotifier()
