@@ -16,8 +16,10 @@ Secrets come from the environment, never from the file: ``MOSS_VOICE_LLM_API_KEY
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 from states.barge_in import BargeInSettings
@@ -59,6 +61,58 @@ def url_with(*schemes: str) -> Callable[[str], str | None]:
     return check
 
 
+def urls_with(*schemes: str) -> Callable[[tuple[str, ...]], str | None]:
+    """A check: one or more URLs, each as ``url_with(*schemes)`` wants it, none twice."""
+    one = url_with(*schemes)
+
+    def check(value: tuple[str, ...]) -> str | None:
+        if isinstance(value, str):
+            value = (value,)
+        if not value:
+            return "must name at least one URL"
+        for url in value:
+            problem = one(url)
+            if problem is not None:
+                return problem
+        twice = sorted({url for url in value if value.count(url) > 1})
+        if twice:
+            return f"lists {twice[0]!r} twice"
+        return None
+
+    return check
+
+
+class Endpoints:
+    """What the settings of a service with several endpoints (``url``: one URL or a list, in order
+    of preference) share. ``url`` is always a tuple once built; a single string given from code
+    (``AsrSettings(url="ws://...")``) becomes a tuple of one, which is why its declared type also
+    says ``str``: read it as ``urls``. A client talks to one endpoint, ``endpoint``, the first
+    URL; the daemon builds one client per URL from ``at(url)``."""
+
+    url: tuple[str, ...] | str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.url, str):  # one URL, from code: AsrSettings(url="ws://...")
+            object.__setattr__(self, "url", (self.url,))
+        elif isinstance(self.url, Sequence):
+            object.__setattr__(self, "url", tuple(self.url))
+        super().__post_init__()  # type: ignore[misc]  # Checked's, next in the settings class's MRO
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every endpoint, in order of preference."""
+        return (self.url,) if isinstance(self.url, str) else self.url
+
+    @property
+    def endpoint(self) -> str:
+        """The URL a client built from these settings talks to: the first."""
+        return self.urls[0]
+
+    def at(self, url: str) -> Self:
+        """These settings for the one endpoint ``url``."""
+        return dataclasses.replace(self, url=(url,))  # type: ignore[type-var]
+
+
 def device_spec(*schemes: str) -> Callable[[str], str | None]:
     """A check: the value looks like ``pyaudio:DEVICE`` or ``wav:PATH`` (of the given schemes)."""
 
@@ -79,11 +133,12 @@ def _chunk_size(value: tuple[int, int, int]) -> str | None:
 
 
 @dataclass(frozen=True)
-class AsrSettings(Checked):
+class AsrSettings(Endpoints, Checked):
     """FunASR websocket server (docs/protocols.md, "FunASR websocket")."""
 
-    url: str = setting("ws://127.0.0.1:10095", check=url_with("ws", "wss"))
-    """ws:// or wss://. The scheme is never guessed: FunASR's docker scripts default to wss."""
+    url: tuple[str, ...] | str = setting(("ws://127.0.0.1:10095",), check=urls_with("ws", "wss"))
+    """ws:// or wss://, one URL or a list (replicas, in order of preference). The scheme is never
+    guessed: FunASR's docker scripts default to wss."""
     flavour: str = setting("cpp-2pass", one_of=ASR_FLAVOURS)
     """Which server runs there: cpp-2pass | cpp-offline | python-classic | python-2026.
     ``is_final`` cannot be interpreted without it."""
@@ -115,11 +170,11 @@ class AsrSettings(Checked):
 
 
 @dataclass(frozen=True)
-class LlmSettings(Checked):
+class LlmSettings(Endpoints, Checked):
     """OpenAI-compatible chat completions, MOSS on vLLM (docs/protocols.md, "OpenAI-compatible chat")."""
 
-    url: str = setting("http://127.0.0.1:8000/v1", check=url_with("http", "https"))
-    """Base URL up to and including /v1."""
+    url: tuple[str, ...] | str = setting(("http://127.0.0.1:8000/v1",), check=urls_with("http", "https"))
+    """Base URL up to and including /v1; one or a list (replicas, in order of preference)."""
     model: str = "moss"
     system_prompt: str = MOSS_SYSTEM_PROMPT
     stop: tuple[str, ...] = ("<|end_of_assistant|>",)
@@ -141,11 +196,14 @@ class LlmSettings(Checked):
 
 
 @dataclass(frozen=True)
-class TtsSettings(Checked):
+class TtsSettings(Endpoints, Checked):
     """PaddleSpeech streaming TTS (docs/protocols.md, "PaddleSpeech streaming TTS"). The URL scheme picks the protocol."""
 
-    url: str = setting("http://127.0.0.1:8092/paddlespeech/tts/streaming", check=url_with("http", "https", "ws", "wss"))
-    """http(s)://... for HTTP streaming, ws(s)://... for the websocket protocol."""
+    url: tuple[str, ...] | str = setting(
+        ("http://127.0.0.1:8092/paddlespeech/tts/streaming",), check=urls_with("http", "https", "ws", "wss")
+    )
+    """http(s)://... for HTTP streaming, ws(s)://... for the websocket protocol; one or a list
+    (replicas, in order of preference; each URL's scheme picks its protocol)."""
     spk_id: int = setting(0, ge=0)
     connect_timeout_s: float = setting(5.0, gt=0)
     read_timeout_s: float = setting(10.0, gt=0)
@@ -153,12 +211,12 @@ class TtsSettings(Checked):
 
     @property
     def protocol(self) -> str:
-        return "websocket" if urlsplit(self.url).scheme in ("ws", "wss") else "http"
+        return "websocket" if urlsplit(self.endpoint).scheme in ("ws", "wss") else "http"
 
     @property
     def samplerate_url(self) -> str:
-        """GET {url}/samplerate, over http(s) in both protocols."""
-        parts = urlsplit(self.url)
+        """GET {url}/samplerate, over http(s) in both protocols (of ``endpoint``)."""
+        parts = urlsplit(self.endpoint)
         scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
         return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/samplerate", "", ""))
 

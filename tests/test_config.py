@@ -30,9 +30,9 @@ def problems_of(raw: dict, env: dict | None = None) -> list[str]:
 def test_defaults_work_against_the_stand_ins() -> None:
     s = settings_from_dict({}, {})
     assert s == Settings()
-    assert s.asr.url == "ws://127.0.0.1:10095" and s.asr.flavour == "cpp-2pass"
+    assert s.asr.url == ("ws://127.0.0.1:10095",) and s.asr.flavour == "cpp-2pass"
     assert s.asr.frame_bytes == 1920
-    assert s.llm.url == "http://127.0.0.1:8000/v1" and s.llm.model == "moss"
+    assert s.llm.url == ("http://127.0.0.1:8000/v1",) and s.llm.model == "moss"
     assert s.llm.stop == ("<|end_of_assistant|>",) and s.llm.max_tokens == 512
     assert s.llm.system_prompt == MOSS_SYSTEM_PROMPT
     assert s.tts.protocol == "http"
@@ -60,6 +60,24 @@ def test_the_documented_keys_load() -> None:
     assert s.tts.protocol == "websocket"
     assert s.tts.samplerate_url == "http://gpu:8092/paddlespeech/tts/streaming/samplerate"
     assert s.audio.output_rate == 48000
+
+
+def test_a_service_url_may_be_a_list_of_replicas() -> None:
+    s = settings_from_dict(
+        {"llm": {"url": ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]}, "tts": {"url": "ws://t:1"}}, {}
+    )
+    assert s.llm.urls == ("http://gpu1:8000/v1", "http://gpu2:8000/v1") and s.llm.endpoint == "http://gpu1:8000/v1"
+    assert s.llm.at("http://gpu2:8000/v1").urls == ("http://gpu2:8000/v1",)
+    assert s.tts.urls == ("ws://t:1",) and s.tts.protocol == "websocket"
+    assert LlmSettings(url="http://x/v1").url == ("http://x/v1",)  # one string from code is a list of one
+    found = problems_of(
+        {"asr": {"url": ["ws://a:1", "http://b:2"]}, "llm": {"url": []}, "tts": {"url": ["ws://t:1"] * 2}}
+    )
+    assert found == [
+        "asr.url: must be a ws:// or wss:// URL, got 'http://b:2'",
+        "llm.url: must name at least one URL",
+        "tts.url: lists 'ws://t:1' twice",
+    ]
 
 
 def test_stop_may_be_a_single_string() -> None:

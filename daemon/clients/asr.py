@@ -96,7 +96,7 @@ class FunAsrClient:
     def __init__(self, settings: AsrSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
         self._clock = clock
-        self._url = settings.url
+        self._url = settings.endpoint
 
     @property
     def url(self) -> str:
@@ -185,7 +185,7 @@ class FunAsrSession:
     ) -> None:
         self._ws = ws
         self._settings = settings
-        self._url = settings.url
+        self._url = settings.endpoint
         self._clock = clock
         self._loop = asyncio.get_running_loop()
         self._assembler = TranscriptAssembler(settings.flavour)

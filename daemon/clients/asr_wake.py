@@ -162,7 +162,7 @@ class AsrWakeSpotter:
         if not 0 < pad_after_ms <= close_after_ms:
             raise ValueError(f"pad_after_ms must be > 0 and <= close_after_ms, got {pad_after_ms} and {close_after_ms}")
         self._settings = replace(settings, mode="online", burst_ms=max(settings.burst_ms, UNPACED_MS))
-        self.url = self._settings.url
+        self.url = self._settings.endpoint
         self._connect: Connect = connect if connect is not None else FunAsrClient(self._settings).open_session
         self._preroll_bytes = _bytes_for_ms(preroll_ms)
         self._pad_after_bytes = _bytes_for_ms(pad_after_ms)

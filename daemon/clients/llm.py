@@ -73,7 +73,7 @@ class OpenAiCompatibleLlm:
         self._settings = settings
         self._http = http
         self._clock = clock
-        base = settings.url.rstrip("/")
+        base = settings.endpoint.rstrip("/")
         self._chat_url = f"{base}/chat/completions"
         self._models_url = f"{base}/models"
         self._health_url = f"{_root_url(base)}/health"
@@ -240,7 +240,7 @@ class OpenAiCompatibleLlm:
                 return self._pick_model(served, has_health, ms=round((loop.time() - started) * 1000))
             remaining = deadline - loop.time()
             if remaining <= 0:
-                error = LlmTimeout(f"LLM at {self._settings.url} not ready after {max_wait_s:g} s: {last_problem}")
+                error = LlmTimeout(f"LLM at {self._settings.endpoint} not ready after {max_wait_s:g} s: {last_problem}")
                 log.warning("llm_error", error=str(error), kind="LlmTimeout", attempts=attempts)
                 raise error
             await asyncio.sleep(min(delay, remaining))
@@ -262,10 +262,10 @@ class OpenAiCompatibleLlm:
         model = self._settings.model
         if model not in served:
             if not has_health:
-                log.warning("llm_model_not_listed", model=model, served=served, url=self._settings.url)
+                log.warning("llm_model_not_listed", model=model, served=served, url=self._settings.endpoint)
                 return model
             error = LlmNotFoundError(
-                f"model {model!r} is not served at {self._settings.url}; served: {', '.join(served) or 'none'}",
+                f"model {model!r} is not served at {self._settings.endpoint}; served: {', '.join(served) or 'none'}",
                 status=404,
             )
             log.warning("llm_error", error=str(error), kind="LlmNotFoundError")

@@ -34,7 +34,7 @@ __all__ = [
 
 
 def make_tts(settings: TtsSettings, http: httpx.AsyncClient) -> TtsClient:
-    """The client for ``settings.url``: ws(s):// gives the websocket protocol, http(s):// HTTP."""
+    """The client for ``settings.endpoint``: ws(s):// gives the websocket protocol, http(s):// HTTP."""
     if settings.protocol == "websocket":
         return PaddleSpeechWsTts(settings, http=http)
     return PaddleSpeechHttpTts(settings, http)

@@ -68,7 +68,7 @@ class PaddleSpeechHttpTts:
 
     @asynccontextmanager
     async def _synthesize(self, text: str) -> AsyncIterator[TtsAudioStream]:
-        url = self._settings.url
+        url = self._settings.endpoint
         body = build_http_request(text, self._settings.spk_id)
         log.info("tts_request", protocol="http", chars=len(text))
         request = self._http.build_request("POST", url, json=body, timeout=http_timeout(self._settings))
@@ -100,7 +100,7 @@ class _HttpAudioStream(TtsAudioStream):
     def __init__(
         self, text: str, settings: TtsSettings, clock: Clock, response: httpx.Response, started: float
     ) -> None:
-        super().__init__(text, settings.url, clock)
+        super().__init__(text, settings.endpoint, clock)
         self.started_at = started
         self._read_timeout_s = settings.read_timeout_s
         self._response = response

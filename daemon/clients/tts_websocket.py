@@ -90,7 +90,7 @@ class PaddleSpeechWsTts:
             await stream.aclose()
 
     async def _connect(self) -> ClientConnection:
-        url = self._settings.url
+        url = self._settings.endpoint
         try:
             return await connect(
                 url,
@@ -116,7 +116,7 @@ class PaddleSpeechWsTts:
 
 class _WsAudioStream(TtsAudioStream):
     def __init__(self, text: str, settings: TtsSettings, clock: Clock, ws: ClientConnection, started: float) -> None:
-        super().__init__(text, settings.url, clock)
+        super().__init__(text, settings.endpoint, clock)
         self.started_at = started
         self._settings = settings
         self._ws = ws

@@ -75,9 +75,9 @@ def checks_for(s: Settings, options: DoctorOptions) -> list[Check]:
         Check("audio devices", devices, AUDIO_TIMEOUT_S),
         Check("microphone", microphone, AUDIO_TIMEOUT_S, s.audio.input),
         Check("speaker", speaker, AUDIO_TIMEOUT_S, s.audio.output),
-        Check("asr", asr, s.asr.connect_timeout_s + s.asr.final_timeout_s + SLACK_S, s.asr.url),
-        Check("llm", llm, 2 * s.llm.connect_timeout_s + SLACK_S, s.llm.url),
-        Check("tts", tts, 2 * s.tts.connect_timeout_s + SLACK_S, s.tts.url),
+        Check("asr", asr, s.asr.connect_timeout_s + s.asr.final_timeout_s + SLACK_S, ", ".join(s.asr.urls)),
+        Check("llm", llm, 2 * s.llm.connect_timeout_s + SLACK_S, ", ".join(s.llm.urls)),
+        Check("tts", tts, 2 * s.tts.connect_timeout_s + SLACK_S, ", ".join(s.tts.urls)),
         Check("hotword", hotword, LOCAL_TIMEOUT_S),
         *system_checks(options, s),
     ]
