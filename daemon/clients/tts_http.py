@@ -87,7 +87,8 @@ class PaddleSpeechHttpTts:
         try:
             if response.status_code != 200:
                 excerpt = await read_excerpt(response)
-                error = TtsError(f"TTS server {url} answered HTTP {response.status_code}: {error_detail(excerpt)}")
+                status = response.status_code
+                error = TtsError(f"TTS server {url} answered HTTP {status}: {error_detail(excerpt)}", status=status)
                 log.warning("tts_error", url=url, status=response.status_code, error=str(error))
                 stream.finished = True
                 raise error

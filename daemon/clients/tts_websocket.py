@@ -107,7 +107,8 @@ class PaddleSpeechWsTts:
         except InvalidStatus as exc:
             status = exc.response.status_code
             body = body_excerpt(bytes(exc.response.body or b""))
-            error, cause = TtsError(f"TTS websocket {url} refused the handshake with HTTP {status}: {body}"), exc
+            message = f"TTS websocket {url} refused the handshake with HTTP {status}: {body}"
+            error, cause = TtsError(message, status=status), exc
         except (OSError, WebSocketException) as exc:
             error, cause = TtsError(f"cannot connect to TTS websocket {url}: {describe(exc)}"), exc
         log.warning("tts_error", url=url, error=str(error))
