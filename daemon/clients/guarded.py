@@ -293,8 +293,12 @@ class ServiceGuard:
 
     async def _probe_once(self, i: int) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel.
-        async with asyncio.timeout(self._probe_timeout_s):
-            await self._probe(i)
+        try:
+            async with asyncio.timeout(self._probe_timeout_s):
+                await self._probe(i)
+        except TimeoutError as exc:
+            url = self.endpoints[i].url
+            raise TimeoutError(f"{url}: no answer to the probe within {self._probe_timeout_s:g} s") from exc
 
 
 class GuardedAsr:
