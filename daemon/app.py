@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import structlog
 
+from daemon.clients.backoff import Backoff
 from daemon.clients.guarded import PROBE_S
 from daemon.clients.http_pool import make_http_client
 from daemon.config import Settings
@@ -73,14 +74,17 @@ class App:
         notifier: Notifier | None = None,
         config_path: str | Path | None = None,
         probe_s: float = PROBE_S,
+        backoff: Backoff | None = None,
     ) -> None:
         """``freeze_gc``: once started, hide what start-up built from the garbage collector
         (the daemon process; not a process that runs many Apps, such as the tests).
         ``notifier``: tells systemd (READY, STATUS, WATCHDOG, STOPPING, RELOADING); none: silent.
         ``config_path``: the file ``reload()`` re-reads (SIGHUP).
         ``probe_s``: the bound of each service probe (at start-up: a service that does not answer
-        within it is down, and start-up goes on; then the background probes of one marked down)."""
+        within it is down, and start-up goes on; then the background probes of one marked down).
+        ``backoff``: the waits between those background probes (default 0.5 s doubling to 30 s)."""
         self._probe_s = probe_s
+        self._backoff = backoff
         self.settings = settings
         self._started_with = settings
         """What the devices and clients were built from: a reload does not rebuild them."""
@@ -107,7 +111,9 @@ class App:
             tls = httpx.create_ssl_context()  # built once: each costs ~25 ms of the start
             llm_http = await stack.enter_async_context(make_http_client(tls))
             tts_http = await stack.enter_async_context(make_http_client(tls))
-            services = build_services(s, llm_http, tts_http, events=self.bus, probe_s=self._probe_s)
+            services = build_services(
+                s, llm_http, tts_http, events=self.bus, probe_s=self._probe_s, backoff=self._backoff
+            )
             stack.push_async_callback(services.aclose)
             # Every endpoint probed before the devices open (a WAV microphone's clock starts at open).
             await services.probe_all()
