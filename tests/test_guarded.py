@@ -239,3 +239,15 @@ async def test_asr_fails_over_and_start_up_probes_every_endpoint() -> None:
         with pytest.raises(AsrDown, match=r"asr is down since .*\(2 endpoints\): gone"):
             await asr.open_session()
         await guard.aclose()
+
+
+async def test_a_bad_answer_or_a_4xx_fails_its_request_only(http: httpx.AsyncClient) -> None:
+    async with OpenAiStub(behaviour=OpenAiBehaviour(misbehave="cut", tokens_per_s=0)) as first, OpenAiStub() as second:
+        llm, guard = guarded_llm(http, [first.url, second.url], Gate())
+        with pytest.raises(LlmError):  # cut mid-stream: the endpoint had answered
+            await answer(llm)
+        first.behaviour = OpenAiBehaviour(api_key="not-ours")
+        with pytest.raises(LlmAuthError):  # 401: every replica would say the same
+            await answer(llm)
+        assert [e.up for e in guard.endpoints] == [True, True] and chats(second) == 0
+        await guard.aclose()

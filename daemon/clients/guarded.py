@@ -137,6 +137,8 @@ class ServiceGuard:
         self._down = RepeatedFault("service_down", every_s=math.inf)
         self._endpoint_down = [RepeatedFault("endpoint_down", every_s=math.inf) for _ in urls]
         self._down_since: float | None = None
+        self._last_error: str | None = None
+        """The latest failure of any endpoint, request or probe: what a request told "down" reads."""
 
     # -- state ----------------------------------------------------------------------------
 
@@ -157,8 +159,7 @@ class ServiceGuard:
     def down_error(self) -> ServiceDown:
         """The error a request gets, untried, while every endpoint is down."""
         since = self._down_since if self._down_since is not None else self._clock()
-        failed = [e for e in self.endpoints if e.last_error is not None]
-        last = failed[-1].last_error if failed else "no endpoint answered"
+        last = self._last_error or "no endpoint answered"
         several = f" ({len(self.endpoints)} endpoints)" if len(self.endpoints) > 1 else ""
         at = time.strftime("%H:%M:%S", time.localtime(since))
         return _DOWN_ERRORS.get(self.service, ServiceDown)(
@@ -191,7 +192,7 @@ class ServiceGuard:
     def failed(self, i: int, exc: BaseException) -> None:
         """Endpoint ``i`` failed in a way that marks it down (the caller decided: ``marks_down``)."""
         endpoint = self.endpoints[i]
-        endpoint.last_error = _text(exc)
+        endpoint.last_error = self._last_error = _text(exc)
         endpoint.failures += 1
         if not endpoint.up:
             return
@@ -283,7 +284,7 @@ class ServiceGuard:
             try:
                 await self._probe_once(i)
             except Exception as exc:  # noqa: BLE001 - counted; the next probe comes after a longer wait
-                endpoint.last_error = _text(exc)
+                endpoint.last_error = self._last_error = _text(exc)
                 endpoint.failures += 1
                 if not self.up:
                     self._down.failed()  # counted, never logged here
