@@ -85,12 +85,15 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 
 def guarded_llm(
-    http: httpx.AsyncClient, urls: list[str], gate: Gate, events: Events | None = None
+    http: httpx.AsyncClient, urls: list[str], gate: Gate, events: Events | None = None, *, probes: bool = True
 ) -> tuple[GuardedLlm, ServiceGuard]:
+    """``probes=False``: every probe fails (the endpoints stay down whatever they do)."""
     settings = LlmSettings(url=tuple(urls), connect_timeout_s=2.0, first_token_timeout_s=5.0, read_timeout_s=5.0)
     clients = [OpenAiCompatibleLlm(settings.at(url), http) for url in urls]
 
     async def probe(i: int) -> None:
+        if not probes:
+            raise ConnectionRefusedError("probe refused")
         await clients[i].wait_ready(max_wait_s=2.0)
 
     guard = ServiceGuard("llm", urls, probe, events=events, sleep=gate.sleep, probe_timeout_s=3.0)
@@ -142,7 +145,7 @@ async def test_all_down_fails_at_once_without_trying(http: httpx.AsyncClient) ->
     broken = OpenAiBehaviour(misbehave="error_500")
     async with OpenAiStub(behaviour=broken) as first, OpenAiStub(behaviour=broken) as second:
         events, gate = Events(), Gate()
-        llm, guard = guarded_llm(http, [first.url, second.url], gate, events)
+        llm, guard = guarded_llm(http, [first.url, second.url], gate, events, probes=False)
         with watch_logs() as logs:
             with pytest.raises(LlmError, match="HTTP 500") as found:  # the turn that finds out: the real error
                 await answer(llm)
@@ -154,7 +157,8 @@ async def test_all_down_fails_at_once_without_trying(http: httpx.AsyncClient) ->
             assert (chats(first), chats(second)) == (1, 1)  # no request went to a known-down endpoint
         message = str(down.value)
         assert message.startswith("llm is down since ") and message.endswith("; retrying in the background")
-        assert "(2 endpoints)" in message and "HTTP 500" in message
+        assert "(2 endpoints)" in message
+        assert "HTTP 500" in message or "probe refused" in message  # the latest failure: a request's or a probe's
         assert down.value.service == "llm"
         assert [e["event"] for e in logs].count("service_down") == 1  # once, not per turn
         assert events.names() == ["endpoint_down", "endpoint_down", "service_down"]
@@ -250,4 +254,20 @@ async def test_a_bad_answer_or_a_4xx_fails_its_request_only(http: httpx.AsyncCli
         with pytest.raises(LlmAuthError):  # 401: every replica would say the same
             await answer(llm)
         assert [e.up for e in guard.endpoints] == [True, True] and chats(second) == 0
+        await guard.aclose()
+
+
+async def test_a_request_told_down_hurries_the_probe(http: httpx.AsyncClient) -> None:
+    async with OpenAiStub(behaviour=OpenAiBehaviour(misbehave="refuse")) as stub:
+        events, gate = Events(), Gate()  # the gate never opens: only a request can end a wait
+        llm, guard = guarded_llm(http, [stub.url], gate, events)
+        with pytest.raises(LlmError):
+            await answer(llm)
+        await stub.set_behaviour(FAST)
+        with pytest.raises(LlmDown):  # at once, untried...
+            await answer(llm)
+        assert chats(stub) == 0
+        async with asyncio.timeout(T):
+            await events.wait_for("service_up")  # ...but the probe went at once
+        assert await answer(llm) == FAST.default_answer
         await guard.aclose()

@@ -14,7 +14,9 @@ up/down state; ``GuardedAsr``, ``GuardedLlm`` and ``GuardedTts`` are the convers
 * Each endpoint marked down is probed in the background (the start-up probe: an ASR session
   opened and closed, the LLM's readiness check, the TTS's sample rate) after waits that grow
   with :class:`~daemon.clients.backoff.Backoff` (0.5 s doubling to 30 s, +-20 %) until it
-  answers, then it is up again and preferred again by its place in the list.
+  answers, then it is up again and preferred again by its place in the list. A request told
+  "down" cuts the current wait short: the service someone needs is probed at once, so the next
+  request finds it if it is back, instead of up to 30 s later.
 
 What marks an endpoint down, decided once here (:func:`marks_down`): a failure before the
 endpoint gave any answer -- connection refused, name not resolved, a connect or handshake
@@ -95,6 +97,8 @@ class EndpointState:
     failures: int = 0
     """Failed requests and probes since it was marked down."""
     prober: asyncio.Task[None] | None = field(default=None, repr=False)
+    hurry: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
+    """Set by a request told "down": the prober's current wait ends now."""
 
     def snapshot(self) -> dict[str, Any]:
         return {"url": self.url, "up": self.up, "down_since": self.down_since, "last_error": self.last_error}
@@ -187,6 +191,8 @@ class ServiceGuard:
         if last is not None:
             raise last  # the turn that finds the service down reports what went wrong
         self._down.failed()  # counted, not logged: the first failure was
+        for endpoint in self.endpoints:
+            endpoint.hurry.set()  # someone wants it: probe now, so that the next request may find it back
         raise self.down_error()
 
     def failed(self, i: int, exc: BaseException) -> None:
@@ -280,7 +286,8 @@ class ServiceGuard:
         endpoint = self.endpoints[i]
         delays: Iterator[float] = self._backoff.delays()
         while not endpoint.up:
-            await self._sleep(next(delays))
+            await self._wait(endpoint, next(delays))
+            endpoint.hurry.clear()  # a request during the probe does not ask for another at once
             try:
                 await self._probe_once(i)
             except Exception as exc:  # noqa: BLE001 - counted; the next probe comes after a longer wait
@@ -291,6 +298,17 @@ class ServiceGuard:
                 log.debug("probe_failed", service=self.service, url=endpoint.url, error=endpoint.last_error)
             else:
                 self._recovered(i)
+
+    async def _wait(self, endpoint: EndpointState, delay: float) -> None:
+        """``delay`` (back-off), or less if a request is told the service is down meanwhile."""
+        sleeping = asyncio.ensure_future(self._sleep(delay))
+        hurried = asyncio.ensure_future(endpoint.hurry.wait())
+        try:
+            await asyncio.wait({sleeping, hurried}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sleeping, hurried):
+                task.cancel()
+            await asyncio.gather(sleeping, hurried, return_exceptions=True)
 
     async def _probe_once(self, i: int) -> None:
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancel.
