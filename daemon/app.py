@@ -18,6 +18,7 @@ import structlog
 from daemon.clients.asr import FunAsrClient
 from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
+from daemon.clients.tidying import Tidying
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
 from daemon.config_load import load_settings
@@ -109,7 +110,9 @@ class App:
             tts_http = await stack.enter_async_context(make_http_client(tls))
             llm = OpenAiCompatibleLlm(s.llm, llm_http)
             tts = make_tts(s.tts, tts_http)
-            asr = FunAsrClient(s.asr)
+            tidying = Tidying()
+            stack.push_async_callback(tidying.wait)  # close handshakes left in the background
+            asr = FunAsrClient(s.asr, tidying=tidying)
             # Every service probed before the devices open (a WAV microphone's clock starts at open).
             tts_rate, probed = await asyncio.gather(self._tts_rate(tts), self._probe(asr, llm))
             output_rate = s.audio.output_rate or tts_rate or FALLBACK_OUTPUT_RATE

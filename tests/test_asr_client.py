@@ -17,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.clients.asr import FunAsrClient, FunAsrSession, build_config_message
+from daemon.clients.tidying import Tidying
 from daemon.config import AsrSettings
 from daemon.errors import AsrError, AsrTimeout
 from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub, ScriptStep
@@ -356,6 +357,21 @@ async def test_finish_is_idempotent_and_aclose_without_finish_closes_cleanly(stu
     assert stub.sessions[-1].client_close_code == 1000
     assert stub.sessions[-1].end_marker is None
 
+
+
+async def test_the_close_handshake_is_left_to_the_background_so_the_answer_is_not_held_up(stub: FunAsrStub) -> None:
+    """A busy server answers the close frame late; the transcript must not wait for it."""
+    stub.behaviour = FunAsrBehaviour(flavour="cpp-2pass", transcript_override="好。", busy_after_final_s=0.5)
+    tidying = Tidying()
+    session = await asyncio.wait_for(FunAsrClient(settings_for(stub.url), tidying=tidying).open_session(), TIMEOUT)
+    await session.send_audio(bytes(FRAME * 3))
+    transcript = await asyncio.wait_for(session.finish(), TIMEOUT)
+    assert transcript.text == "好。"
+    assert tidying.pending == 1  # the handshake is still owed: finish() did not wait for it
+    assert not stub.sessions[-1].done.is_set()
+    await asyncio.wait_for(tidying.wait(), TIMEOUT)
+    await session_done(stub)
+    assert stub.sessions[-1].client_close_code == 1000  # still a clean close, only later
 
 # -- server errors and garbage -------------------------------------------------------------
 

@@ -34,6 +34,7 @@ from websockets.exceptions import (
 
 from daemon.clients.asr_text import TranscriptAssembler
 from daemon.clients.json_frame import json_object
+from daemon.clients.tidying import Tidying
 from daemon.config import AsrSettings
 from daemon.errors import AsrError, AsrTimeout
 from states.events import Transcript
@@ -93,10 +94,19 @@ def _ssl_context(settings: AsrSettings) -> ssl.SSLContext:
 class FunAsrClient:
     """Implements ``states.ports.AsrClient`` for a FunASR websocket server."""
 
-    def __init__(self, settings: AsrSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: AsrSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tidying: Tidying | None = None,
+    ) -> None:
+        """``tidying``: where sessions leave their close handshakes, so that closing never delays
+        the caller (the daemon waits for them at shutdown); None: each close is awaited."""
         self._settings = settings
         self._clock = clock
         self._url = settings.url
+        self._tidying = tidying
 
     @property
     def url(self) -> str:
@@ -121,7 +131,7 @@ class FunAsrClient:
             if isinstance(exc, TimeoutError):
                 raise AsrTimeout(f"could not send the configuration message to {url}") from exc
             raise
-        return FunAsrSession(ws, settings, clock=self._clock)
+        return FunAsrSession(ws, settings, clock=self._clock, tidying=self._tidying)
 
     async def _connect(self, ssl_arg: ssl.SSLContext | None) -> ClientConnection:
         settings, url = self._settings, self._url
@@ -181,9 +191,15 @@ class FunAsrSession:
     """One utterance on one connection. Implements ``states.ports.AsrSession``."""
 
     def __init__(
-        self, ws: ClientConnection, settings: AsrSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        ws: ClientConnection,
+        settings: AsrSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tidying: Tidying | None = None,
     ) -> None:
         self._ws = ws
+        self._tidying = tidying
         self._settings = settings
         self._url = settings.url
         self._clock = clock
@@ -257,13 +273,22 @@ class FunAsrSession:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop both tasks and close the connection with a normal close frame. Idempotent."""
+        """Stop both tasks and close the connection with a normal close frame. Idempotent.
+
+        With a ``tidying``, the close handshake runs in the background: nothing that only tidies
+        up sits between the user and the answer."""
         if self._closed:
             return
         self._closed = True
         for task in (self._sender, self._receiver):
             task.cancel()
         await asyncio.gather(self._sender, self._receiver, return_exceptions=True)
+        if self._tidying is not None:
+            self._tidying.run(self._close_handshake(), name="asr-close")
+        else:
+            await self._close_handshake()
+
+    async def _close_handshake(self) -> None:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S + 1.0):
                 await self._ws.close()

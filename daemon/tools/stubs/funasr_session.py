@@ -208,7 +208,15 @@ class Utterance:
                 await self._error_reply()
             elif b.misbehave != "mute":
                 await self._flush_reply(text, wants_ack=wants_ack)
+                if b.busy_after_final_s > 0:
+                    self._busy(b.busy_after_final_s)
         log.debug("funasr_stub_flushed", text=self.session.recognised, frames=self.session.frames_received)
+
+    def _busy(self, seconds: float) -> None:
+        """Stop reading the socket for ``seconds``: a close frame from the client is answered late."""
+        transport = self.ws.transport
+        transport.pause_reading()
+        asyncio.get_running_loop().call_later(seconds, _resume_reading, transport)
 
     async def _final_text(self) -> str:
         if self.b.transcript_override is not None:
@@ -300,3 +308,8 @@ class Utterance:
         self._violation(what)
         await self.ws.close(1000)
         raise SessionAborted
+
+
+def _resume_reading(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()
