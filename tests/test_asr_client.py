@@ -318,6 +318,16 @@ async def test_server_closing_mid_utterance_is_an_error_and_the_next_session_wor
     assert await run_utterance(settings, bytes(FRAME * 10)) == Transcript("好的。")
 
 
+
+async def test_a_close_the_client_made_is_not_blamed_on_the_server(stub: FunAsrStub) -> None:
+    """Invalid UTF-8 in a text frame: websockets closes with 1007. The error says who closed, and why."""
+    stub.behaviour = FunAsrBehaviour(script=[ScriptStep(b'{"text": "\xff\xfe"}', after_frames=0, as_text=True)])
+    with pytest.raises(AsrError) as info:
+        await run_utterance(settings_for(stub.url), bytes(FRAME * 10), pieces=5)
+    message = str(info.value)
+    assert message.startswith("moss-voice closed the connection to ASR server")
+    assert "code 1007" in message and "broke the websocket protocol" in message
+
 async def test_send_audio_raises_once_the_session_failed(stub: FunAsrStub) -> None:
     stub.behaviour = FunAsrBehaviour(flavour="cpp-2pass", misbehave="close_mid_utterance", misbehave_after_frames=1)
     session = await asyncio.wait_for(FunAsrClient(settings_for(stub.url)).open_session(), TIMEOUT)

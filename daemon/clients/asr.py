@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.frames import Close
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
@@ -403,13 +404,26 @@ class FunAsrSession:
             raise AsrError(f"ASR server {self._url} sent {exc}") from exc
 
     def _closed_error(self, exc: ConnectionClosed | None) -> AsrError:
-        """Any close before the final result is an error, even code 1000.
-
-        See docs/protocols.md "FunASR: observed quirks".
-        """
-        close = self._ws.protocol.close_rcvd if exc is None else (exc.rcvd or exc.sent)
-        how = f"code {close.code}" + (f" {close.reason!r}" if close.reason else "") if close else "no close frame"
-        error = AsrError(f"ASR server {self._url} closed the connection ({how}) before the final result")
+        """Any close before the final result is an error, even code 1000. The error keeps the
+        close code and reason, and says who closed: when the client closed first (1007: the server
+        sent a text frame that is not UTF-8; 1009: a message too big), the server broke the
+        protocol, but the close was ours. See docs/protocols.md "FunASR: observed quirks"."""
+        protocol = self._ws.protocol
+        rcvd, sent = (protocol.close_rcvd, protocol.close_sent) if exc is None else (exc.rcvd, exc.sent)
+        ours_first = sent is not None and (rcvd is None or not protocol.close_rcvd_then_sent)
+        if ours_first:
+            assert sent is not None
+            error = AsrError(
+                f"moss-voice closed the connection to ASR server {self._url} ({_close_text(sent)}) before the "
+                "final result: what the server sent broke the websocket protocol"
+            )
+        else:
+            how = _close_text(rcvd) if rcvd is not None else "no close frame"
+            error = AsrError(f"ASR server {self._url} closed the connection ({how}) before the final result")
         if exc is not None:
             error.__cause__ = exc
         return error
+
+
+def _close_text(close: Close) -> str:
+    return f"code {close.code}" + (f" {close.reason!r}" if close.reason else "")

@@ -26,6 +26,8 @@ class ScriptStep:
     after_frames: int | None = None
     after_end: bool = False
     delay_s: float = 0.0
+    as_text: bool = False
+    """bytes sent in a text frame as they are, unchecked (a server that sends invalid UTF-8)."""
 
 
 @dataclass

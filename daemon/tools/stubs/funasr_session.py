@@ -292,12 +292,12 @@ class Utterance:
             if due(step):
                 if step.delay_s > 0:
                     await asyncio.sleep(step.delay_s)
-                await self._send(step.message)
+                await self._send(step.message, text=step.as_text or None)
 
-    async def _send(self, message: dict[str, Any] | str | bytes) -> None:
+    async def _send(self, message: dict[str, Any] | str | bytes, *, text: bool | None = None) -> None:
         self.session.sent.append(message)
         # ensure_ascii like the classic Python server: \\uXXXX escapes for Chinese.
-        await self.ws.send(json.dumps(message) if isinstance(message, dict) else message)
+        await self.ws.send(json.dumps(message) if isinstance(message, dict) else message, text=text)
 
     def _violation(self, what: str) -> None:
         self.session.violations.append(what)
