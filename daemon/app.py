@@ -50,7 +50,9 @@ DRAIN_ON_EXIT_S = 5.0
 PROBE_S = 3.0
 """The start-up probe of each service: a service that does not answer within it is reported down."""
 
-EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH = 0, 1, 3
+EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH, EXIT_STOPPED = 0, 1, 3, 4
+"""``--once``: how its turn went (2 is a bad config: daemon/cli_config.py). EXIT_STOPPED: a signal
+stopped the daemon before its turn was over, so nothing can be said of it."""
 
 
 def assistant_settings(settings: Settings) -> AssistantSettings:
@@ -97,6 +99,8 @@ class App:
         self.assistant: Assistant | None = None
         """The running conversation, while ``run`` runs (other wake sources fire its triggers)."""
         self._turn_done = asyncio.Event()
+        self._stopped = False
+        """A signal stopped the daemon (not the end of the ``once`` turn)."""
         self.bus = EventBus()
         """The daemon's events: the control API's /events, hooks, metrics, LEDs subscribe."""
 
@@ -200,6 +204,7 @@ class App:
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set():
+                    self._stopped = True
                     # The turn in progress is cancelled as the stack unwinds (assistant.aclose),
                     # then the last words drain for at most DRAIN_ON_EXIT_S.
                     self._notifier.stopping()
@@ -214,8 +219,8 @@ class App:
         is no failure of the service (systemd would mark the unit failed)."""
         if not self.once:
             return EXIT_ANSWERED
-        if not self.turns:
-            return EXIT_FAILED
+        if not self.turns or (self._stopped and self.turns[-1].outcome == "stopped"):
+            return EXIT_STOPPED if self._stopped else EXIT_FAILED
         last = self.turns[-1]
         if last.outcome == "failed":
             return EXIT_FAILED
