@@ -120,7 +120,7 @@ class LlmSettings(Checked):
 
     url: str = setting("http://127.0.0.1:8000/v1", check=url_with("http", "https"))
     """Base URL up to and including /v1."""
-    model: str = setting("moss", check=lambda v: None if v.strip() else "must name the served model, got ''")
+    model: str = setting("moss", check=lambda v: None if v.strip() else f"must name the served model, got {v!r}")
     system_prompt: str = MOSS_SYSTEM_PROMPT
     stop: tuple[str, ...] = ("<|end_of_assistant|>",)
     max_tokens: int = setting(512, gt=0)
