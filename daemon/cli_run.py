@@ -26,7 +26,9 @@ def register(subparsers: Any) -> None:
     run = subparsers.add_parser("run", help="run the daemon")
     run.add_argument("--config", "-c", metavar="PATH", help="TOML config (default: built-in defaults)")
     run.add_argument(
-        "--once", action="store_true", help="exit after one finished turn: 0 answered, 1 failed, 3 nobody spoke, 4 stopped by a signal"
+        "--once",
+        action="store_true",
+        help="exit after one finished turn: 0 answered, 1 failed, 3 nobody spoke, 4 stopped by a signal",
     )
     run.set_defaults(func=_run)
 

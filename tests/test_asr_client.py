@@ -318,7 +318,6 @@ async def test_server_closing_mid_utterance_is_an_error_and_the_next_session_wor
     assert await run_utterance(settings, bytes(FRAME * 10)) == Transcript("好的。")
 
 
-
 async def test_a_close_the_client_made_is_not_blamed_on_the_server(stub: FunAsrStub) -> None:
     """Invalid UTF-8 in a text frame: websockets closes with 1007. The error says who closed, and why."""
     stub.behaviour = FunAsrBehaviour(script=[ScriptStep(b'{"text": "\xff\xfe"}', after_frames=0, as_text=True)])
@@ -327,6 +326,7 @@ async def test_a_close_the_client_made_is_not_blamed_on_the_server(stub: FunAsrS
     message = str(info.value)
     assert message.startswith("moss-voice closed the connection to ASR server")
     assert "code 1007" in message and "broke the websocket protocol" in message
+
 
 async def test_send_audio_raises_once_the_session_failed(stub: FunAsrStub) -> None:
     stub.behaviour = FunAsrBehaviour(flavour="cpp-2pass", misbehave="close_mid_utterance", misbehave_after_frames=1)
@@ -368,7 +368,6 @@ async def test_finish_is_idempotent_and_aclose_without_finish_closes_cleanly(stu
     assert stub.sessions[-1].end_marker is None
 
 
-
 async def test_the_close_handshake_is_left_to_the_background_so_the_answer_is_not_held_up(stub: FunAsrStub) -> None:
     """A busy server answers the close frame late; the transcript must not wait for it."""
     stub.behaviour = FunAsrBehaviour(flavour="cpp-2pass", transcript_override="好。", busy_after_final_s=0.5)
@@ -382,6 +381,7 @@ async def test_the_close_handshake_is_left_to_the_background_so_the_answer_is_no
     await asyncio.wait_for(tidying.wait(), TIMEOUT)
     await session_done(stub)
     assert stub.sessions[-1].client_close_code == 1000  # still a clean close, only later
+
 
 # -- server errors and garbage -------------------------------------------------------------
 

@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 
 import structlog
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.frames import Close
 from websockets.exceptions import (
     ConnectionClosed,
     InvalidHandshake,
@@ -32,6 +31,7 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import Close
 
 from daemon.clients.asr_text import TranscriptAssembler
 from daemon.clients.json_frame import json_object
