@@ -307,7 +307,9 @@ async def test_server_closing_mid_utterance_is_an_error_and_the_next_session_wor
     stub: FunAsrStub, close_code: int | None
 ) -> None:
     stub.behaviour = FunAsrBehaviour(flavour="cpp-2pass", misbehave="close_mid_utterance", close_code=close_code)
-    settings = settings_for(stub.url)
+    # A quiet period long enough for a loaded machine: the stub closes after reading 5 frames, which
+    # can come later than 0.5 s after the end marker (the close ends the wait anyway).
+    settings = settings_for(stub.url, final_timeout_s=TIMEOUT)
     with pytest.raises(AsrError, match=r"closed the connection .* before the final result") as info:
         await run_utterance(settings, bytes(FRAME * 10), pieces=5)
     assert stub.url in str(info.value)
