@@ -30,7 +30,7 @@ SILENCE_1S = bytes(32000)
 
 
 def settings_for(url: str, **overrides: Any) -> AsrSettings:
-    base = AsrSettings(url=url, final_timeout_s=0.5, connect_timeout_s=2.0, burst_ms=60_000, wav_name="x")
+    base = AsrSettings(url=url, final_timeout_s=TIMEOUT, connect_timeout_s=2.0, burst_ms=60_000, wav_name="x")
     return replace(base, **overrides)
 
 
@@ -226,7 +226,7 @@ async def test_silent_flush_finishes_within_the_quiet_timeout(stub: FunAsrStub) 
 async def test_silent_flush_of_the_automatic_classic_stub(stub: FunAsrStub) -> None:
     stub.behaviour = FunAsrBehaviour(flavour="python-classic", transcript_override="打开灯", silent_flush=True)
     started = time.monotonic()
-    text = await run_utterance(settings_for(stub.url, flavour="python-classic"), bytes(FRAME * 30))
+    text = await run_utterance(settings_for(stub.url, flavour="python-classic", final_timeout_s=0.5), bytes(FRAME * 30))
     assert text == Transcript("打开灯")  # from the online deltas
     assert time.monotonic() - started < 3.0
 
