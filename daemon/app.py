@@ -18,6 +18,7 @@ import structlog
 from daemon.clients.backoff import Backoff
 from daemon.clients.guarded import PROBE_S
 from daemon.clients.http_pool import make_http_client
+from daemon.clients.tidying import Tidying
 from daemon.config import Settings
 from daemon.config_load import load_settings
 from daemon.config_reload import changed_keys
@@ -46,7 +47,9 @@ FALLBACK_OUTPUT_RATE = 24000
 """PaddleSpeech's csmsc models speak 24 kHz: the rate to assume when the TTS cannot be asked."""
 DRAIN_ON_EXIT_S = 5.0
 
-EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH = 0, 1, 3
+EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH, EXIT_STOPPED = 0, 1, 3, 4
+"""``--once``: how its turn went (2 is a bad config: daemon/cli_config.py). EXIT_STOPPED: a signal
+stopped the daemon before its turn was over, so nothing can be said of it."""
 
 
 def assistant_settings(settings: Settings) -> AssistantSettings:
@@ -100,6 +103,8 @@ class App:
         self.assistant: Assistant | None = None
         """The running conversation, while ``run`` runs (other wake sources fire its triggers)."""
         self._turn_done = asyncio.Event()
+        self._stopped = False
+        """A signal stopped the daemon (not the end of the ``once`` turn)."""
         self.bus = EventBus()
         """The daemon's events: the control API's /events, hooks, metrics, LEDs subscribe."""
 
@@ -111,8 +116,10 @@ class App:
             tls = httpx.create_ssl_context()  # built once: each costs ~25 ms of the start
             llm_http = await stack.enter_async_context(make_http_client(tls))
             tts_http = await stack.enter_async_context(make_http_client(tls))
+            tidying = Tidying()
+            stack.push_async_callback(tidying.wait)  # close handshakes left in the background
             services = build_services(
-                s, llm_http, tts_http, events=self.bus, probe_s=self._probe_s, backoff=self._backoff
+                s, llm_http, tts_http, events=self.bus, probe_s=self._probe_s, backoff=self._backoff, tidying=tidying
             )
             stack.push_async_callback(services.aclose)
             # Every endpoint probed before the devices open (a WAV microphone's clock starts at open).
@@ -206,6 +213,7 @@ class App:
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set():
+                    self._stopped = True
                     # The turn in progress is cancelled as the stack unwinds (assistant.aclose),
                     # then the last words drain for at most DRAIN_ON_EXIT_S.
                     self._notifier.stopping()
@@ -220,8 +228,8 @@ class App:
         is no failure of the service (systemd would mark the unit failed)."""
         if not self.once:
             return EXIT_ANSWERED
-        if not self.turns:
-            return EXIT_FAILED
+        if not self.turns or (self._stopped and self.turns[-1].outcome == "stopped"):
+            return EXIT_STOPPED if self._stopped else EXIT_FAILED
         last = self.turns[-1]
         if last.outcome == "failed":
             return EXIT_FAILED

@@ -152,7 +152,7 @@ class AsrSettings(Endpoints, Checked):
     """Streaming latency config in 60 ms encoder frames."""
     chunk_interval: int = setting(10, gt=0)
     """Online decode runs every chunk_interval binary messages (Python servers)."""
-    wav_name: str = "moss-voice"
+    wav_name: str = setting("moss-voice", check=lambda v: None if v else "must not be empty")
     hotwords: dict[str, int] = field(default_factory=dict)
     """Word -> weight; sent JSON-encoded inside a string, as the servers require."""
     itn: bool = True
@@ -175,7 +175,7 @@ class LlmSettings(Endpoints, Checked):
 
     url: tuple[str, ...] | str = setting(("http://127.0.0.1:8000/v1",), check=urls_with("http", "https"))
     """Base URL up to and including /v1; one or a list (replicas, in order of preference)."""
-    model: str = "moss"
+    model: str = setting("moss", check=lambda v: None if v.strip() else f"must name the served model, got {v!r}")
     system_prompt: str = MOSS_SYSTEM_PROMPT
     stop: tuple[str, ...] = ("<|end_of_assistant|>",)
     max_tokens: int = setting(512, gt=0)

@@ -24,7 +24,7 @@ from daemon.errors import ConfigError
 from daemon.hooks import check_hooks
 from states.settings import SettingsError, rule_of
 
-__all__ = ["API_KEY_ENV", "file_keys", "load_settings", "settings_from_dict"]
+__all__ = ["API_KEY_ENV", "file_keys", "load_settings", "once_problems", "settings_from_dict"]
 
 TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "list", "dict": "table"}
 
@@ -55,6 +55,14 @@ def settings_from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = N
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def once_problems(settings: Settings) -> list[str]:
+    """What ``run --once`` cannot run with: it waits for one turn, and without ``wake.on_start``
+    nothing may ever start it."""
+    if not settings.wake.on_start:
+        return ["wake.on_start: must be true with --once (the one turn it waits for starts at start-up)"]
+    return []
 
 
 def file_keys(cls: type = Settings, prefix: str = "") -> list[str]:

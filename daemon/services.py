@@ -20,6 +20,7 @@ from daemon.clients.asr import FunAsrClient
 from daemon.clients.backoff import Backoff
 from daemon.clients.guarded import PROBE_S, GuardedAsr, GuardedLlm, GuardedTts, ServiceGuard
 from daemon.clients.llm import OpenAiCompatibleLlm
+from daemon.clients.tidying import Tidying
 from daemon.clients.tts import make_tts
 from daemon.clients.tts_common import SampleRate
 from daemon.config import Settings
@@ -75,9 +76,11 @@ def build_services(
     probe_s: float = PROBE_S,
     backoff: Backoff | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    tidying: Tidying | None = None,
 ) -> Services:
-    """The clients and guards of ``s``'s endpoints (nothing is contacted yet)."""
-    asr_clients = [FunAsrClient(s.asr.at(url)) for url in s.asr.urls]
+    """The clients and guards of ``s``'s endpoints (nothing is contacted yet). ``tidying``: where
+    the ASR sessions leave their close handshakes (``FunAsrClient``)."""
+    asr_clients = [FunAsrClient(s.asr.at(url), tidying=tidying) for url in s.asr.urls]
     llm_clients = [OpenAiCompatibleLlm(s.llm.at(url), llm_http) for url in s.llm.urls]
     tts_clients = [make_tts(s.tts.at(url), tts_http) for url in s.tts.urls]
     rate_known = [False] * len(tts_clients)
