@@ -4,17 +4,28 @@ next LLM endpoint takes over, and /status, STATUS= and the metrics show a servic
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from structlog.testing import capture_logs
 
 from daemon.app import EXIT_ANSWERED, EXIT_FAILED, App
 from daemon.clients.guarded import ServiceGuard
-from daemon.config import AsrSettings, AudioSettings, LlmSettings, Settings, TtsSettings, VadSettings, WakeSettings
+from daemon.config import (
+    AsrSettings,
+    AudioSettings,
+    ControlSettings,
+    LlmSettings,
+    Settings,
+    TtsSettings,
+    VadSettings,
+    WakeSettings,
+)
 from daemon.control.metrics import Metrics
 from daemon.event_bus import EventBus
 from daemon.health import Health
@@ -22,6 +33,7 @@ from daemon.systemd_notify import Notifier
 from daemon.systemd_status import StatusLine
 from daemon.tools.stubs.funasr import make_question_wav
 from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
+from states.model import Turn
 from tests.test_guarded import Gate
 
 pytestmark = pytest.mark.slow
@@ -77,6 +89,7 @@ def named(logs: list[dict], event: str) -> list[dict]:
 
 
 async def test_a_tts_that_never_answers_holds_up_neither_start_up_nor_each_clause(tmp_path: Path) -> None:
+    """And /status and /metrics show it down."""
     qwav = make_question_wav("what is the weather like today", tmp_path / "q.wav")
     hole = BlackHole()
     async with AsyncExitStack() as stack:
@@ -86,7 +99,17 @@ async def test_a_tts_that_never_answers_holds_up_neither_start_up_nor_each_claus
         # Timeouts of an hour: only the probe's bound can end the wait.
         hour = {"read_timeout_s": 3600.0, "connect_timeout_s": 3600.0}
         s = settings(asr.url, (llm.url,), tts_url, qwav, tmp_path / "r.wav", **hour)
-        app = App(s, once=True, probe_s=2.0)
+        sock = tmp_path / "control.sock"
+        s = dataclasses.replace(s, control=ControlSettings(listen=f"unix:{sock}"))
+        seen: dict[str, object] = {}
+
+        async def look(_: Turn) -> None:
+            transport = httpx.AsyncHTTPTransport(uds=str(sock))
+            async with httpx.AsyncClient(transport=transport, base_url="http://moss-voice") as http:
+                seen["status"] = (await http.get("/status")).json()
+                seen["metrics"] = (await http.get("/metrics")).text
+
+        app = App(s, once=True, probe_s=2.0, on_turn_end=look)
         with capture_logs() as logs:
             code = await asyncio.wait_for(app.run(), RUN_TIMEOUT)
     assert code == EXIT_FAILED
@@ -99,6 +122,15 @@ async def test_a_tts_that_never_answers_holds_up_neither_start_up_nor_each_claus
     (failed,) = named(logs, "turn_failed")
     assert failed["service"] == "tts" and failed["reason"].startswith("tts is down since ")
     assert not [line for line in hole.request_lines if line.startswith("POST")]  # no clause waited on it
+    tts = seen["status"]["health"]["tts"]  # type: ignore[index]
+    assert tts["ok"] is False and tts["down_since"] is not None
+    assert tts["last_error"].startswith("tts is down since")  # the turn that found it down
+    (endpoint,) = tts["endpoints"]
+    assert endpoint["url"] == tts_url and endpoint["up"] is False and endpoint["down_since"] == tts["down_since"]
+    assert endpoint["last_error"].endswith("no answer to the probe within 2 s")
+    assert seen["status"]["health"]["llm"]["ok"] is True  # type: ignore[index]
+    assert 'moss_voice_service_up{service="tts"} 0.0' in str(seen["metrics"])
+    assert 'moss_voice_service_up{service="llm"} 1.0' in str(seen["metrics"])
 
 
 async def test_the_second_llm_endpoint_answers_when_the_first_is_refused(tmp_path: Path) -> None:
