@@ -61,9 +61,6 @@ WAKE_RETRY_S = 1.0
 """After the wait for a wake failed, it starts again this much later."""
 EARCON_ECHO_MARGIN_S = 0.1
 """After the listening earcon: one speaker block of delay and the room's echo."""
-APOLOGY_PREPARE_IDLE_S = 10.0
-"""Idle this long with the apology not yet synthesised: have the TTS synthesise it now, so that
-the next failure says it at once (not sooner: a busy start, a run of turns, need the TTS)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +76,9 @@ class AssistantSettings:
     """After a wake heard in the audio, the same utterance does not wake again."""
     cues: CueSettings = field(default_factory=lambda: CueSettings(apology=""))
     """The thinking cue's timing and the apology (none unless given: the daemon's config has one)."""
+    apology_prepare_idle_s: float = 10.0
+    """Idle this long with the apology not yet synthesised: have the TTS synthesise it now, so
+    that the next failure says it at once (not sooner: a busy start, a run of turns need the TTS)."""
     no_transcript_fails_ms: int = 800
     """The VAD heard at least this much speech and the ASR gave no words: the ASR failed (the
     turn fails, the user hears so). Shorter speech with no words is a cough, a knock, a word
@@ -516,7 +516,7 @@ class Assistant(Triggers):
 
     async def _prepare_apology(self, text: str) -> Trigger:
         """IDLE's task while the apology is not synthesised: after a quiet while, synthesise it."""
-        await asyncio.sleep(APOLOGY_PREPARE_IDLE_S)
+        await asyncio.sleep(self.settings.apology_prepare_idle_s)
         await self._apology.audio(
             text, self.tts, sample_rate=self.speaker.sample_rate, timeout_s=self.settings.cues.apology_timeout_s
         )
