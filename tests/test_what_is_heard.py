@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.app import assistant_settings
+from daemon.app import EXIT_FAILED, assistant_settings
 from daemon.config_load import settings_from_dict
 from daemon.earcon import thinking_earcon
 from daemon.errors import ConfigError, HardwareError, LlmError, TtsError
+from daemon.tools.stubs.funasr import FunAsrBehaviour
+from daemon.tools.stubs.runner import start_stubs
 from states.cues import DEFAULT_APOLOGY, CueSettings
 from states.endpointer import EndpointerSettings
 from states.events import ChatMessage
@@ -23,6 +26,7 @@ from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.thinking_cue import AnswerSpeaker, ThinkingCue
 from tests.fakes import SPEECH, FakeAsr, FakeLlm, FakeLlmStream, FakeMic, FakeMicWithEnd, FakeSpeaker, FakeTts, FakeVad
 from tests.log_watch import watch_logs
+from tests.test_daemon_turn import question_wav, run_once, settings_for
 
 TIMEOUT = 10
 EARCON = b"\x01\x02" * 50
@@ -394,3 +398,21 @@ def test_the_builtin_thinking_sound_is_short_and_soft() -> None:
     pcm = np.frombuffer(thinking_earcon(16000), dtype="<i2")
     assert 0.1 < len(pcm) / 16000 < 0.4
     assert np.abs(pcm).max() < np.abs(np.frombuffer(failure_earcon(16000), dtype="<i2")).max() / 3
+
+
+# -- end to end, with the stand-ins ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_mute_asr_after_a_spoken_question_fails_the_run_and_the_robot_apologises(tmp_path: Path) -> None:
+    """The issue's case: the VAD heard the question, the ASR server stayed silent. It was `no_speech`
+    (exit 3, no turn_failed, nothing heard); it is an ASR failure the user hears about."""
+    qwav, _ = question_wav(tmp_path, "what is the weather like today")
+    async with AsyncExitStack() as stack:
+        stubs = await start_stubs(stack, asr=FunAsrBehaviour(misbehave="mute"))
+        code, _, logs = await run_once(settings_for(stubs, qwav, tmp_path / "reply.wav"))
+        spoken = [r.text for r in stubs[2].requests]
+    assert code == EXIT_FAILED
+    (failed,) = [e for e in logs if e["event"] == "turn_failed"]
+    assert failed["service"] == "asr" and "no transcript" in failed["reason"]
+    assert spoken == [DEFAULT_APOLOGY]
