@@ -128,6 +128,24 @@ async def test_the_threshold_between_noise_and_a_question_is_a_setting() -> None
     assert turn.outcome == "no_speech"  # 1.2 s of speech is under the 2 s asked for
 
 
+async def test_an_interruption_with_no_words_over_a_held_answer_is_still_a_false_one() -> None:
+    """pause mode: a second of speech the ASR finds no words in does not fail the turn: the held
+    answer plays on (as for a cough)."""
+    llm = FakeLlm(["Let me tell you a long story about robots. "])
+    llm.gate = asyncio.Event()
+    mic = FakeMic([*QUESTION, (1.0, False), (1.0, True), (0.6, False)])
+    assistant, speaker, ended = make(mic=mic, asr=FakeAsr("tell me a story", ""), llm=llm)
+    with watch_logs() as logs:
+        await assistant.wake()
+        await asyncio.wait_for(logs.wait_for("barge_in_resumed"), TIMEOUT)
+        llm.gate.set()
+        turn = await asyncio.wait_for(ended.get(), TIMEOUT)
+        await asyncio.wait_for(assistant.settle(), TIMEOUT)
+    assert turn.outcome == "answered" and events(logs, "turn_failed") == []
+    assert speaker.resumes == 1 and apology_audio() not in speaker.written
+    assert events(logs, "speech_ended")[-1]["voiced_ms"] >= 800  # long enough to fail a question
+
+
 # -- the apology -----------------------------------------------------------------------------------
 
 
