@@ -144,6 +144,8 @@ class Assistant(Triggers):
         self._warm_ups: set[asyncio.Task[None]] = set()
         self._reply_task: asyncio.Task[None] | None = None
         self._apology = Apology(clock)
+        self._ducked = False
+        """The last barge-in suspicion paused playback (and nothing resumed it since)."""
         self._held: HeldReply | None = None
         """The held answer: set exactly while the state is LISTENING_HELD."""
         self.turn: Turn | None = None
@@ -323,6 +325,7 @@ class Assistant(Triggers):
         transcript = event.kwargs["transcript"]
         assert self.turn is not None
         cue = self._thinking_cue(self.turn)
+        self._ducked = False
         self._reply_task = self._spawn(self._reply(self.turn, transcript.text, cue), "reply")
         if cue is not None:
             cue.task = self._spawn(cue.run(), "thinking-cue")
@@ -500,6 +503,12 @@ class Assistant(Triggers):
 
     def _suspect(self, speech: bool) -> None:
         duck_on_suspicion(self.speaker, speech, holding=self._held is not None)
+        self._ducked = speech
+
+    def _cue_may_flush(self) -> bool:
+        """The answer's first audio may drop the rest of the thinking cue: not while playback is
+        paused (ducked for a suspected barge-in, or the answer held), which a flush would end."""
+        return self.state is State.THINKING and not self._ducked
 
     def _thinking_cue(self, turn: Turn) -> ThinkingCue | None:
         """The cue for an answer about to be asked for; None when ``earcons.thinking`` is off."""
@@ -529,7 +538,7 @@ class Assistant(Triggers):
             conversation=self.conversation,
             llm=self.llm,
             tts=self.tts,
-            speaker=self.speaker if cue is None else AnswerSpeaker(self.speaker, cue),
+            speaker=self.speaker if cue is None else AnswerSpeaker(self.speaker, cue, self._cue_may_flush),
             settings=self.settings.speech_text,
             clock=self._clock,
             on_audible=self._audible,

@@ -4,12 +4,14 @@ them and is working on it (a busy GPU, a slow or dead LLM), silenced the moment 
 The cue is a task of the answering states. The answer writes through an ``AnswerSpeaker``: its
 first write stops the cue and drops what is left of it from the speaker's queue, so the cue
 never delays the answer nor plays over it, and the speaker's "first audible" moment and its count
-of samples played are the answer's own.
+of samples played are the answer's own. Not while playback is paused (a user cutting in): a flush
+would also end the pause, so the rest of the cue, a fraction of a second, then plays first.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import structlog
 
@@ -52,12 +54,13 @@ class ThinkingCue:
 
 class AnswerSpeaker:
     """The speaker as the answer sees it: the first write stops ``cue`` and flushes what is left
-    of it; ``audio_samples_played`` leaves out the cue's samples (what the user heard of the
-    answer is measured with it)."""
+    of it when ``may_flush()`` (the speaker is not paused); ``audio_samples_played`` leaves out
+    the cue's samples (what the user heard of the answer is measured with it)."""
 
-    def __init__(self, inner: Speaker, cue: ThinkingCue) -> None:
+    def __init__(self, inner: Speaker, cue: ThinkingCue, may_flush: Callable[[], bool] = lambda: True) -> None:
         self.inner = inner
         self.cue = cue
+        self._may_flush = may_flush
         self.sample_rate = inner.sample_rate
         self._before = inner.audio_samples_played
         self._cue_samples = 0
@@ -66,7 +69,7 @@ class AnswerSpeaker:
     async def write(self, pcm: bytes) -> None:
         if not self._started:
             self._started = True
-            if self.cue.stop():
+            if self.cue.stop() and self._may_flush():
                 self.inner.flush()  # before the answer's audio: its audible moment is its own
             self._cue_samples = self.inner.audio_samples_played - self._before
         await self.inner.write(pcm)

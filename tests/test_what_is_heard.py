@@ -19,12 +19,23 @@ from daemon.tools.stubs.funasr import FunAsrBehaviour
 from daemon.tools.stubs.runner import start_stubs
 from states.cues import DEFAULT_APOLOGY, CueSettings
 from states.endpointer import EndpointerSettings
-from states.events import ChatMessage
+from states.events import ChatMessage, Transcript
 from states.history import Conversation
 from states.machine import State
 from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.thinking_cue import AnswerSpeaker, ThinkingCue
-from tests.fakes import SPEECH, FakeAsr, FakeLlm, FakeLlmStream, FakeMic, FakeMicWithEnd, FakeSpeaker, FakeTts, FakeVad
+from tests.fakes import (
+    SPEECH,
+    FakeAsr,
+    FakeAsrSession,
+    FakeLlm,
+    FakeLlmStream,
+    FakeMic,
+    FakeMicWithEnd,
+    FakeSpeaker,
+    FakeTts,
+    FakeVad,
+)
 from tests.log_watch import watch_logs
 from tests.test_daemon_turn import question_wav, run_once, settings_for
 
@@ -343,6 +354,58 @@ async def test_barge_in_while_thinking_stops_the_cue() -> None:
     assert speaker.written.count(THINK) == cues_then
 
 
+class GatedAsr(FakeAsr):
+    """The second utterance's transcript waits for ``release`` (the ASR still decoding)."""
+
+    def __init__(self, *texts: str) -> None:
+        super().__init__(*texts)
+        self.release = asyncio.Event()
+
+    async def open_session(self) -> FakeAsrSession:
+        session = await super().open_session()
+        if len(self.sessions) == 2:
+            release, finish = self.release, session.finish
+
+            async def gated_finish() -> Transcript:
+                await release.wait()
+                return await finish()
+
+            session.finish = gated_finish  # type: ignore[method-assign]
+        return session
+
+
+async def test_an_answer_starting_while_held_does_not_flush_the_paused_speaker() -> None:
+    """pause mode, the user cut in while the cue played and before the answer came: the answer's
+    first audio must not flush (a flush would end the pause and play the answer over the user)."""
+    llm = SlowLlm(["Let me tell you a long story about robots. "])
+    asr = GatedAsr("tell me a story", "嗯")
+    mic = FakeMic([*QUESTION, (1.0, False), (0.3, True), (0.6, False)])
+    cues = CueSettings(thinking_cue_after_s=0.01, thinking_cue_every_s=0.01)
+    assistant, speaker, ended = make(mic=mic, asr=asr, llm=llm, cues=cues, thinking=True)
+    answered = asyncio.Event()
+    states: list[State] = []
+    write = speaker.write
+
+    async def recording_write(pcm: bytes) -> None:
+        if pcm != THINK:
+            states.append(assistant.state)
+            answered.set()
+        await write(pcm)
+
+    speaker.write = recording_write  # type: ignore[method-assign]
+    with watch_logs() as logs:
+        await assistant.wake()
+        await asyncio.wait_for(logs.wait_for("thinking_cue", n=1), TIMEOUT)
+        await asyncio.wait_for(logs.wait_for("state_changed", dst="listening_held"), TIMEOUT)
+        llm.first.set()
+        await asyncio.wait_for(answered.wait(), TIMEOUT)
+        asr.release.set()  # "嗯": a false interruption, the answer plays on
+        turn = await asyncio.wait_for(ended.get(), TIMEOUT)
+    assert states[0] is State.LISTENING_HELD
+    assert speaker.flushes == 0 and speaker.resumes >= 1
+    assert turn.outcome == "answered" and turn.reply == "Let me tell you a long story about robots."
+
+
 async def test_a_failure_while_thinking_stops_the_cue_and_apologises() -> None:
     llm = SlowLlm([])
     llm.error = LlmError("no first token within 8 s")
@@ -434,3 +497,14 @@ async def test_a_mute_asr_after_a_spoken_question_fails_the_run_and_the_robot_ap
     (failed,) = [e for e in logs if e["event"] == "turn_failed"]
     assert failed["service"] == "asr" and "no transcript" in failed["reason"]
     assert spoken == [DEFAULT_APOLOGY]
+
+
+async def test_the_answer_speaker_leaves_a_paused_speaker_alone() -> None:
+    speaker = FakeSpeaker()
+    cue = ThinkingCue(speaker, THINK, after_s=0, every_s=0, turn_id="t")
+    answer = AnswerSpeaker(speaker, cue, may_flush=lambda: False)
+    cue.task = asyncio.create_task(cue.run())
+    await cue.task
+    await answer.write(SPEECH * 7)
+    assert speaker.flushes == 0 and speaker.written == [THINK, SPEECH * 7]
+    assert answer.audio_samples_played == 7  # the cue's samples still left out
