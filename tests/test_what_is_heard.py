@@ -4,19 +4,21 @@ cue while the answer is slow, a spoken apology when the TTS still works (else th
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.app import EXIT_FAILED, assistant_settings
+from daemon.app import EXIT_ANSWERED, EXIT_FAILED, assistant_settings
 from daemon.config_load import settings_from_dict
 from daemon.earcon import thinking_earcon
 from daemon.errors import ConfigError, HardwareError, LlmError, TtsError
 from daemon.tools.stubs.funasr import FunAsrBehaviour
-from daemon.tools.stubs.runner import start_stubs
+from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 from states.cues import DEFAULT_APOLOGY, CueSettings
 from states.endpointer import EndpointerSettings
 from states.events import ChatMessage, Transcript
@@ -37,7 +39,8 @@ from tests.fakes import (
     FakeVad,
 )
 from tests.log_watch import watch_logs
-from tests.test_daemon_turn import question_wav, run_once, settings_for
+from tests.test_daemon_turn import SHORT_ANSWERS, loud_span, question_wav, run_once, settings_for
+from tests.test_daemon_turn import _read as wav_samples
 
 TIMEOUT = 10
 EARCON = b"\x01\x02" * 50
@@ -472,8 +475,6 @@ def test_bad_cue_values_are_named() -> None:
 
 
 def test_the_builtin_thinking_sound_is_short_and_soft() -> None:
-    import numpy as np
-
     from daemon.earcon import failure_earcon
 
     pcm = np.frombuffer(thinking_earcon(16000), dtype="<i2")
@@ -508,3 +509,28 @@ async def test_the_answer_speaker_leaves_a_paused_speaker_alone() -> None:
     await answer.write(SPEECH * 7)
     assert speaker.flushes == 0 and speaker.written == [THINK, SPEECH * 7]
     assert answer.audio_samples_played == 7  # the cue's samples still left out
+
+
+@pytest.mark.slow
+async def test_a_slow_llm_gets_the_thinking_cue_in_the_output_then_the_answer(tmp_path: Path) -> None:
+    """The daemon wired: 2.5 s to the first token, the cue after 0.5 s, then every 1 s."""
+    qwav, question_end = question_wav(tmp_path, "what is the weather like today")
+    out = tmp_path / "reply.wav"
+    async with AsyncExitStack() as stack:
+        stubs = await start_stubs(stack, llm=demo_llm_behaviour(answers=SHORT_ANSWERS, first_token_delay_s=2.5))
+        settings = settings_for(stubs, qwav, out)
+        settings = dataclasses.replace(
+            settings, reply=dataclasses.replace(settings.reply, thinking_cue_after_s=0.5, thinking_cue_every_s=1.0)
+        )
+        code, _, logs = await run_once(settings)
+    assert code == EXIT_ANSWERED
+    cues = [e for e in logs if e["event"] == "thinking_cue"]
+    assert 1 <= len(cues) <= 3  # at 0.5, 1.5 and perhaps 2.5 s: then the answer
+    (finished,) = [e for e in logs if e["event"] == "turn_finished"]
+    assert finished["reply"] == SHORT_ANSWERS["weather"]
+    # the first sound after the question is the soft cue, long before the answer could come
+    first = loud_span(out, after=question_end)
+    assert first is not None and first[0] < question_end + 2.5
+    samples, rate = wav_samples(out)
+    cue = samples[int(first[0] * rate) : int((first[0] + 0.25) * rate)]
+    assert np.abs(cue.astype(np.int32)).max() < 0.1 * 32768
