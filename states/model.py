@@ -146,6 +146,8 @@ class Assistant(Triggers):
         self._apology = Apology(clock)
         self._ducked = False
         """The last barge-in suspicion paused playback (and nothing resumed it since)."""
+        self._sorry_until = 0.0
+        """Clock time until which the last failed turn's apology or earcon plays."""
         self._held: HeldReply | None = None
         """The held answer: set exactly while the state is LISTENING_HELD."""
         self.turn: Turn | None = None
@@ -280,6 +282,7 @@ class Assistant(Triggers):
         heard_in_audio = interruption is not None or wake.source in ("hotword", "always")
         if not heard_in_audio:  # what the microphone heard before is stale, but for a pre-roll
             self.feed.keep_recent(self.settings.endpointer.pre_roll_ms / 1000)
+        self._stop_failure_sound()
         self._new_turn()
         turn = self.turn
         assert turn is not None
@@ -398,7 +401,16 @@ class Assistant(Triggers):
         except Exception as exc:  # noqa: BLE001 - the speaker itself may be what failed
             log.warning("earcon_failed", sound=sound, error=str(exc))
         else:
+            self._sorry_until = self._clock() + len(pcm) / 2 / self.speaker.sample_rate
             log.info("failure_announced", turn_id=turn.id, sound=sound, service=turn.failed_service)
+
+    def _stop_failure_sound(self) -> None:
+        """A new turn cuts what is left of the last failure's apology: the user is speaking (and
+        the listening earcon must not wait behind it)."""
+        if self._clock() < self._sorry_until:
+            self.speaker.flush()
+            log.info("failure_sound_cut")
+        self._sorry_until = 0.0
 
     async def _end_current_turn(self, outcome: str, *, interrupted: bool = False) -> None:
         turn, self.turn = self.turn, None

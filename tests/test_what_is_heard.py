@@ -281,6 +281,20 @@ async def test_the_idle_synthesis_is_dropped_when_a_turn_starts() -> None:
     await assistant.aclose()
 
 
+async def test_a_new_turn_cuts_the_rest_of_the_apology() -> None:
+    """The user speaks again (a wake) while the apology still plays: it stops, and the listening
+    earcon does not wait behind it."""
+    assistant, speaker, ended = make(asr=FakeAsr("", "hello"))
+    speaker.sample_rate = 10  # the apology's 28 samples last 2.8 s
+    with capture_logs() as logs:
+        first = await one_turn(assistant, ended)
+        assert speaker.flushes == 0
+        assistant.mic = FakeMic(QUESTION)
+        second = await one_turn(assistant, ended)
+    assert first.outcome == "failed" and second.outcome == "answered"
+    assert speaker.flushes == 1 and len(events(logs, "failure_sound_cut")) == 1
+
+
 # -- the thinking cue ------------------------------------------------------------------------------
 
 
