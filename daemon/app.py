@@ -23,7 +23,7 @@ from daemon.config import Settings
 from daemon.config_load import load_settings
 from daemon.config_reload import changed_keys
 from daemon.devices import make_echo_canceller, open_devices, reopen_microphone
-from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
+from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon, thinking_earcon
 from daemon.errors import ConfigError
 from daemon.event_bus import Event, EventBus
 from daemon.health import Health
@@ -61,6 +61,7 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
         follow_up_s=settings.wake.follow_up_s,
         always=settings.wake.always,
         refractory_s=settings.wake.hotword.refractory_s,
+        cues=settings.reply,
     )
 
 
@@ -157,6 +158,7 @@ class App:
                 earcons=Earcons(
                     listening=earcon_from_setting(s.earcons.listening, listening_earcon),
                     error=earcon_from_setting(s.earcons.error, failure_earcon),
+                    thinking=earcon_from_setting(s.earcons.thinking, thinking_earcon),
                 ),
                 hotword=hotword,
                 events=self.bus,
@@ -289,6 +291,7 @@ class App:
         assistant.earcons = Earcons(
             listening=earcon_from_setting(new.earcons.listening, listening_earcon),
             error=earcon_from_setting(new.earcons.error, failure_earcon),
+            thinking=earcon_from_setting(new.earcons.thinking, thinking_earcon),
         )
         n = new.llm
         if (

@@ -23,6 +23,7 @@ from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 from states.barge_in import BargeInSettings
+from states.cues import CueSettings
 from states.endpointer import EndpointerSettings
 from states.settings import Checked, setting
 from states.speech_text import SpeechTextSettings
@@ -265,13 +266,21 @@ class VadSettings(EndpointerSettings):
 
 
 @dataclass(frozen=True)
+class ReplySettings(CueSettings, SpeechTextSettings):
+    """The ``[reply]`` table: how replies are cut into clauses (``states.speech_text``) plus what
+    the user hears while the answer is slow and when a turn fails (``states.cues``)."""
+
+
+@dataclass(frozen=True)
 class EarconSettings(Checked):
     """Short sounds: "builtin", "off", or the path of a WAV file (the loader checks that it exists)."""
 
     listening: str = "builtin"
     """When the robot starts listening after a wake (not after a barge-in: the user is talking)."""
     error: str = "builtin"
-    """When a turn fails (a service or a device)."""
+    """When a turn fails (a service or a device), unless the apology (``reply.apology``) is said."""
+    thinking: str = "builtin"
+    """While an answer is slow to start (``reply.thinking_cue_after_s``)."""
 
 
 HOTWORD_ENGINES = ("microwakeword", "pocketsphinx", "sherpa-onnx", "asr", "off")
@@ -389,7 +398,7 @@ class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     aec: AecSettings = field(default_factory=AecSettings)
-    reply: SpeechTextSettings = field(default_factory=SpeechTextSettings)
+    reply: ReplySettings = field(default_factory=ReplySettings)
     barge_in: BargeInSettings = field(default_factory=BargeInSettings)
     earcons: EarconSettings = field(default_factory=EarconSettings)
     wake: WakeSettings = field(default_factory=WakeSettings)

@@ -171,7 +171,7 @@ def _convert(kind: Any, value: Any, name: str, problems: list[str]) -> Any:
 
 def _check_files(s: Settings) -> list[str]:
     problems: list[str] = []
-    for key in ("listening", "error"):
+    for key in ("listening", "error", "thinking"):
         value = getattr(s.earcons, key)
         if value not in ("builtin", "off") and not Path(value).is_file():
             problems.append(f"earcons.{key}: must be builtin, off, or an existing WAV file, got {value!r}")
