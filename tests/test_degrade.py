@@ -204,3 +204,19 @@ async def test_status_the_status_line_and_the_metrics_show_down_then_up() -> Non
     assert 'moss_voice_service_up{service="llm"} 1.0' in metrics.render().decode()
     await guard.aclose()
     follower.cancel()
+
+
+async def test_a_dead_llm_is_said_at_once_and_apologised_for(tmp_path: Path) -> None:
+    qwav = make_question_wav("what is the weather like today", tmp_path / "q.wav")
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    async with AsyncExitStack() as stack:
+        asr, _, tts = await start_stubs(stack)
+        app = App(settings(asr.url, (dead,), tts.url, qwav, tmp_path / "r.wav"), once=True, probe_s=2.0)
+        with capture_logs() as logs:
+            code = await asyncio.wait_for(app.run(), RUN_TIMEOUT)
+    assert code == EXIT_FAILED
+    (failed,) = named(logs, "turn_failed")
+    assert failed["service"] == "llm" and failed["reason"].startswith("llm is down since ")
+    assert "retrying in the background" in failed["reason"]
+    assert named(logs, "failure_announced")[0]["sound"] == "apology"  # the TTS works: the robot says so
+    assert len(named(logs, "service_down")) == 1
