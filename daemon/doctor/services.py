@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-import httpx
-
 from daemon.clients.asr import FunAsrClient
+from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
+from daemon.clients.tls import make_tls_context
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
 from daemon.doctor import Finding
@@ -39,7 +39,7 @@ async def check_asr(s: Settings) -> list[Finding]:
 async def check_llm(s: Settings, *, max_wait_s: float) -> list[Finding]:
     """``/health`` and ``/v1/models`` once (the daemon's readiness check): the model is served."""
     url = s.llm.url
-    async with httpx.AsyncClient() as http:
+    async with make_http_client(make_tls_context(verify=s.llm.tls_verify, ca_file=s.llm.ca_file)) as http:
         try:
             model = await OpenAiCompatibleLlm(s.llm, http).wait_ready(max_wait_s=max_wait_s)
         except ServiceError as exc:
@@ -52,8 +52,9 @@ async def check_tts(s: Settings) -> list[Finding]:
     """The sample-rate endpoint, then one short synthesis that must bring audio."""
     url = s.tts.url
     fix = f"start the PaddleSpeech server or fix tts.url ({url})"
-    async with httpx.AsyncClient() as http:
-        tts = make_tts(s.tts, http)
+    tls = make_tls_context(verify=s.tts.tls_verify, ca_file=s.tts.ca_file)
+    async with make_http_client(tls) as http:
+        tts = make_tts(s.tts, http, tls=tls)
         try:
             rate = await tts.sample_rate()
         except ServiceError as exc:
