@@ -29,6 +29,7 @@ from daemon.event_bus import Event, EventBus
 from daemon.health import Health
 from daemon.logs import configure_logging
 from daemon.resampled_tts import ResampledTts
+from daemon.secrets import secret_values
 from daemon.systemd_notify import Notifier, watchdog_interval_s
 from daemon.systemd_status import StatusLine, feed_watchdog
 from daemon.wake_sources import Listeners, make_wake_engine, wake_summary
@@ -266,7 +267,7 @@ class App:
     def _apply_live(self, new: Settings) -> None:
         old, self.settings = self.settings, new
         if (old.log.level, old.log.format) != (new.log.level, new.log.format):
-            configure_logging(new.log.level, new.log.format)
+            configure_logging(new.log.level, new.log.format, secrets=secret_values(new))
         assistant = self.assistant
         if assistant is None:
             return

@@ -24,6 +24,7 @@ from daemon.clients.tls import load_ca_file
 from daemon.config import API_KEY_ENV, Settings
 from daemon.errors import ConfigError
 from daemon.hooks import check_hooks
+from daemon.secrets import with_credentials
 from states.settings import SettingsError, rule_of
 
 __all__ = ["API_KEY_ENV", "file_keys", "load_settings", "settings_from_dict"]
@@ -32,7 +33,7 @@ TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boo
 
 
 def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read ``path`` (None: all defaults) and the environment. Raises ConfigError."""
+    """Read ``path`` (None: all defaults), the environment and the systemd credentials. Raises ConfigError."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     if path is not None:
@@ -48,8 +49,10 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
 
 
 def settings_from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
+    """``env``: the environment, whose ``$CREDENTIALS_DIRECTORY`` (systemd) may hold the secrets
+    too (``daemon.secrets``: a credential wins over the variable)."""
     problems: list[str] = []
+    env = with_credentials(os.environ if env is None else env, problems)
     # A table with a problem keeps its defaults, so the rest is still checked and every problem
     # is reported in one go.
     settings: Settings = _build(Settings, raw, "", problems, env)
