@@ -28,7 +28,7 @@ from daemon.errors import ConfigError
 from daemon.event_bus import Event
 from daemon.hooks import Hooks
 from daemon.logs import REDACTED, configure_logging, redact_secrets
-from daemon.secrets import CREDENTIALS_DIRECTORY, child_environment, known_secrets, secret_values
+from daemon.secrets import CREDENTIALS, CREDENTIALS_DIRECTORY, child_environment, known_secrets, secret_values
 from daemon.tools.stubs.funasr import make_question_wav
 from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 
@@ -76,8 +76,9 @@ def test_systemd_credentials_hold_the_secrets_and_win_over_the_environment(tmp_p
     assert set(known_secrets(env)) == {KEY, TOKEN, "stale-key-from-an-env-file"}  # both kept out of the logs
 
 
-def test_an_empty_or_missing_credential_leaves_the_environment_s_value(tmp_path: Path) -> None:
-    directory = credentials(tmp_path, llm_api_key="")  # the unit's empty default (SetCredential=)
+@pytest.mark.parametrize("empty", ["", "\n"])
+def test_an_empty_or_missing_credential_leaves_the_environment_s_value(tmp_path: Path, empty: str) -> None:
+    directory = credentials(tmp_path, llm_api_key=empty)  # the unit's default (SetCredential=llm_api_key:\n)
     settings = settings_from_dict({}, {CREDENTIALS_DIRECTORY: str(directory), API_KEY_ENV: KEY})
     assert settings.llm.api_key == KEY and settings.control.token is None
 
@@ -101,6 +102,14 @@ def test_a_secret_in_the_file_is_refused(tmp_path: Path) -> None:
     assert caught.value.problems == [
         f"llm.api_key: secrets do not go in the file; set {API_KEY_ENV} in the environment"
     ]
+
+
+def test_the_system_unit_passes_each_credential_with_a_default_when_its_file_is_missing() -> None:
+    lines = (Path(__file__).resolve().parents[1] / "systemd" / "moss-voice.service").read_text().splitlines()
+    for name in CREDENTIALS.values():
+        assert f"LoadCredential={name}:/etc/credstore/moss-voice.{name}" in lines
+        assert f"SetCredential={name}:\\n" in lines  # the default that keeps a missing file from failing the start
+    assert "EnvironmentFile=-/etc/moss-voice/env" in lines  # the environment still works
 
 
 def test_a_child_process_environment_has_no_secrets() -> None:
