@@ -1,9 +1,10 @@
-"""TLS towards the LLM and the TTS: verification is on by default, a pinned CA file is trusted,
+"""TLS towards the services: verification is on by default, a pinned CA file is trusted,
 ``tls_verify = false`` accepts anything, and an untrusted certificate is an error that names the
 service and ``ca_file``.
 
-The servers are the stand-ins behind a TLS front on 127.0.0.1 that this file runs, with a
-throwaway self-signed certificate made by the ``openssl`` command for the test session.
+The LLM and TTS servers are the stand-ins behind a TLS front on 127.0.0.1 that this file runs
+(the FunASR stand-in serves TLS itself), with a throwaway self-signed certificate made by the
+``openssl`` command for the test session.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from daemon.clients.asr import FunAsrClient
 from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
 from daemon.clients.tls import TlsContexts, make_tls_context
 from daemon.clients.tts import make_tts
-from daemon.config import LlmSettings, TtsSettings
+from daemon.config import AsrSettings, LlmSettings, TtsSettings
 from daemon.config_load import settings_from_dict
-from daemon.errors import ConfigError, LlmError, ServiceError, TtsError
+from daemon.errors import AsrError, ConfigError, LlmError, ServiceError, TtsError
+from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
 from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
 from daemon.tools.stubs.paddlespeech import PaddleSpeechStub
 from states.events import ChatMessage
@@ -133,6 +136,14 @@ async def llm_exchange(url: str, verify: bool, ca_file: str | None) -> str:
     return "".join(text)
 
 
+async def asr_exchange(url: str, verify: bool, ca_file: str | None) -> str:
+    """A session: a little silence, the end marker, the transcript (the stand-in's fixed one)."""
+    client = FunAsrClient(AsrSettings(url=url, tls_verify=verify, ca_file=ca_file, final_timeout_s=1.0))
+    session = await client.open_session()
+    await session.send_audio(bytes(3200))
+    return (await session.finish()).text
+
+
 async def tts_exchange(url: str, verify: bool, ca_file: str | None) -> str:
     """The sample rate, then one sentence (over HTTP, or the websocket: the same context)."""
     settings = TtsSettings(url=url, tls_verify=verify, ca_file=ca_file, connect_timeout_s=3, read_timeout_s=5)
@@ -150,6 +161,11 @@ async def tts_exchange(url: str, verify: bool, ca_file: str | None) -> str:
 @asynccontextmanager
 async def service(name: str, certificate: Certificate) -> AsyncIterator[tuple[str, Exchange]]:
     """The stand-in of ``name`` behind the TLS front: its secure URL and the exchange to try."""
+    if name == "asr":  # the FunASR stand-in serves TLS itself, as FunASR's own servers do
+        behaviour = FunAsrBehaviour(transcript_override="你好。")
+        async with FunAsrStub(behaviour=behaviour, certfile=certificate.cert, keyfile=certificate.key) as asr:
+            yield asr.url, asr_exchange
+        return
     if name == "llm":
         llm = OpenAiStub(behaviour=OpenAiBehaviour(default_answer="Hello there."))
         async with llm, tls_front(llm.url, certificate) as url:
@@ -160,7 +176,7 @@ async def service(name: str, certificate: Certificate) -> AsyncIterator[tuple[st
         yield url, tts_exchange
 
 
-SERVICES = ["llm", "tts-http", "tts-websocket"]
+SERVICES = ["asr", "llm", "tts-http", "tts-websocket"]
 
 
 @pytest.mark.parametrize("name", SERVICES)
@@ -173,7 +189,7 @@ async def test_verification_is_on_by_default_and_refuses_a_self_signed_server(
             await asyncio.wait_for(exchange(url, True, None), TIMEOUT)
     key = name.split("-")[0]
     message = str(caught.value)
-    assert isinstance(caught.value, LlmError if key == "llm" else TtsError)
+    assert isinstance(caught.value, {"asr": AsrError, "llm": LlmError, "tts": TtsError}[key])
     assert caught.value.service == key
     assert f"TLS certificate of the {key.upper()} server" in message and "not trusted" in message
     assert f"{key}.ca_file" in message and "self-signed" in message
@@ -184,7 +200,11 @@ async def test_verification_is_on_by_default_and_refuses_a_self_signed_server(
 async def test_a_pinned_ca_file_is_trusted(name: str, certificate: Certificate) -> None:
     async with service(name, certificate) as (url, exchange):
         answer = await asyncio.wait_for(exchange(url, True, str(certificate.cert)), TIMEOUT)
-    assert answer == "Hello there." if name == "llm" else answer.endswith("bytes") and not answer.endswith(" 0 bytes")
+    expected = {"asr": "你好。", "llm": "Hello there."}
+    if name in expected:
+        assert answer == expected[name]
+    else:
+        assert answer.endswith("bytes") and not answer.endswith(" 0 bytes")
 
 
 @pytest.mark.parametrize("name", SERVICES)
