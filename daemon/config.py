@@ -45,10 +45,14 @@ OUTPUT_SCHEMES = ("pyaudio", "wav")
 
 
 def url_with(*schemes: str) -> Callable[[str], str | None]:
-    """A check: the value is a URL with one of ``schemes``, a host, and a valid port if any."""
+    """A check: the value is a URL with one of ``schemes``, a host, and a valid port if any; and
+    no user name or password (it would be a secret in the file, and in every log line that names
+    the URL)."""
 
     def check(value: str) -> str | None:
         parts = urlsplit(value)
+        if "@" in parts.netloc:
+            return "must not carry a user name or password: secrets do not go in the file (see the README)"
         try:
             valid_port = parts.port is None or parts.port > 0
         except ValueError:  # not a number, or beyond 65535

@@ -54,3 +54,19 @@ def test_no_setting_of_the_file_is_a_secret() -> None:
         with pytest.raises(ConfigError, match="secrets do not go in the file"):
             settings_from_dict({table: {key: "x"}}, {})
     assert Settings().llm.api_key is None
+
+
+@pytest.mark.parametrize(
+    ("table", "url"),
+    [
+        ("asr", "wss://robot:pw-1234@gpu.lan:10095"),
+        ("llm", "https://robot:pw-1234@gpu.lan/v1"),
+        ("tts", "http://pw-1234@gpu.lan:8092/paddlespeech/tts/streaming"),
+    ],
+)
+def test_a_service_url_cannot_carry_a_password(table: str, url: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_dict({table: {"url": url}}, {})
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"{table}.url: must not carry a user name or password")
+    assert "pw-1234" not in problem  # the refusal does not print it either
