@@ -17,7 +17,7 @@ import structlog
 from daemon.clients.asr import FunAsrClient
 from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
-from daemon.clients.tls import TlsContexts
+from daemon.clients.tls import TlsContexts, transport_risks
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
 from daemon.config_load import load_settings
@@ -109,6 +109,8 @@ class App:
             tls = TlsContexts()
             llm_tls = tls.get(verify=s.llm.tls_verify, ca_file=s.llm.ca_file)
             tts_tls = tls.get(verify=s.tts.tls_verify, ca_file=s.tts.ca_file)
+            for service, risk in transport_risks(s):
+                log.warning("insecure_transport", service=service, problem=risk)
             llm_http = await stack.enter_async_context(make_http_client(llm_tls))
             tts_http = await stack.enter_async_context(make_http_client(tts_tls))
             llm = OpenAiCompatibleLlm(s.llm, llm_http)

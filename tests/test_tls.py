@@ -25,10 +25,11 @@ import pytest
 from daemon.clients.asr import FunAsrClient
 from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
-from daemon.clients.tls import TlsContexts, make_tls_context
+from daemon.clients.tls import TlsContexts, make_tls_context, transport_risks
 from daemon.clients.tts import make_tts
-from daemon.config import AsrSettings, LlmSettings, TtsSettings
+from daemon.config import API_KEY_ENV, AsrSettings, LlmSettings, Settings, TtsSettings
 from daemon.config_load import settings_from_dict
+from daemon.doctor.services import check_transport
 from daemon.errors import AsrError, ConfigError, LlmError, ServiceError, TtsError
 from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
 from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
@@ -268,3 +269,33 @@ def test_config_check_takes_tls_verify_for_llm_and_tts() -> None:
     assert settings.llm.tls_verify is False and settings.tts.tls_verify is False
     with pytest.raises(ConfigError, match=r"llm\.tls_verify: must be true or false"):
         settings_from_dict({"llm": {"tls_verify": "no"}}, {})
+
+
+# --- what is open to whoever is on the path ------------------------------------------------------
+
+
+def test_transport_risks_name_an_unchecked_certificate_and_a_key_in_clear() -> None:
+    assert transport_risks(Settings()) == []  # the defaults: loopback, no key
+    settings = settings_from_dict(
+        {
+            "asr": {"url": "wss://gpu.lan:10095", "tls_verify": False},
+            "llm": {"url": "http://gpu.lan:8000/v1"},
+            "tts": {"url": "https://gpu.lan:8092/paddlespeech/tts/streaming"},
+        },
+        {API_KEY_ENV: "sk-test"},
+    )
+    risks = transport_risks(settings)
+    assert [service for service, _ in risks] == ["asr", "llm"]
+    assert "asr.tls_verify = false" in risks[0][1] and "asr.ca_file" in risks[0][1]
+    assert risks[1][1] == "the API key goes to http://gpu.lan:8000/v1 in clear text; use https://"
+    assert "sk-test" not in repr(risks)
+    on_loopback = settings_from_dict({"llm": {"url": "http://127.0.0.1:8000/v1"}}, {API_KEY_ENV: "sk-test"})
+    assert transport_risks(on_loopback) == []
+
+
+async def test_the_doctor_warns_of_each_transport_risk() -> None:
+    (ok,) = await check_transport(Settings())
+    assert ok.result == "ok"
+    settings = settings_from_dict({"tts": {"url": "wss://gpu.lan:8092/x", "tls_verify": False}}, {})
+    (warned,) = await check_transport(settings)
+    assert warned.result == "warn" and warned.detail.startswith("tts: the certificate of wss://gpu.lan:8092/x")

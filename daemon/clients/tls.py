@@ -10,10 +10,21 @@ certificate without turning verification off. Without it the usual store is used
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
-__all__ = ["SERVICE_NAMES", "TlsContexts", "load_ca_file", "make_tls_context", "untrusted_certificate_message"]
+from daemon.config import Settings
+
+__all__ = [
+    "SERVICE_NAMES",
+    "TlsContexts",
+    "load_ca_file",
+    "make_tls_context",
+    "transport_risks",
+    "untrusted_certificate_message",
+]
 
 SERVICE_NAMES = {"asr": "ASR", "llm": "LLM", "tts": "TTS"}
 
@@ -72,3 +83,33 @@ def untrusted_certificate_message(service: str, url: str, exc: BaseException) ->
         f"pin its CA or its own certificate with {service}.ca_file"
         f" (or, on a network you trust, set {service}.tls_verify = false)"
     )
+
+
+def _is_loopback(host: str | None) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False
+
+
+def transport_risks(settings: Settings) -> list[tuple[str, str]]:
+    """(service, what is wrong) for each service whose traffic is open to whoever is on the path:
+    a TLS certificate left unchecked, or the API key sent in clear text beyond this machine.
+    Plain ws:// and http:// without a secret are a choice (a trusted LAN), not listed."""
+    risks: list[tuple[str, str]] = []
+    for service, s in (("asr", settings.asr), ("llm", settings.llm), ("tts", settings.tts)):
+        parts = urlsplit(s.url)
+        if parts.scheme in ("https", "wss") and not s.tls_verify:
+            risks.append(
+                (
+                    service,
+                    f"the certificate of {s.url} is not checked ({service}.tls_verify = false): whoever is on"
+                    f" the path can pose as the server; pin it with {service}.ca_file instead",
+                )
+            )
+    llm = settings.llm
+    if llm.api_key and urlsplit(llm.url).scheme == "http" and not _is_loopback(urlsplit(llm.url).hostname):
+        risks.append(("llm", f"the API key goes to {llm.url} in clear text; use https://"))
+    return risks

@@ -8,7 +8,7 @@ import asyncio
 from daemon.clients.asr import FunAsrClient
 from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
-from daemon.clients.tls import make_tls_context
+from daemon.clients.tls import make_tls_context, transport_risks
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
 from daemon.doctor import Finding
@@ -68,6 +68,14 @@ async def check_tts(s: Settings) -> list[Finding]:
             return [Finding("tts", "FAIL", _named(url, exc), fix)]
     seconds = size / 2 / rate
     return [Finding("tts", "ok", f"{url}: {rate} Hz; {SYNTHESIS_TEXT!r} synthesised into {seconds:.2f} s of audio")]
+
+
+async def check_transport(s: Settings) -> list[Finding]:
+    """Whether whoever is on the path to a service could read or forge its traffic (no network)."""
+    risks = transport_risks(s)
+    if not risks:
+        return [Finding("transport", "ok", "every TLS certificate is checked; no secret crosses the network in clear")]
+    return [Finding("transport", "warn", f"{service}: {risk}", "see the README, Security") for service, risk in risks]
 
 
 async def check_hotword(s: Settings) -> list[Finding]:
