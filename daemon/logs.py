@@ -134,7 +134,9 @@ def configure_logging(
     else:
         renderer = structlog.dev.ConsoleRenderer(colors=stream.isatty())
         shared.append(structlog.processors.format_exc_info)  # a traceback as text, so that it is redacted too
-    shared.append(redact)  # last before the renderer: everything is text by now
+    # Last before the renderer: everything is text by now. Anything that cuts long fields goes
+    # after it: a key cut in two would no longer be recognised (test_secrets holds this).
+    shared.append(redact)
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
@@ -155,7 +157,7 @@ def configure_logging(
 def _configure_journal(
     level: str, shared: list[structlog.types.Processor], sink: JournalSink, redact: structlog.types.Processor
 ) -> None:
-    # A traceback as text: journalctl shows it as is; then the redaction, last.
+    # A traceback as text: journalctl shows it as is; then the redaction, last (before any cut).
     shared = [*shared, structlog.processors.format_exc_info, redact]
     structlog.configure(
         processors=[*shared, journal_renderer],

@@ -362,3 +362,17 @@ async def test_the_doctor_reports_without_the_secrets(tmp_path: Path, right_key:
     assert llm_finding.result == ("ok" if right_key else "FAIL"), llm_finding
     for report in (to_table(findings), to_json(findings)):
         assert KEY not in report and TOKEN not in report
+
+
+def test_a_secret_in_an_enormous_field_leaves_no_part_of_it() -> None:
+    """Whatever cuts long fields (a length cap) must run after the redaction: a cap first would
+    leave a piece of a key the redaction can no longer recognise. Each field starts the repeated
+    key at another offset, so wherever a cap cuts, some field is cut inside a key."""
+    key = "Qx9-" + KEY
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out, secrets=[key])
+    period = len(key) + 1
+    fields = {f"f{i}": "." * i + f"{key} " * 40_000 for i in range(period)}
+    structlog.get_logger().info("flood", **fields)
+    text = out.getvalue()
+    assert "flood" in text and "Qx9" not in text
