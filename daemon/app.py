@@ -17,13 +17,14 @@ import structlog
 from daemon.clients.asr import FunAsrClient
 from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
+from daemon.clients.tidying import Tidying
 from daemon.clients.tls import TlsContexts, transport_risks
 from daemon.clients.tts import make_tts
 from daemon.config import Settings
 from daemon.config_load import load_settings
 from daemon.config_reload import changed_keys
 from daemon.devices import make_echo_canceller, open_devices, reopen_microphone
-from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
+from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon, thinking_earcon
 from daemon.errors import ConfigError
 from daemon.event_bus import Event, EventBus
 from daemon.health import Health
@@ -50,7 +51,9 @@ DRAIN_ON_EXIT_S = 5.0
 PROBE_S = 3.0
 """The start-up probe of each service: a service that does not answer within it is reported down."""
 
-EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH = 0, 1, 3
+EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH, EXIT_STOPPED = 0, 1, 3, 4
+"""``--once``: how its turn went (2 is a bad config: daemon/cli_config.py). EXIT_STOPPED: a signal
+stopped the daemon before its turn was over, so nothing can be said of it."""
 
 
 def assistant_settings(settings: Settings) -> AssistantSettings:
@@ -62,6 +65,7 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
         follow_up_s=settings.wake.follow_up_s,
         always=settings.wake.always,
         refractory_s=settings.wake.hotword.refractory_s,
+        cues=settings.reply,
     )
 
 
@@ -97,6 +101,8 @@ class App:
         self.assistant: Assistant | None = None
         """The running conversation, while ``run`` runs (other wake sources fire its triggers)."""
         self._turn_done = asyncio.Event()
+        self._stopped = False
+        """A signal stopped the daemon (not the end of the ``once`` turn)."""
         self.bus = EventBus()
         """The daemon's events: the control API's /events, hooks, metrics, LEDs subscribe."""
 
@@ -115,7 +121,9 @@ class App:
             tts_http = await stack.enter_async_context(make_http_client(tts_tls))
             llm = OpenAiCompatibleLlm(s.llm, llm_http)
             tts = make_tts(s.tts, tts_http, tls=tts_tls)
-            asr = FunAsrClient(s.asr)
+            tidying = Tidying()
+            stack.push_async_callback(tidying.wait)  # close handshakes left in the background
+            asr = FunAsrClient(s.asr, tidying=tidying)
             # Every service probed before the devices open (a WAV microphone's clock starts at open).
             tts_rate, probed = await asyncio.gather(self._tts_rate(tts), self._probe(asr, llm))
             output_rate = s.audio.output_rate or tts_rate or FALLBACK_OUTPUT_RATE
@@ -147,6 +155,7 @@ class App:
                 earcons=Earcons(
                     listening=earcon_from_setting(s.earcons.listening, listening_earcon),
                     error=earcon_from_setting(s.earcons.error, failure_earcon),
+                    thinking=earcon_from_setting(s.earcons.thinking, thinking_earcon),
                 ),
                 hotword=hotword,
                 events=self.bus,
@@ -203,6 +212,7 @@ class App:
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set():
+                    self._stopped = True
                     # The turn in progress is cancelled as the stack unwinds (assistant.aclose),
                     # then the last words drain for at most DRAIN_ON_EXIT_S.
                     self._notifier.stopping()
@@ -217,8 +227,8 @@ class App:
         is no failure of the service (systemd would mark the unit failed)."""
         if not self.once:
             return EXIT_ANSWERED
-        if not self.turns:
-            return EXIT_FAILED
+        if not self.turns or (self._stopped and self.turns[-1].outcome == "stopped"):
+            return EXIT_STOPPED if self._stopped else EXIT_FAILED
         last = self.turns[-1]
         if last.outcome == "failed":
             return EXIT_FAILED
@@ -278,6 +288,7 @@ class App:
         assistant.earcons = Earcons(
             listening=earcon_from_setting(new.earcons.listening, listening_earcon),
             error=earcon_from_setting(new.earcons.error, failure_earcon),
+            thinking=earcon_from_setting(new.earcons.thinking, thinking_earcon),
         )
         n = new.llm
         if (

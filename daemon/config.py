@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit, urlunsplit
 
 from states.barge_in import BargeInSettings
+from states.cues import CueSettings
 from states.endpointer import EndpointerSettings
 from states.settings import Checked, setting
 from states.speech_text import SpeechTextSettings
@@ -102,7 +103,7 @@ class AsrSettings(Checked):
     """Streaming latency config in 60 ms encoder frames."""
     chunk_interval: int = setting(10, gt=0)
     """Online decode runs every chunk_interval binary messages (Python servers)."""
-    wav_name: str = "moss-voice"
+    wav_name: str = setting("moss-voice", check=lambda v: None if v else "must not be empty")
     hotwords: dict[str, int] = field(default_factory=dict)
     """Word -> weight; sent JSON-encoded inside a string, as the servers require."""
     itn: bool = True
@@ -125,7 +126,7 @@ class LlmSettings(Checked):
 
     url: str = setting("http://127.0.0.1:8000/v1", check=url_with("http", "https"))
     """Base URL up to and including /v1."""
-    model: str = "moss"
+    model: str = setting("moss", check=lambda v: None if v.strip() else f"must name the served model, got {v!r}")
     system_prompt: str = MOSS_SYSTEM_PROMPT
     stop: tuple[str, ...] = ("<|end_of_assistant|>",)
     max_tokens: int = setting(512, gt=0)
@@ -220,13 +221,21 @@ class VadSettings(EndpointerSettings):
 
 
 @dataclass(frozen=True)
+class ReplySettings(CueSettings, SpeechTextSettings):
+    """The ``[reply]`` table: how replies are cut into clauses (``states.speech_text``) plus what
+    the user hears while the answer is slow and when a turn fails (``states.cues``)."""
+
+
+@dataclass(frozen=True)
 class EarconSettings(Checked):
     """Short sounds: "builtin", "off", or the path of a WAV file (the loader checks that it exists)."""
 
     listening: str = "builtin"
     """When the robot starts listening after a wake (not after a barge-in: the user is talking)."""
     error: str = "builtin"
-    """When a turn fails (a service or a device)."""
+    """When a turn fails (a service or a device), unless the apology (``reply.apology``) is said."""
+    thinking: str = "builtin"
+    """While an answer is slow to start (``reply.thinking_cue_after_s``)."""
 
 
 HOTWORD_ENGINES = ("microwakeword", "pocketsphinx", "sherpa-onnx", "asr", "off")
@@ -344,7 +353,7 @@ class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     aec: AecSettings = field(default_factory=AecSettings)
-    reply: SpeechTextSettings = field(default_factory=SpeechTextSettings)
+    reply: ReplySettings = field(default_factory=ReplySettings)
     barge_in: BargeInSettings = field(default_factory=BargeInSettings)
     earcons: EarconSettings = field(default_factory=EarconSettings)
     wake: WakeSettings = field(default_factory=WakeSettings)

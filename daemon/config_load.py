@@ -27,7 +27,7 @@ from daemon.hooks import check_hooks
 from daemon.secrets import with_credentials
 from states.settings import SettingsError, rule_of
 
-__all__ = ["API_KEY_ENV", "file_keys", "load_settings", "settings_from_dict"]
+__all__ = ["API_KEY_ENV", "file_keys", "load_settings", "once_problems", "settings_from_dict"]
 
 TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "list", "dict": "table"}
 
@@ -60,6 +60,14 @@ def settings_from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = N
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def once_problems(settings: Settings) -> list[str]:
+    """What ``run --once`` cannot run with: it waits for one turn, and without ``wake.on_start``
+    nothing may ever start it."""
+    if not settings.wake.on_start:
+        return ["wake.on_start: must be true with --once (the one turn it waits for starts at start-up)"]
+    return []
 
 
 def file_keys(cls: type = Settings, prefix: str = "") -> list[str]:
@@ -168,7 +176,7 @@ def _convert(kind: Any, value: Any, name: str, problems: list[str]) -> Any:
 
 def _check_files(s: Settings) -> list[str]:
     problems: list[str] = []
-    for key in ("listening", "error"):
+    for key in ("listening", "error", "thinking"):
         value = getattr(s.earcons, key)
         if value not in ("builtin", "off") and not Path(value).is_file():
             problems.append(f"earcons.{key}: must be builtin, off, or an existing WAV file, got {value!r}")

@@ -355,3 +355,16 @@ def test_the_hotword_model_files_are_checked_before_the_daemon_starts(tmp_path: 
     assert problems_of({"wake": {"hotword": {"engine": "sherpa-onnx", "model_dir": nowhere}}}) == [
         f"wake.hotword.model_dir: no such directory {nowhere!r}"
     ]
+
+
+def test_once_without_on_start_is_rejected_before_it_can_wait_forever(tmp_path: Path) -> None:
+    path = tmp_path / "robot.toml"
+    path.write_text("[wake]\non_start = false\n")
+    checked = subprocess.run(
+        [sys.executable, "-m", "daemon", "config", "check", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0  # a daemon that waits for a wake word is fine
+    for command in (["config", "check", "--once", str(path)], ["run", "--once", "--config", str(path)]):
+        res = subprocess.run([sys.executable, "-m", "daemon", *command], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, command
+        assert "wake.on_start: must be true with --once" in res.stderr

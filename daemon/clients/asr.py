@@ -31,9 +31,11 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import Close
 
 from daemon.clients.asr_text import TranscriptAssembler
 from daemon.clients.json_frame import json_object
+from daemon.clients.tidying import Tidying
 from daemon.clients.tls import untrusted_certificate_message
 from daemon.config import AsrSettings
 from daemon.errors import AsrError, AsrTimeout
@@ -94,10 +96,19 @@ def _ssl_context(settings: AsrSettings) -> ssl.SSLContext:
 class FunAsrClient:
     """Implements ``states.ports.AsrClient`` for a FunASR websocket server."""
 
-    def __init__(self, settings: AsrSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: AsrSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tidying: Tidying | None = None,
+    ) -> None:
+        """``tidying``: where sessions leave their close handshakes, so that closing never delays
+        the caller (the daemon waits for them at shutdown); None: each close is awaited."""
         self._settings = settings
         self._clock = clock
         self._url = settings.url
+        self._tidying = tidying
         self._tls: ssl.SSLContext | None = None
 
     @property
@@ -129,7 +140,7 @@ class FunAsrClient:
             if isinstance(exc, TimeoutError):
                 raise AsrTimeout(f"could not send the configuration message to {url}") from exc
             raise
-        return FunAsrSession(ws, settings, clock=self._clock)
+        return FunAsrSession(ws, settings, clock=self._clock, tidying=self._tidying)
 
     async def _connect(self, ssl_arg: ssl.SSLContext | None) -> ClientConnection:
         settings, url = self._settings, self._url
@@ -188,9 +199,15 @@ class FunAsrSession:
     """One utterance on one connection. Implements ``states.ports.AsrSession``."""
 
     def __init__(
-        self, ws: ClientConnection, settings: AsrSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        ws: ClientConnection,
+        settings: AsrSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tidying: Tidying | None = None,
     ) -> None:
         self._ws = ws
+        self._tidying = tidying
         self._settings = settings
         self._url = settings.url
         self._clock = clock
@@ -264,13 +281,22 @@ class FunAsrSession:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop both tasks and close the connection with a normal close frame. Idempotent."""
+        """Stop both tasks and close the connection with a normal close frame. Idempotent.
+
+        With a ``tidying``, the close handshake runs in the background: nothing that only tidies
+        up sits between the user and the answer."""
         if self._closed:
             return
         self._closed = True
         for task in (self._sender, self._receiver):
             task.cancel()
         await asyncio.gather(self._sender, self._receiver, return_exceptions=True)
+        if self._tidying is not None:
+            self._tidying.run(self._close_handshake(), name="asr-close")
+        else:
+            await self._close_handshake()
+
+    async def _close_handshake(self) -> None:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S + 1.0):
                 await self._ws.close()
@@ -385,13 +411,26 @@ class FunAsrSession:
             raise AsrError(f"ASR server {self._url} sent {exc}") from exc
 
     def _closed_error(self, exc: ConnectionClosed | None) -> AsrError:
-        """Any close before the final result is an error, even code 1000.
-
-        See docs/protocols.md "FunASR: observed quirks".
-        """
-        close = self._ws.protocol.close_rcvd if exc is None else (exc.rcvd or exc.sent)
-        how = f"code {close.code}" + (f" {close.reason!r}" if close.reason else "") if close else "no close frame"
-        error = AsrError(f"ASR server {self._url} closed the connection ({how}) before the final result")
+        """Any close before the final result is an error, even code 1000. The error keeps the
+        close code and reason, and says who closed: when the client closed first (1007: the server
+        sent a text frame that is not UTF-8; 1009: a message too big), the server broke the
+        protocol, but the close was ours. See docs/protocols.md "FunASR: observed quirks"."""
+        protocol = self._ws.protocol
+        rcvd, sent = (protocol.close_rcvd, protocol.close_sent) if exc is None else (exc.rcvd, exc.sent)
+        ours_first = sent is not None and (rcvd is None or not protocol.close_rcvd_then_sent)
+        if ours_first:
+            assert sent is not None
+            error = AsrError(
+                f"moss-voice closed the connection to ASR server {self._url} ({_close_text(sent)}) before the "
+                "final result: what the server sent broke the websocket protocol"
+            )
+        else:
+            how = _close_text(rcvd) if rcvd is not None else "no close frame"
+            error = AsrError(f"ASR server {self._url} closed the connection ({how}) before the final result")
         if exc is not None:
             error.__cause__ = exc
         return error
+
+
+def _close_text(close: Close) -> str:
+    return f"code {close.code}" + (f" {close.reason!r}" if close.reason else "")

@@ -26,6 +26,8 @@ class ScriptStep:
     after_frames: int | None = None
     after_end: bool = False
     delay_s: float = 0.0
+    as_text: bool = False
+    """bytes sent in a text frame as they are, unchecked (a server that sends invalid UTF-8)."""
 
 
 @dataclass
@@ -62,10 +64,13 @@ class FunAsrBehaviour:
     final_delay_s: float = 0.0
     """Wait this long after the end marker before the final result (the offline pass of a busy
     server); benchmarks inject ASR latency with it. Not applied to ``script``."""
+    busy_after_final_s: float = 0.0
+    """After the final result, read nothing for this long (a classic Python server decoding the
+    next request): a client's close frame waits that long for its answer."""
 
     def __post_init__(self) -> None:
-        if self.final_delay_s < 0:
-            raise ValueError(f"final_delay_s must be >= 0, got {self.final_delay_s}")
+        if self.final_delay_s < 0 or self.busy_after_final_s < 0:
+            raise ValueError("final_delay_s and busy_after_final_s must be >= 0")
         if self.flavour not in ASR_FLAVOURS:
             raise ValueError(f"unknown flavour {self.flavour!r}; expected one of {', '.join(ASR_FLAVOURS)}")
         if self.misbehave is not None and self.misbehave not in MISBEHAVIOURS:

@@ -208,7 +208,15 @@ class Utterance:
                 await self._error_reply()
             elif b.misbehave != "mute":
                 await self._flush_reply(text, wants_ack=wants_ack)
+                if b.busy_after_final_s > 0:
+                    self._busy(b.busy_after_final_s)
         log.debug("funasr_stub_flushed", text=self.session.recognised, frames=self.session.frames_received)
+
+    def _busy(self, seconds: float) -> None:
+        """Stop reading the socket for ``seconds``: a close frame from the client is answered late."""
+        transport = self.ws.transport
+        transport.pause_reading()
+        asyncio.get_running_loop().call_later(seconds, _resume_reading, transport)
 
     async def _final_text(self) -> str:
         if self.b.transcript_override is not None:
@@ -284,12 +292,12 @@ class Utterance:
             if due(step):
                 if step.delay_s > 0:
                     await asyncio.sleep(step.delay_s)
-                await self._send(step.message)
+                await self._send(step.message, text=step.as_text or None)
 
-    async def _send(self, message: dict[str, Any] | str | bytes) -> None:
+    async def _send(self, message: dict[str, Any] | str | bytes, *, text: bool | None = None) -> None:
         self.session.sent.append(message)
         # ensure_ascii like the classic Python server: \\uXXXX escapes for Chinese.
-        await self.ws.send(json.dumps(message) if isinstance(message, dict) else message)
+        await self.ws.send(json.dumps(message) if isinstance(message, dict) else message, text=text)
 
     def _violation(self, what: str) -> None:
         self.session.violations.append(what)
@@ -300,3 +308,8 @@ class Utterance:
         self._violation(what)
         await self.ws.close(1000)
         raise SessionAborted
+
+
+def _resume_reading(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()
