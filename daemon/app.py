@@ -12,13 +12,13 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import httpx
 import structlog
 
 from daemon.clients.backoff import Backoff
 from daemon.clients.guarded import PROBE_S
 from daemon.clients.http_pool import make_http_client
 from daemon.clients.tidying import Tidying
+from daemon.clients.tls import TlsContexts, transport_risks
 from daemon.config import Settings
 from daemon.config_load import load_settings
 from daemon.config_reload import changed_keys
@@ -28,6 +28,7 @@ from daemon.errors import ConfigError
 from daemon.event_bus import Event, EventBus
 from daemon.health import Health
 from daemon.logs import configure_logging
+from daemon.secrets import secret_values
 from daemon.services import build_services
 from daemon.systemd_notify import Notifier, watchdog_interval_s
 from daemon.systemd_status import StatusLine, feed_watchdog
@@ -114,13 +115,25 @@ class App:
         s = self.settings
         started = time.monotonic()
         async with AsyncExitStack() as stack:
-            tls = httpx.create_ssl_context()  # built once: each costs ~25 ms of the start
-            llm_http = await stack.enter_async_context(make_http_client(tls))
-            tts_http = await stack.enter_async_context(make_http_client(tls))
+            # One context per service, built once (each costs ~25 ms of the start); shared when equal.
+            tls = TlsContexts()
+            llm_tls = tls.get(verify=s.llm.tls_verify, ca_file=s.llm.ca_file)
+            tts_tls = tls.get(verify=s.tts.tls_verify, ca_file=s.tts.ca_file)
+            for service, risk in transport_risks(s):
+                log.warning("insecure_transport", service=service, problem=risk)
+            llm_http = await stack.enter_async_context(make_http_client(llm_tls))
+            tts_http = await stack.enter_async_context(make_http_client(tts_tls))
             tidying = Tidying()
             stack.push_async_callback(tidying.wait)  # close handshakes left in the background
             services = build_services(
-                s, llm_http, tts_http, events=self.bus, probe_s=self._probe_s, backoff=self._backoff, tidying=tidying
+                s,
+                llm_http,
+                tts_http,
+                events=self.bus,
+                probe_s=self._probe_s,
+                backoff=self._backoff,
+                tidying=tidying,
+                tts_tls=tts_tls,
             )
             stack.push_async_callback(services.aclose)
             # Every endpoint probed before the devices open (a WAV microphone's clock starts at open).
@@ -282,7 +295,7 @@ class App:
     def _apply_live(self, new: Settings) -> None:
         old, self.settings = self.settings, new
         if (old.log.level, old.log.format) != (new.log.level, new.log.format):
-            configure_logging(new.log.level, new.log.format)
+            configure_logging(new.log.level, new.log.format, secrets=secret_values(new))
         assistant = self.assistant
         if assistant is None:
             return

@@ -15,6 +15,7 @@ from daemon.cli_config import config_failed
 from daemon.config_load import load_settings, once_problems
 from daemon.errors import ConfigError, ControlError, HardwareError
 from daemon.logs import configure_logging
+from daemon.secrets import secret_values
 
 log = structlog.get_logger()
 
@@ -40,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ConfigError(problems)
     except ConfigError as exc:
         return config_failed(args.config, exc)
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(settings.log.level, settings.log.format, secrets=secret_values(settings))
     from daemon.app import App  # here, so that the other commands do not pay for its imports
     from daemon.systemd_notify import Notifier
 

@@ -11,7 +11,8 @@ place plus its row in the README's configuration table (a test holds the two tog
 engine's own keys, so the daemon hands ``settings.vad`` to the conversation as its endpointer.
 
 Every field has a default that works against the loopback stand-ins (`moss-voice stubs`).
-Secrets come from the environment, never from the file: ``MOSS_VOICE_LLM_API_KEY``.
+Secrets come from the environment or systemd credentials, never from the file:
+``MOSS_VOICE_LLM_API_KEY``, ``MOSS_VOICE_CONTROL_TOKEN`` (daemon/secrets.py).
 """
 
 from __future__ import annotations
@@ -47,10 +48,14 @@ OUTPUT_SCHEMES = ("pyaudio", "wav")
 
 
 def url_with(*schemes: str) -> Callable[[str], str | None]:
-    """A check: the value is a URL with one of ``schemes``, a host, and a valid port if any."""
+    """A check: the value is a URL with one of ``schemes``, a host, and a valid port if any; and
+    no user name or password (it would be a secret in the file, and in every log line that names
+    the URL)."""
 
     def check(value: str) -> str | None:
         parts = urlsplit(value)
+        if "@" in parts.netloc:
+            return "must not carry a user name or password: secrets do not go in the file (see the README)"
         try:
             valid_port = parts.port is None or parts.port > 0
         except ValueError:  # not a number, or beyond 65535
@@ -184,7 +189,11 @@ class LlmSettings(Endpoints, Checked):
     """The OpenAI API's range; vLLM rejects a negative one."""
     top_p: float = setting(0.8, gt=0, le=1)
     api_key: str | None = setting(None, env=API_KEY_ENV)
-    """From the environment variable MOSS_VOICE_LLM_API_KEY only."""
+    """From the environment variable MOSS_VOICE_LLM_API_KEY or the systemd credential llm_api_key only."""
+    tls_verify: bool = True
+    """Check the https:// server's certificate. Prefer ``ca_file`` to turning this off."""
+    ca_file: str | None = None
+    """Pin a CA (or the server's own self-signed certificate): only it is trusted."""
     connect_timeout_s: float = setting(5.0, gt=0)
     first_token_timeout_s: float = setting(30.0, gt=0)
     """From the request to the first text: covers queueing and prefill on a busy GPU."""
@@ -206,6 +215,10 @@ class TtsSettings(Endpoints, Checked):
     """http(s)://... for HTTP streaming, ws(s)://... for the websocket protocol; one or a list
     (replicas, in order of preference; each URL's scheme picks its protocol)."""
     spk_id: int = setting(0, ge=0)
+    tls_verify: bool = True
+    """Check the https:// or wss:// server's certificate. Prefer ``ca_file`` to turning this off."""
+    ca_file: str | None = None
+    """Pin a CA (or the server's own self-signed certificate): only it is trusted."""
     connect_timeout_s: float = setting(5.0, gt=0)
     read_timeout_s: float = setting(10.0, gt=0)
     """Longest wait for the next audio chunk."""

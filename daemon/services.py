@@ -11,6 +11,7 @@ timeouts: a TTS that accepts and never answers costs start-up ``probe_s``, not `
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -77,12 +78,14 @@ def build_services(
     backoff: Backoff | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     tidying: Tidying | None = None,
+    tts_tls: ssl.SSLContext | None = None,
 ) -> Services:
     """The clients and guards of ``s``'s endpoints (nothing is contacted yet). ``tidying``: where
-    the ASR sessions leave their close handshakes (``FunAsrClient``)."""
+    the ASR sessions leave their close handshakes (``FunAsrClient``). ``tts_tls``: the TTS's TLS
+    context (``tts_http`` was built with it), for a wss:// websocket."""
     asr_clients = [FunAsrClient(s.asr.at(url), tidying=tidying) for url in s.asr.urls]
     llm_clients = [OpenAiCompatibleLlm(s.llm.at(url), llm_http) for url in s.llm.urls]
-    tts_clients = [make_tts(s.tts.at(url), tts_http) for url in s.tts.urls]
+    tts_clients = [make_tts(s.tts.at(url), tts_http, tls=tts_tls) for url in s.tts.urls]
     rate_known = [False] * len(tts_clients)
 
     async def probe_asr(i: int) -> None:

@@ -36,6 +36,7 @@ from websockets.frames import Close
 from daemon.clients.asr_text import TranscriptAssembler
 from daemon.clients.json_frame import json_object
 from daemon.clients.tidying import Tidying
+from daemon.clients.tls import untrusted_certificate_message
 from daemon.config import AsrSettings
 from daemon.errors import AsrError, AsrTimeout
 from states.events import Transcript
@@ -108,16 +109,23 @@ class FunAsrClient:
         self._clock = clock
         self._url = settings.endpoint
         self._tidying = tidying
+        self._tls: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
         return self._url
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """Built at the first wss:// session (the start-up probe) and kept: each costs ~25 ms."""
+        if self._tls is None:
+            self._tls = _ssl_context(self._settings)
+        return self._tls
+
     async def open_session(self) -> FunAsrSession:
         """Connect, send the configuration message and return a session ready for audio."""
         settings, url = self._settings, self._url
         # AsrSettings accepts only ws:// and wss:// (checked when it is built).
-        ssl_arg = _ssl_context(settings) if urlsplit(url).scheme == "wss" else None
+        ssl_arg = self._tls_context() if urlsplit(url).scheme == "wss" else None
         started = self._clock()
         ws = await self._connect(ssl_arg)
         connected_ms = round((self._clock() - started) * 1000)
@@ -160,10 +168,9 @@ class FunAsrClient:
                 + ("" if secure else "; if the server uses TLS, use wss://")
             ) from exc
         except ssl.SSLCertVerificationError as exc:
-            raise AsrError(
-                f"TLS certificate of ASR server {url} not trusted ({exc.verify_message}); "
-                "set tls_verify = false for FunASR's self-signed certificate, or pin it with ca_file"
-            ) from exc
+            untrusted = untrusted_certificate_message("asr", url, exc) or f"TLS certificate of {url} not trusted"
+            hint = "FunASR's images ship a self-signed runtime/ssl_key/server.crt: pin it"
+            raise AsrError(f"{untrusted}; {hint}") from exc
         except ssl.SSLError as exc:
             raise AsrError(
                 f"TLS handshake with ASR server {url} failed ({exc.reason or exc}); "

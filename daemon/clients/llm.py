@@ -33,6 +33,7 @@ import structlog
 
 from daemon.clients.http_pool import send_retrying_stale, warm_up_connection
 from daemon.clients.llm_stream import LlmStream, error_message
+from daemon.clients.tls import untrusted_certificate_message
 from daemon.config import LlmSettings
 from daemon.errors import LlmAuthError, LlmError, LlmNotFoundError, LlmTimeout
 from states.events import ChatMessage
@@ -159,7 +160,8 @@ class OpenAiCompatibleLlm:
             except httpx.TimeoutException as exc:
                 raise LlmTimeout(f"timed out connecting to {url} ({type(exc).__name__})") from exc
             except httpx.ConnectError as exc:
-                raise LlmError(f"cannot connect to {url}: {exc}") from exc
+                untrusted = untrusted_certificate_message("llm", url, exc)
+                raise LlmError(untrusted or f"cannot connect to {url}: {exc}") from exc
             except httpx.HTTPError as exc:
                 raise LlmError(f"request to {url} failed: {type(exc).__name__}: {exc}") from exc
             if response.status_code != 200:
@@ -280,6 +282,9 @@ class OpenAiCompatibleLlm:
         try:
             response = await self._http.get(url, headers=self._headers(), timeout=httpx.Timeout(timeout))
         except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
+            untrusted = untrusted_certificate_message("llm", url, exc)
+            if untrusted is not None:  # waiting will not change the certificate
+                raise LlmError(untrusted) from exc
             raise _NotYet(f"{url}: {type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise LlmError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc

@@ -16,6 +16,7 @@ import httpx
 import structlog
 
 from daemon.clients.b64stream import Base64StreamDecoder
+from daemon.clients.tls import make_tls_context, untrusted_certificate_message
 from daemon.config import TtsSettings
 from daemon.errors import TtsError, TtsTimeout
 
@@ -61,7 +62,8 @@ class SampleRate:
                 if self._http is not None:
                     self._rate = await self._fetch(self._http)
                 else:
-                    async with httpx.AsyncClient() as http:
+                    tls = make_tls_context(verify=self._settings.tls_verify, ca_file=self._settings.ca_file)
+                    async with httpx.AsyncClient(verify=tls) as http:
                         self._rate = await self._fetch(http)
                 log.info("tts_sample_rate", url=self._settings.samplerate_url, sample_rate=self._rate)
         return self._rate
@@ -73,7 +75,8 @@ class SampleRate:
         except httpx.TimeoutException as exc:
             raise TtsTimeout(f"TTS sample rate request to {url} timed out: {describe(exc)}") from exc
         except httpx.HTTPError as exc:
-            raise TtsError(f"cannot reach TTS server {url}: {describe(exc)}") from exc
+            untrusted = untrusted_certificate_message("tts", url, exc)
+            raise TtsError(untrusted or f"cannot reach TTS server {url}: {describe(exc)}") from exc
         if response.status_code != 200:
             excerpt = error_detail(response.content)
             raise TtsError(f"TTS sample rate request to {url} got HTTP {response.status_code}: {excerpt}")

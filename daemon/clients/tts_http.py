@@ -15,6 +15,7 @@ import httpx
 import structlog
 
 from daemon.clients.http_pool import send_retrying_stale, warm_up_connection
+from daemon.clients.tls import untrusted_certificate_message
 from daemon.clients.tts_common import (
     Clock,
     SampleRate,
@@ -80,7 +81,8 @@ class PaddleSpeechHttpTts:
             log.warning("tts_error", url=url, error=str(error))
             raise error from exc
         except httpx.HTTPError as exc:
-            error = TtsError(f"TTS request to {url} failed: {describe(exc)}")
+            untrusted = untrusted_certificate_message("tts", url, exc)
+            error = TtsError(untrusted or f"TTS request to {url} failed: {describe(exc)}")
             log.warning("tts_error", url=url, error=str(error))
             raise error from exc
         stream = _HttpAudioStream(text, self._settings, self._clock, response, started)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from daemon.clients.json_frame import json_object
+from daemon.clients.tls import make_tls_context, untrusted_certificate_message
 from daemon.clients.tts_common import (
     Clock,
     SampleRate,
@@ -53,6 +55,8 @@ class PaddleSpeechWsTts:
     """The websocket protocol: one connection per ``synthesize`` call (docs/protocols.md "PaddleSpeech: websocket").
 
     ``http`` is only used for GET .../samplerate; without it a short-lived client is made.
+    ``tls``: the context of wss:// connections (the one ``http`` was built with); None: built
+    from ``settings.tls_verify`` and ``settings.ca_file`` at the first wss:// connection.
     """
 
     def __init__(
@@ -60,11 +64,13 @@ class PaddleSpeechWsTts:
         settings: TtsSettings,
         http: httpx.AsyncClient | None = None,
         *,
+        tls: ssl.SSLContext | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._rate = SampleRate(settings, http)
+        self._tls = tls
 
     async def sample_rate(self) -> int:
         return await self._rate.get()
@@ -89,8 +95,14 @@ class PaddleSpeechWsTts:
         finally:
             await stream.aclose()
 
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = make_tls_context(verify=self._settings.tls_verify, ca_file=self._settings.ca_file)
+        return self._tls
+
     async def _connect(self) -> ClientConnection:
         url = self._settings.endpoint
+        secure: dict[str, Any] = {"ssl": self._tls_context()} if url.startswith("wss:") else {}
         try:
             return await connect(
                 url,
@@ -99,6 +111,7 @@ class PaddleSpeechWsTts:
                 ping_interval=None,  # the server blocks its loop while synthesizing ("PaddleSpeech: websocket")
                 max_size=WS_MAX_MESSAGE_BYTES,
                 proxy=None,
+                **secure,
             )
         except TimeoutError as exc:
             timeout = self._settings.connect_timeout_s
@@ -110,7 +123,9 @@ class PaddleSpeechWsTts:
             message = f"TTS websocket {url} refused the handshake with HTTP {status}: {body}"
             error, cause = TtsError(message, status=status), exc
         except (OSError, WebSocketException) as exc:
-            error, cause = TtsError(f"cannot connect to TTS websocket {url}: {describe(exc)}"), exc
+            untrusted = untrusted_certificate_message("tts", url, exc)
+            error = TtsError(untrusted or f"cannot connect to TTS websocket {url}: {describe(exc)}")
+            cause = exc
         log.warning("tts_error", url=url, error=str(error))
         raise error from cause
 

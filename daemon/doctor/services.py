@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-import httpx
-
 from daemon.clients.asr import FunAsrClient
+from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
+from daemon.clients.tls import make_tls_context, transport_risks
 from daemon.clients.tts import make_tts
 from daemon.config import AsrSettings, LlmSettings, Settings, TtsSettings
 from daemon.doctor import Finding
@@ -53,7 +53,7 @@ async def check_llm(s: Settings, *, max_wait_s: float) -> list[Finding]:
 
 async def _check_llm(settings: LlmSettings, *, max_wait_s: float) -> list[Finding]:
     url = settings.endpoint
-    async with httpx.AsyncClient() as http:
+    async with make_http_client(make_tls_context(verify=settings.tls_verify, ca_file=settings.ca_file)) as http:
         try:
             model = await OpenAiCompatibleLlm(settings, http).wait_ready(max_wait_s=max_wait_s)
         except ServiceError as exc:
@@ -70,8 +70,9 @@ async def check_tts(s: Settings) -> list[Finding]:
 async def _check_tts(settings: TtsSettings) -> list[Finding]:
     url = settings.endpoint
     fix = f"start the PaddleSpeech server or fix tts.url ({url})"
-    async with httpx.AsyncClient() as http:
-        tts = make_tts(settings, http)
+    tls = make_tls_context(verify=settings.tls_verify, ca_file=settings.ca_file)
+    async with make_http_client(tls) as http:
+        tts = make_tts(settings, http, tls=tls)
         try:
             rate = await tts.sample_rate()
         except ServiceError as exc:
@@ -85,6 +86,14 @@ async def _check_tts(settings: TtsSettings) -> list[Finding]:
             return [Finding("tts", "FAIL", _named(url, exc), fix)]
     seconds = size / 2 / rate
     return [Finding("tts", "ok", f"{url}: {rate} Hz; {SYNTHESIS_TEXT!r} synthesised into {seconds:.2f} s of audio")]
+
+
+async def check_transport(s: Settings) -> list[Finding]:
+    """Whether whoever is on the path to a service could read or forge its traffic (no network)."""
+    risks = transport_risks(s)
+    if not risks:
+        return [Finding("transport", "ok", "every TLS certificate is checked; no secret crosses the network in clear")]
+    return [Finding("transport", "warn", f"{service}: {risk}", "see the README, Security") for service, risk in risks]
 
 
 async def check_hotword(s: Settings) -> list[Finding]:
