@@ -100,16 +100,17 @@ def transport_risks(settings: Settings) -> list[tuple[str, str]]:
     Plain ws:// and http:// without a secret are a choice (a trusted LAN), not listed."""
     risks: list[tuple[str, str]] = []
     for service, s in (("asr", settings.asr), ("llm", settings.llm), ("tts", settings.tts)):
-        parts = urlsplit(s.url)
-        if parts.scheme in ("https", "wss") and not s.tls_verify:
-            risks.append(
-                (
-                    service,
-                    f"the certificate of {s.url} is not checked ({service}.tls_verify = false): whoever is on"
-                    f" the path can pose as the server; pin it with {service}.ca_file instead",
+        for url in s.urls:
+            if urlsplit(url).scheme in ("https", "wss") and not s.tls_verify:
+                risks.append(
+                    (
+                        service,
+                        f"the certificate of {url} is not checked ({service}.tls_verify = false): whoever is on"
+                        f" the path can pose as the server; pin it with {service}.ca_file instead",
+                    )
                 )
-            )
     llm = settings.llm
-    if llm.api_key and urlsplit(llm.url).scheme == "http" and not _is_loopback(urlsplit(llm.url).hostname):
-        risks.append(("llm", f"the API key goes to {llm.url} in clear text; use https://"))
+    for url in llm.urls:
+        if llm.api_key and urlsplit(url).scheme == "http" and not _is_loopback(urlsplit(url).hostname):
+            risks.append(("llm", f"the API key goes to {url} in clear text; use https://"))
     return risks
