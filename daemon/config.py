@@ -129,11 +129,15 @@ class LlmSettings(Checked):
     top_p: float = setting(0.8, gt=0, le=1)
     api_key: str | None = setting(None, env=API_KEY_ENV)
     """From the environment variable MOSS_VOICE_LLM_API_KEY only."""
-    connect_timeout_s: float = setting(5.0, gt=0)
-    first_token_timeout_s: float = setting(30.0, gt=0)
-    """From the request to the first text: covers queueing and prefill on a busy GPU."""
-    read_timeout_s: float = setting(30.0, gt=0)
-    """Longest silence allowed between two stream events once text flows."""
+    connect_timeout_s: float = setting(3.0, gt=0)
+    """TCP (and TLS) connect to the server, and a readiness GET."""
+    first_token_timeout_s: float = setting(10.0, gt=0)
+    """From the request to the first text: covers queueing and prefill on a busy GPU. Keep-alive
+    comments (``: ping``) do not extend it."""
+    read_timeout_s: float = setting(10.0, gt=0)
+    """Longest silence allowed between two stream events once text flows (comments are not events)."""
+    reply_timeout_s: float = setting(60.0, gt=0)
+    """From the request to the end of the stream: the whole answer, however the server paces it."""
     history_turns: int = setting(5, ge=0)
     """How many earlier question/answer pairs are sent along."""
     history_reset_s: float = setting(300.0, gt=0)
