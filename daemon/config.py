@@ -151,9 +151,17 @@ class TtsSettings(Checked):
     url: str = setting("http://127.0.0.1:8092/paddlespeech/tts/streaming", check=url_with("http", "https", "ws", "wss"))
     """http(s)://... for HTTP streaming, ws(s)://... for the websocket protocol."""
     spk_id: int = setting(0, ge=0)
-    connect_timeout_s: float = setting(5.0, gt=0)
-    read_timeout_s: float = setting(10.0, gt=0)
-    """Longest wait for the next audio chunk."""
+    connect_timeout_s: float = setting(3.0, gt=0)
+    read_timeout_s: float = setting(5.0, gt=0)
+    """Longest wait for the next audio chunk (and for GET .../samplerate)."""
+    clause_timeout_s: float = setting(15.0, gt=0)
+    """Time one clause may spend waiting on the server, from the request to its last chunk.
+    Time the speaker holds the stream back (playing what came) does not count."""
+    audio_cap_min_s: float = setting(5.0, gt=0)
+    """A clause's audio is cut at max(audio_cap_min_s, audio_cap_s_per_char x its characters)."""
+    audio_cap_s_per_char: float = setting(0.4, gt=0)
+    """Chinese TTS speaks about 4 to 5 hanzi a second (0.2 to 0.25 s each): 0.4 leaves room for
+    pauses and a slow voice, and still cuts a server that streams minutes for one clause."""
 
     @property
     def protocol(self) -> str:

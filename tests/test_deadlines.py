@@ -10,12 +10,19 @@ from typing import Any
 
 import httpx
 import pytest
+from structlog.testing import capture_logs
 
 from daemon.clients.llm import LlmStream, OpenAiCompatibleLlm
-from daemon.config import LlmSettings
-from daemon.errors import LlmError, LlmTimeout
+from daemon.clients.tts import PaddleSpeechHttpTts, PaddleSpeechWsTts
+from daemon.config import LlmSettings, TtsSettings
+from daemon.errors import LlmError, LlmTimeout, TtsError, TtsTimeout
 from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
-from states.events import ChatMessage
+from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
+from states.events import ChatMessage, TurnTimes
+from states.ports import TtsClient
+from states.reply import speak_reply
+from states.speech_text import SpeechText, SpeechTextSettings
+from tests.fakes import FakeLlm, FakeSpeaker
 
 T = 5.0  # generous bound on anything that could hang
 QUESTION = [ChatMessage("user", "你好")]
@@ -115,3 +122,116 @@ def test_llm_defaults_suit_a_talking_robot() -> None:
     s = LlmSettings()
     assert s.connect_timeout_s <= 3 and s.first_token_timeout_s <= 10 and s.read_timeout_s <= 10
     assert s.first_token_timeout_s < s.reply_timeout_s <= 60
+
+
+# -- TTS -------------------------------------------------------------------------------------
+
+PCM = bytes(range(256)) * 192  # 49 152 bytes, about 1 s at 24 kHz, in three stub chunks
+PROTOCOLS = ["http", "websocket"]
+
+
+def tts_settings(url: str, **overrides: Any) -> TtsSettings:
+    values: dict[str, Any] = {"url": url, "connect_timeout_s": 2.0, "read_timeout_s": 3.0, "clause_timeout_s": 5.0}
+    return TtsSettings(**{**values, **overrides})
+
+
+def make_tts(stub: PaddleSpeechStub, protocol: str, http: httpx.AsyncClient, **overrides: Any) -> TtsClient:
+    settings = tts_settings(stub.url, **overrides)
+    if protocol == "websocket":
+        return PaddleSpeechWsTts(settings, http)
+    return PaddleSpeechHttpTts(settings, http)
+
+
+async def tts_collect(tts: TtsClient, text: str, *, hold_s: float = 0.0) -> tuple[bytes, TtsError | None]:
+    """The audio and the TtsError that ended it; ``hold_s``: the caller's pause after each chunk
+    (a speaker playing it)."""
+    audio = bytearray()
+    error: TtsError | None = None
+
+    async def run() -> None:
+        nonlocal error
+        try:
+            async with tts.synthesize(text) as chunks:
+                async for chunk in chunks:
+                    audio.extend(chunk)
+                    if hold_s:
+                        await asyncio.sleep(hold_s)
+        except TtsError as exc:
+            error = exc
+
+    await asyncio.wait_for(run(), T)
+    return bytes(audio), error
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_tts_trickling_server_hits_the_clause_deadline(http: httpx.AsyncClient, protocol: str) -> None:
+    behaviour = PaddleSpeechBehaviour(pcm_override=PCM, misbehave="trickle", trickle_interval_s=0.005)
+    async with PaddleSpeechStub(behaviour=behaviour, protocol=protocol) as stub:  # type: ignore[arg-type]
+        tts = make_tts(stub, protocol, http, clause_timeout_s=0.6)
+        _, error = await tts_collect(tts, "你好。")
+        assert isinstance(error, TtsTimeout)
+        assert "TTS clause" in str(error) and "tts.clause_timeout_s" in str(error)
+        await stub.wait_for_disconnects(1, timeout=T)  # the client hung up
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_tts_time_the_caller_holds_the_stream_is_not_charged(http: httpx.AsyncClient, protocol: str) -> None:
+    # Three chunks, each held 0.25 s by the "speaker": 0.75 s in all, over a 0.5 s budget.
+    behaviour = PaddleSpeechBehaviour(pcm_override=PCM)
+    async with PaddleSpeechStub(behaviour=behaviour, protocol=protocol) as stub:  # type: ignore[arg-type]
+        tts = make_tts(stub, protocol, http, clause_timeout_s=0.5)
+        audio, error = await tts_collect(tts, "你好。", hold_s=0.25)
+        assert error is None and audio == PCM
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+async def test_tts_endless_audio_is_cut_at_the_cap(http: httpx.AsyncClient, protocol: str) -> None:
+    behaviour = PaddleSpeechBehaviour(pcm_override=PCM, misbehave="endless")
+    async with PaddleSpeechStub(behaviour=behaviour, protocol=protocol) as stub:  # type: ignore[arg-type]
+        tts = make_tts(stub, protocol, http, audio_cap_min_s=2.0, audio_cap_s_per_char=0.1)
+        assert await tts.sample_rate() == 24000
+        with capture_logs() as logs:
+            audio, error = await tts_collect(tts, "你好。")
+        assert error is None
+        assert len(audio) == 2 * 24000 * 2  # max(2 s, 0.1 s x 3 chars) at 24 kHz
+        assert audio.startswith(PCM)
+        cut = [e for e in logs if e["event"] == "tts_clause_too_long"]
+        assert len(cut) == 1 and cut[0]["chars"] == 3
+        await stub.wait_for_disconnects(1, timeout=T)
+
+
+async def test_tts_cap_without_a_known_rate_assumes_the_highest(http: httpx.AsyncClient) -> None:
+    behaviour = PaddleSpeechBehaviour(pcm_override=PCM, misbehave="endless")
+    async with PaddleSpeechStub(behaviour=behaviour) as stub:
+        tts = make_tts(stub, "http", http, audio_cap_min_s=0.5, audio_cap_s_per_char=0.1)
+        audio, error = await tts_collect(tts, "hi")
+        assert error is None and len(audio) == 2 * 48000  # 0.5 s at 96 kHz: never cut early
+
+
+async def test_reply_goes_on_after_a_clause_cut_at_the_cap(http: httpx.AsyncClient) -> None:
+    behaviour = PaddleSpeechBehaviour(pcm_override=PCM, misbehave="endless")
+    async with PaddleSpeechStub(behaviour=behaviour) as stub:
+        tts = make_tts(stub, "http", http, audio_cap_min_s=1.0, audio_cap_s_per_char=0.1)
+        await tts.sample_rate()
+        speaker = FakeSpeaker(sample_rate=24000)
+        text = SpeechText(SpeechTextSettings(min_clause_weight=1, first_clause_min_weight=1))
+        outcome = await asyncio.wait_for(
+            speak_reply(
+                llm=FakeLlm(["第一句话。", "第二句话。"]),
+                tts=tts,
+                speaker=speaker,
+                text=text,
+                messages=QUESTION,
+                times=TurnTimes(),
+                clock=lambda: 0.0,
+                on_audible=_nothing,
+            ),
+            T,
+        )
+        assert stub.texts == ["第一句话。", "第二句话。"]
+        assert len(speaker.audio) == 2 * (24000 * 2)  # each clause cut at 1 s of 16-bit samples
+        assert outcome.spoken == "第一句话。第二句话。" and outcome.failed_clauses == 0
+
+
+async def _nothing() -> None:
+    pass

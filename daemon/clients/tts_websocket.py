@@ -20,9 +20,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from daemon.clients.json_frame import json_object
 from daemon.clients.tts_common import (
+    ClauseBudget,
     Clock,
     SampleRate,
     TtsAudioStream,
+    audio_cap_bytes,
     body_excerpt,
     describe,
     excerpt,
@@ -81,25 +83,31 @@ class PaddleSpeechWsTts:
         message = build_ws_text_message(text, settings.spk_id)
         log.info("tts_request", protocol="websocket", chars=len(text))
         started = self._clock()
-        ws = await self._connect()
-        stream = _WsAudioStream(text, settings, self._clock, ws, started)
+        budget = ClauseBudget(settings, text)
+        ws = await self._connect(budget)
+        cap = audio_cap_bytes(settings, text, self._rate.known)
+        stream = _WsAudioStream(text, settings, self._clock, ws, started, budget=budget, max_pcm_bytes=cap)
         try:
             await stream.handshake(message)
             yield stream
         finally:
             await stream.aclose()
 
-    async def _connect(self) -> ClientConnection:
+    async def _connect(self, budget: ClauseBudget) -> ClientConnection:
         url = self._settings.url
         try:
-            return await connect(
-                url,
-                open_timeout=self._settings.connect_timeout_s,
-                close_timeout=WS_CLOSE_TIMEOUT_S,
-                ping_interval=None,  # the server blocks its loop while synthesizing ("PaddleSpeech: websocket")
-                max_size=WS_MAX_MESSAGE_BYTES,
-                proxy=None,
-            )
+            async with budget.waiting(url):
+                return await connect(
+                    url,
+                    open_timeout=self._settings.connect_timeout_s,
+                    close_timeout=WS_CLOSE_TIMEOUT_S,
+                    ping_interval=None,  # the server blocks its loop while synthesizing ("PaddleSpeech: websocket")
+                    max_size=WS_MAX_MESSAGE_BYTES,
+                    proxy=None,
+                )
+        except TtsTimeout as exc:  # the clause's budget ran out before the handshake
+            log.warning("tts_error", url=url, error=str(exc))
+            raise
         except TimeoutError as exc:
             timeout = self._settings.connect_timeout_s
             error: TtsError = TtsTimeout(f"TTS websocket {url}: no handshake within {timeout} s")
@@ -115,9 +123,20 @@ class PaddleSpeechWsTts:
 
 
 class _WsAudioStream(TtsAudioStream):
-    def __init__(self, text: str, settings: TtsSettings, clock: Clock, ws: ClientConnection, started: float) -> None:
-        super().__init__(text, settings.url, clock)
+    def __init__(
+        self,
+        text: str,
+        settings: TtsSettings,
+        clock: Clock,
+        ws: ClientConnection,
+        started: float,
+        *,
+        budget: ClauseBudget,
+        max_pcm_bytes: int,
+    ) -> None:
+        super().__init__(text, settings.url, clock, budget=budget, max_pcm_bytes=max_pcm_bytes)
         self.started_at = started
+        self._handshake_budget = budget
         self._settings = settings
         self._ws = ws
         self._session: str | None = None
@@ -127,8 +146,9 @@ class _WsAudioStream(TtsAudioStream):
     async def handshake(self, message: dict[str, Any]) -> None:
         """start -> "server ready" with a session, then the text request."""
         try:
-            await self._send({"task": "tts", "signal": "start"})
-            reply = await self._recv_json("the 'server ready' reply to start")
+            async with self._handshake_budget.waiting(self.url):
+                await self._send({"task": "tts", "signal": "start"})
+                reply = await self._recv_json("the 'server ready' reply to start")
             session = reply.get("session")
             if reply.get("status") != 0 or reply.get("signal") != "server ready" or not isinstance(session, str):
                 raise TtsError(f"TTS websocket {self.url} answered start with {excerpt(reply)}")
