@@ -107,6 +107,9 @@ class AsrSettings(Checked):
     """Quiet period after the end marker: the final text is whatever came by then."""
     burst_ms: int = setting(600, gt=0)
     """Audio that may be sent faster than real time (the VAD pre-roll); the rest is paced."""
+    max_transcript_chars: int = setting(1000, gt=0)
+    """A transcript longer than this fails the turn (AsrError): at most vad.max_utterance_s (15 s)
+    of speech is some 75 hanzi or 300 English characters, so more is a server flooding results."""
 
     @property
     def frame_bytes(self) -> int:

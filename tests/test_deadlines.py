@@ -12,10 +12,13 @@ import httpx
 import pytest
 from structlog.testing import capture_logs
 
+from daemon.clients.asr import FunAsrClient
+from daemon.clients.asr_text import TranscriptAssembler
 from daemon.clients.llm import LlmStream, OpenAiCompatibleLlm
 from daemon.clients.tts import PaddleSpeechHttpTts, PaddleSpeechWsTts
-from daemon.config import LlmSettings, TtsSettings
-from daemon.errors import LlmError, LlmTimeout, TtsError, TtsTimeout
+from daemon.config import AsrSettings, LlmSettings, TtsSettings
+from daemon.errors import AsrError, LlmError, LlmTimeout, TtsError, TtsTimeout
+from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
 from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
 from states.events import ChatMessage, TurnTimes
@@ -235,3 +238,50 @@ async def test_reply_goes_on_after_a_clause_cut_at_the_cap(http: httpx.AsyncClie
 
 async def _nothing() -> None:
     pass
+
+
+# -- ASR -------------------------------------------------------------------------------------
+
+
+def test_transcript_cap_fails_before_the_text_grows_past_it() -> None:
+    asm = TranscriptAssembler("cpp-2pass", max_chars=10)
+    asm.feed({"mode": "2pass-online", "text": "一二三四五"}, after_end_marker=False)
+    asm.feed({"mode": "2pass-offline", "text": "一二三四五六七八九十"}, after_end_marker=False)  # replaces
+    assert asm.text == "一二三四五六七八九十"
+    with pytest.raises(AsrError, match=r"longer than 10 characters \(asr.max_transcript_chars\)"):
+        asm.feed({"mode": "2pass-online", "text": "十一"}, after_end_marker=False)
+    assert asm.text == "一二三四五六七八九十"
+
+
+async def test_asr_flood_fails_the_utterance_without_starving_the_loop() -> None:
+    behaviour = FunAsrBehaviour(
+        flavour="cpp-2pass", transcript_override="", misbehave="flood", misbehave_after_frames=1
+    )
+    async with FunAsrStub(behaviour=behaviour) as stub:
+        settings = AsrSettings(url=stub.url, final_timeout_s=0.5, burst_ms=60_000, max_transcript_chars=100_000)
+        largest_step = 0  # the most transcript characters that arrived between two turns of the loop
+        stop = asyncio.Event()
+        session = await asyncio.wait_for(FunAsrClient(settings).open_session(), T)
+
+        async def ticker() -> None:  # stands for the speaker and the microphone sharing the loop
+            nonlocal largest_step
+            seen = 0
+            while not stop.is_set():
+                largest_step = max(largest_step, len(session.text) - seen)
+                seen = len(session.text)
+                await asyncio.sleep(0)
+
+        ticking = asyncio.create_task(ticker())
+        try:
+            await session.send_audio(bytes(1920 * 3))
+            with pytest.raises(AsrError, match=r"asr\.max_transcript_chars") as info:
+                await asyncio.wait_for(session.finish(), T)
+        finally:
+            await session.aclose()
+            stop.set()
+            await ticking
+        assert stub.url in str(info.value)
+        results = int(str(info.value).split(" after ")[1].split()[0])
+        assert results > 300  # 2 + 4 + ... + 2n characters: n(n+1) > 100 000
+        # The stand-in sends bursts of 64 results; the client yields after each one it reads.
+        assert 0 < largest_step <= 2 * (2 * results)

@@ -168,8 +168,7 @@ class LlmStream:
             self._event(data)
         if chunk is None and not self._done:
             self._end()
-        elif not events:
-            await asyncio.sleep(0)  # a flood of bytes that completes no event must not starve the loop
+        await asyncio.sleep(0)  # a server flooding the stream must not starve the loop (the speaker)
 
     def _next_deadline(self) -> tuple[float, str]:
         """The loop time by which the next event must have come, and the error text if it does not."""
