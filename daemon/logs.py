@@ -15,6 +15,38 @@ import structlog
 from daemon.journal import JOURNAL_SOCKET, JournalLogger, JournalSink, journal_renderer, under_journal
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+MAX_FIELD_CHARS = 2000
+"""Longest string a log field keeps: a transcript, a reply or a server's error body is cut past it
+(a flooding server once made 1.7 MB log lines). Tracebacks are not cut."""
+
+
+class FieldCap:
+    """A structlog processor: any string field (also inside lists and dicts) longer than
+    ``max_chars`` is cut there, with a marker saying how long it was."""
+
+    def __init__(self, max_chars: int = MAX_FIELD_CHARS) -> None:
+        self.max_chars = max_chars
+
+    def __call__(self, logger: Any, method: str, event: Any) -> Any:
+        for key, value in event.items():
+            if not (isinstance(key, str) and key.startswith("_")):
+                event[key] = self._cut(value, depth=0)
+        return event
+
+    def _cut(self, value: Any, *, depth: int) -> Any:
+        if isinstance(value, str):
+            if len(value) <= self.max_chars:
+                return value
+            return f"{value[: self.max_chars]}… [cut: {len(value)} chars]"
+        if isinstance(value, bytes | bytearray) and len(value) > self.max_chars:
+            return f"{bytes(value[: self.max_chars])!r}… [cut: {len(value)} bytes]"
+        if depth >= 3:
+            return value
+        if isinstance(value, dict):
+            return {k: self._cut(v, depth=depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._cut(v, depth=depth + 1) for v in value]
+        return value
 
 
 class JournalHandler(logging.Handler):
@@ -46,13 +78,15 @@ def configure_logging(
     *,
     environ: Mapping[str, str] | None = None,
     journal_socket: Path = JOURNAL_SOCKET,
+    max_field_chars: int = MAX_FIELD_CHARS,
 ) -> None:
     """Configure structlog and route the stdlib loggers (httpx, websockets, uvicorn) through it.
 
     ``fmt``: "journal" (systemd's native protocol to ``journal_socket``, with fields: TURN_ID,
     STATE, EVENT, PRIORITY ...), "json" (one JSON object per line), "console" (coloured, aligned,
     for people), "auto" (journal when ``stream`` is the journal's stream, as ``JOURNAL_STREAM`` in
-    ``environ`` says; else console on a TTY, else JSON).
+    ``environ`` says; else console on a TTY, else JSON). In every format, string fields longer
+    than ``max_field_chars`` are cut (:class:`FieldCap`).
     """
     stream = sys.stdout if stream is None else stream
     if fmt == "auto":
@@ -64,6 +98,7 @@ def configure_logging(
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        FieldCap(max_field_chars),
     ]
     if fmt == "journal":
         _configure_journal(level, shared, JournalSink(journal_socket, fallback=stream))

@@ -5,11 +5,17 @@ names its stage and its configuration key, not reset a per-read timeout."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
+import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from daemon.clients.asr import FunAsrClient
@@ -18,6 +24,7 @@ from daemon.clients.llm import LlmStream, OpenAiCompatibleLlm
 from daemon.clients.tts import PaddleSpeechHttpTts, PaddleSpeechWsTts
 from daemon.config import AsrSettings, LlmSettings, TtsSettings
 from daemon.errors import AsrError, LlmError, LlmTimeout, TtsError, TtsTimeout
+from daemon.logs import MAX_FIELD_CHARS, configure_logging
 from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
 from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
@@ -285,3 +292,45 @@ async def test_asr_flood_fails_the_utterance_without_starving_the_loop() -> None
         assert results > 300  # 2 + 4 + ... + 2n characters: n(n+1) > 100 000
         # The stand-in sends bursts of 64 results; the client yields after each one it reads.
         assert 0 < largest_step <= 2 * (2 * results)
+
+
+# -- log fields ------------------------------------------------------------------------------
+
+FLOOD = "洪" * 560_000
+
+
+@pytest.mark.parametrize("fmt", ["json", "console"])
+def test_long_log_fields_are_cut_with_their_length(fmt: str) -> None:
+    out = io.StringIO()
+    configure_logging("info", fmt, stream=out)
+    try:
+        structlog.get_logger().info("transcript", text=FLOOD, nested={"reply": [FLOOD]}, short="ok")
+        logging.getLogger("httpx").warning("server said %s", FLOOD)
+    finally:
+        structlog.reset_defaults()
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    for line, length in zip(lines, (560_000, len("server said ") + 560_000), strict=True):
+        assert len(line) < 3 * MAX_FIELD_CHARS + 500
+        assert f"[cut: {length} chars]" in line
+    if fmt == "json":
+        event = json.loads(lines[0])
+        assert event["short"] == "ok"
+        assert event["text"] == "洪" * MAX_FIELD_CHARS + "… [cut: 560000 chars]"
+        assert event["nested"]["reply"][0].endswith("[cut: 560000 chars]")
+        assert json.loads(lines[1])["event"].startswith("server said 洪")
+
+
+def test_long_log_fields_are_cut_in_the_journal(tmp_path: Path) -> None:
+    path = tmp_path / "journal.socket"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(T)
+        configure_logging("info", "journal", stream=io.StringIO(), journal_socket=path)
+        try:
+            structlog.get_logger().info("transcript", text=FLOOD)
+        finally:
+            structlog.reset_defaults()
+        datagram = server.recv(1 << 20)
+    assert len(datagram) < 4 * MAX_FIELD_CHARS + 1000
+    assert b"[cut: 560000 chars]" in datagram

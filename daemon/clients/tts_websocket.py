@@ -43,7 +43,9 @@ WS_CLOSE_TIMEOUT_S = 1.0
 """Closing handshake after a complete exchange."""
 WS_ABORT_CLOSE_TIMEOUT_S = 0.1
 """Closing handshake when the caller leaves early (barge-in): do not wait for a busy server."""
-WS_MAX_MESSAGE_BYTES = 16 * 2**20
+WS_MAX_MESSAGE_BYTES = 4 * 2**20
+"""About 65 s of 24 kHz audio in one message, more than the audio cap of the longest clause
+(reply.max_clause_chars 120 x tts.audio_cap_s_per_char 0.4 s); PaddleSpeech sends a block of about 0.5 s per message."""
 
 
 def build_ws_text_message(text: str, spk_id: int) -> dict[str, Any]:
