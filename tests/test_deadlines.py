@@ -28,11 +28,14 @@ from daemon.logs import MAX_FIELD_CHARS, configure_logging
 from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
 from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
+from states.answer import answer_question
 from states.events import ChatMessage, TurnTimes
+from states.history import Conversation
 from states.ports import TtsClient
-from states.reply import speak_reply
+from states.reply import ReplyTimeout, speak_reply
 from states.speech_text import SpeechText, SpeechTextSettings
-from tests.fakes import FakeLlm, FakeSpeaker
+from states.turn import Turn
+from tests.fakes import FakeLlm, FakeSpeaker, FakeTts
 
 T = 5.0  # generous bound on anything that could hang
 QUESTION = [ChatMessage("user", "你好")]
@@ -334,3 +337,63 @@ def test_long_log_fields_are_cut_in_the_journal(tmp_path: Path) -> None:
         datagram = server.recv(1 << 20)
     assert len(datagram) < 4 * MAX_FIELD_CHARS + 1000
     assert b"[cut: 560000 chars]" in datagram
+
+
+# -- the whole reply -------------------------------------------------------------------------
+
+FAST_CLAUSES = {"min_clause_weight": 1, "first_clause_min_weight": 1}
+
+
+@pytest.mark.parametrize("stalled", ["llm", "tts"])
+async def test_reply_deadline_ends_the_turn_and_keeps_what_was_heard(stalled: str) -> None:
+    llm = FakeLlm(["第一句话。", "第二句话。"])
+    if stalled == "llm":
+        llm.gate = asyncio.Event()  # the stream never ends: a server that keeps the connection alive
+    never = asyncio.Event()
+
+    class StallingTts(FakeTts):
+        """Speaks the first clause; the second never comes."""
+
+        def synthesize(self, text: str) -> Any:
+            if stalled == "tts" and text.startswith("第二"):
+                return _Stall(never)
+            return super().synthesize(text)
+
+    speaker = FakeSpeaker()
+    conversation = Conversation("", max_turns=3, reset_after_s=60)
+    turn = Turn(id="t1")
+    with capture_logs() as logs, pytest.raises(ReplyTimeout) as info:
+        await asyncio.wait_for(
+            answer_question(
+                "你好",
+                turn=turn,
+                conversation=conversation,
+                llm=llm,
+                tts=StallingTts(),
+                speaker=speaker,
+                settings=SpeechTextSettings(**FAST_CLAUSES, turn_timeout_s=0.5),
+                clock=lambda: 0.0,
+                on_audible=_nothing,
+            ),
+            T,
+        )
+    assert info.value.service == stalled
+    assert "reply.turn_timeout_s" in str(info.value)
+    assert turn.reply.startswith("第一句话")  # heard, so kept: in the turn and in the history
+    assert len(conversation) == 1
+    assert speaker.flushes == 1
+    assert [e["service"] for e in logs if e["event"] == "reply_timeout"] == [stalled]
+
+
+class _Stall:
+    """A synthesis that never starts."""
+
+    def __init__(self, never: asyncio.Event) -> None:
+        self._never = never
+
+    async def __aenter__(self) -> _Stall:
+        await self._never.wait()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        pass
