@@ -10,6 +10,8 @@ import json
 import logging
 import socket
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from daemon.app import EXIT_ANSWERED, EXIT_FAILED
 from daemon.clients.asr import FunAsrClient
 from daemon.clients.asr_text import TranscriptAssembler
 from daemon.clients.llm import LlmStream, OpenAiCompatibleLlm
@@ -28,6 +31,7 @@ from daemon.logs import MAX_FIELD_CHARS, configure_logging
 from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
 from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour, PaddleSpeechStub
+from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
 from states.answer import answer_question
 from states.events import ChatMessage, TurnTimes
 from states.history import Conversation
@@ -36,6 +40,7 @@ from states.reply import ReplyTimeout, speak_reply
 from states.speech_text import SpeechText, SpeechTextSettings
 from states.turn import Turn
 from tests.fakes import FakeLlm, FakeSpeaker, FakeTts
+from tests.test_daemon_turn import events, question_wav, run_once, settings_for
 
 T = 5.0  # generous bound on anything that could hang
 QUESTION = [ChatMessage("user", "你好")]
@@ -397,3 +402,51 @@ class _Stall:
 
     async def __aexit__(self, *exc: object) -> None:
         pass
+
+
+# -- whole turns through the daemon ----------------------------------------------------------
+
+ANSWER = {"weather": "It is sunny today. Take a walk!"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["llm_ping_only", "asr_flood"])
+async def test_a_turn_against_a_server_that_never_finishes_fails_and_ends(tmp_path: Path, fault: str) -> None:
+    qwav, _ = question_wav(tmp_path, "what is the weather like today")
+    llm = demo_llm_behaviour(answers=ANSWER)
+    asr = FunAsrBehaviour(flavour="cpp-2pass")
+    if fault == "llm_ping_only":
+        llm = replace(llm, misbehave="ping_only", ping_interval_s=0.05)
+    else:
+        asr = FunAsrBehaviour(flavour="cpp-2pass", misbehave="flood", misbehave_after_frames=3)
+    async with AsyncExitStack() as stack:
+        stubs = await start_stubs(stack, asr=asr, llm=llm)
+        settings = settings_for(stubs, qwav, tmp_path / "reply.wav")
+        settings = replace(settings, llm=replace(settings.llm, first_token_timeout_s=1.0))
+        code, _, logs = await run_once(settings)
+    assert code == EXIT_FAILED
+    (failed,) = events(logs, "turn_failed")
+    assert failed["service"] == ("llm" if fault == "llm_ping_only" else "asr")
+    expected = "llm.first_token_timeout_s" if fault == "llm_ping_only" else "asr.max_transcript_chars"
+    assert expected in failed["reason"]
+    (finished,) = events(logs, "turn_finished")
+    assert finished["outcome"] == "failed" and len(finished["transcript"]) <= 1000
+    assert events(logs, "state_changed")[-1]["dst"] == "idle"
+
+
+@pytest.mark.slow
+async def test_a_turn_against_endless_tts_audio_is_answered_clause_by_clause(tmp_path: Path) -> None:
+    qwav, _ = question_wav(tmp_path, "what is the weather like today")
+    async with AsyncExitStack() as stack:
+        stubs = await start_stubs(
+            stack, llm=demo_llm_behaviour(answers=ANSWER), tts=PaddleSpeechBehaviour(misbehave="endless")
+        )
+        settings = settings_for(stubs, qwav, tmp_path / "reply.wav")
+        settings = replace(settings, tts=replace(settings.tts, audio_cap_min_s=2.0, audio_cap_s_per_char=0.05))
+        code, _, logs = await run_once(settings)
+        tts_stub = stubs[2]
+    assert code == EXIT_ANSWERED
+    assert [r.text for r in tts_stub.requests] == ["It is sunny today.", "Take a walk!"]
+    assert [e["chars"] for e in events(logs, "tts_clause_too_long")] == [18, 12]
+    (finished,) = events(logs, "turn_finished")
+    assert finished["reply"] == "It is sunny today. Take a walk!"
