@@ -136,6 +136,16 @@ async def test_llm_hanging_server_names_the_first_token_deadline(http: httpx.Asy
         assert isinstance(error, LlmTimeout) and "llm.first_token_timeout_s" in str(error)
 
 
+async def test_llm_answer_past_max_tokens_is_an_error(http: httpx.AsyncClient) -> None:
+    event = b'data: {"choices":[{"index":0,"delta":{"content":"' + b"x" * 1000 + b'"},"finish_reason":null}]}\n\n'
+    behaviour = OpenAiBehaviour(raw_chunks=[event] * 100, raw_chunk_delay_s=0)
+    async with OpenAiStub(behaviour=behaviour) as stub:
+        llm = OpenAiCompatibleLlm(llm_settings(stub.url, max_tokens=100), http)
+        deltas, stream, error = await llm_collect(llm)
+        assert isinstance(error, LlmError) and "longer than 6400 characters" in str(error)
+        assert stream is not None and len(stream.text) == 6000 and len(deltas) == 6
+
+
 def test_llm_defaults_suit_a_talking_robot() -> None:
     s = LlmSettings()
     assert s.connect_timeout_s <= 3 and s.first_token_timeout_s <= 10 and s.read_timeout_s <= 10
@@ -345,6 +355,30 @@ def test_long_log_fields_are_cut_in_the_journal(tmp_path: Path) -> None:
 
 
 # -- the whole reply -------------------------------------------------------------------------
+
+
+async def test_reply_cap_bounds_the_turn_and_the_history() -> None:
+    llm = FakeLlm(["这是一句很长的回答。" * 2000])
+    conversation = Conversation("", max_turns=3, reset_after_s=60)
+    turn = Turn(id="t1")
+    await asyncio.wait_for(
+        answer_question(
+            "你好",
+            turn=turn,
+            conversation=conversation,
+            llm=llm,
+            tts=FakeTts(),
+            speaker=FakeSpeaker(),
+            settings=SpeechTextSettings(max_reply_chars=200),
+            clock=lambda: 0.0,
+            on_audible=_nothing,
+        ),
+        T,
+    )
+    assert 0 < len(turn.reply) <= 200 and turn.truncated
+    said = conversation.messages_for("again", 0.0)[-2]
+    assert said.role == "assistant" and said.content == turn.reply
+
 
 FAST_CLAUSES = {"min_clause_weight": 1, "first_clause_min_weight": 1}
 

@@ -27,6 +27,10 @@ __all__ = ["LlmStream", "error_message"]
 
 log = structlog.get_logger()
 
+_CHARS_PER_TOKEN_LIMIT = 64
+"""The text of one stream may not exceed this many characters per ``max_tokens``: a token is a
+few characters, so more means a server that ignores ``max_tokens`` (the reply is cut at
+``reply.max_reply_chars`` anyway; this bounds what is kept when nothing speakable comes)."""
 _DRAIN_LIMIT = 64 * 1024
 _DRAIN_TIMEOUT_S = 0.5
 """After ``[DONE]``, how long to wait for the end of the body so the connection can be reused."""
@@ -223,6 +227,12 @@ class LlmStream:
             self._fail(LlmError(f"malformed stream chunk from {self._url}: content is {content!r:.100}"))
             return
         if content:
+            limit = _CHARS_PER_TOKEN_LIMIT * self._settings.max_tokens
+            if len(self.text) + len(content) > limit:
+                self._fail(
+                    LlmError(f"answer from {self._url} longer than {limit} characters: the server ignores max_tokens")
+                )
+                return
             if self.first_token_at is None:
                 self.first_token_at = self._clock()
                 log.info("llm_first_token", ms=self._ms(self.started_at, self.first_token_at))
