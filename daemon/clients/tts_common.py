@@ -187,6 +187,7 @@ class TtsAudioStream:
                     async with self._budget.waiting(self.url, self.pcm_bytes):
                         piece = await self._receive()
                 if piece is None:
+                    await self._after_last_piece()  # not charged to the budget: the audio is all here
                     self._end()
                     break
                 pcm = self._decode(piece)
@@ -220,6 +221,9 @@ class TtsAudioStream:
 
     async def _receive(self) -> bytes | str | None:
         raise NotImplementedError
+
+    async def _after_last_piece(self) -> None:
+        """The protocol's goodbye once the last piece came (best effort, never raises TtsError)."""
 
     async def _close(self) -> None:
         """Release the connection; called when the ``synthesize`` context exits."""

@@ -171,12 +171,14 @@ class _WsAudioStream(TtsAudioStream):
             return audio
         if status == 2 and not isinstance(status, bool):
             self._completed = True
-            await self._end_session()
-            return None
+            return None  # _after_last_piece says goodbye
         if status == -1:
             await self._end_session()
             raise TtsError(self._no_audio_or(f"TTS server {self.url} reported a synthesis error (status -1)"))
         raise TtsError(f"TTS websocket {self.url} sent an unexpected message: {excerpt(reply)}")
+
+    async def _after_last_piece(self) -> None:
+        await self._end_session()
 
     async def _end_session(self) -> None:
         """Send the end signal and wait briefly for "connection will be closed".
