@@ -168,6 +168,9 @@ class AsrSettings(Endpoints, Checked):
     """Quiet period after the end marker: the final text is whatever came by then."""
     burst_ms: int = setting(600, gt=0)
     """Audio that may be sent faster than real time (the VAD pre-roll); the rest is paced."""
+    max_transcript_chars: int = setting(1000, gt=0)
+    """A transcript longer than this fails the turn (AsrError): at most vad.max_utterance_s (15 s)
+    of speech is some 75 hanzi or 300 English characters, so more is a server flooding results."""
 
     @property
     def frame_bytes(self) -> int:
@@ -194,11 +197,15 @@ class LlmSettings(Endpoints, Checked):
     """Check the https:// server's certificate. Prefer ``ca_file`` to turning this off."""
     ca_file: str | None = None
     """Pin a CA (or the server's own self-signed certificate): only it is trusted."""
-    connect_timeout_s: float = setting(5.0, gt=0)
-    first_token_timeout_s: float = setting(30.0, gt=0)
-    """From the request to the first text: covers queueing and prefill on a busy GPU."""
-    read_timeout_s: float = setting(30.0, gt=0)
-    """Longest silence allowed between two stream events once text flows."""
+    connect_timeout_s: float = setting(3.0, gt=0)
+    """TCP (and TLS) connect to the server, and a readiness GET."""
+    first_token_timeout_s: float = setting(10.0, gt=0)
+    """From the request to the first text: covers queueing and prefill on a busy GPU. Keep-alive
+    comments (``: ping``) do not extend it."""
+    read_timeout_s: float = setting(10.0, gt=0)
+    """Longest silence allowed between two stream events once text flows (comments are not events)."""
+    reply_timeout_s: float = setting(60.0, gt=0)
+    """From the request to the end of the stream: the whole answer, however the server paces it."""
     history_turns: int = setting(5, ge=0)
     """How many earlier question/answer pairs are sent along."""
     history_reset_s: float = setting(300.0, gt=0)
@@ -219,9 +226,17 @@ class TtsSettings(Endpoints, Checked):
     """Check the https:// or wss:// server's certificate. Prefer ``ca_file`` to turning this off."""
     ca_file: str | None = None
     """Pin a CA (or the server's own self-signed certificate): only it is trusted."""
-    connect_timeout_s: float = setting(5.0, gt=0)
-    read_timeout_s: float = setting(10.0, gt=0)
-    """Longest wait for the next audio chunk."""
+    connect_timeout_s: float = setting(3.0, gt=0)
+    read_timeout_s: float = setting(5.0, gt=0)
+    """Longest wait for the next audio chunk (and for GET .../samplerate)."""
+    clause_timeout_s: float = setting(15.0, gt=0)
+    """Time one clause may spend waiting on the server, from the request to its last chunk.
+    Time the speaker holds the stream back (playing what came) does not count."""
+    audio_cap_min_s: float = setting(5.0, gt=0)
+    """A clause's audio is cut at max(audio_cap_min_s, audio_cap_s_per_char x its characters)."""
+    audio_cap_s_per_char: float = setting(0.4, gt=0)
+    """Chinese TTS speaks about 4 to 5 hanzi a second (0.2 to 0.25 s each): 0.4 leaves room for
+    pauses and a slow voice, and still cuts a server that streams minutes for one clause."""
 
     @property
     def protocol(self) -> str:

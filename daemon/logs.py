@@ -70,6 +70,39 @@ def redact_secrets(secrets: Iterable[str]) -> structlog.types.Processor:
 
     return processor
 
+MAX_FIELD_CHARS = 2000
+"""Longest string a log field keeps: a transcript, a reply or a server's error body is cut past it
+(a flooding server once made 1.7 MB log lines). Tracebacks are not cut."""
+
+
+class FieldCap:
+    """A structlog processor: any string field (also inside lists and dicts) longer than
+    ``max_chars`` is cut there, with a marker saying how long it was."""
+
+    def __init__(self, max_chars: int = MAX_FIELD_CHARS) -> None:
+        self.max_chars = max_chars
+
+    def __call__(self, logger: Any, method: str, event: Any) -> Any:
+        for key, value in event.items():
+            if not (isinstance(key, str) and (key.startswith("_") or key == "exception")):  # tracebacks whole
+                event[key] = self._cut(value, depth=0)
+        return event
+
+    def _cut(self, value: Any, *, depth: int) -> Any:
+        if isinstance(value, str):
+            if len(value) <= self.max_chars:
+                return value
+            return f"{value[: self.max_chars]}… [cut: {len(value)} chars]"
+        if isinstance(value, bytes | bytearray) and len(value) > self.max_chars:
+            return f"{bytes(value[: self.max_chars])!r}… [cut: {len(value)} bytes]"
+        if depth >= 3:
+            return value
+        if isinstance(value, dict):
+            return {k: self._cut(v, depth=depth + 1) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._cut(v, depth=depth + 1) for v in value]
+        return value
+
 
 class JournalHandler(logging.Handler):
     """Sends the stdlib loggers' records (httpx, websockets, uvicorn) to the journal sink."""
@@ -101,13 +134,15 @@ def configure_logging(
     environ: Mapping[str, str] | None = None,
     journal_socket: Path = JOURNAL_SOCKET,
     secrets: Iterable[str] | None = None,
+    max_field_chars: int = MAX_FIELD_CHARS,
 ) -> None:
     """Configure structlog and route the stdlib loggers (httpx, websockets, uvicorn) through it.
 
     ``fmt``: "journal" (systemd's native protocol to ``journal_socket``, with fields: TURN_ID,
     STATE, EVENT, PRIORITY ...), "json" (one JSON object per line), "console" (coloured, aligned,
     for people), "auto" (journal when ``stream`` is the journal's stream, as ``JOURNAL_STREAM`` in
-    ``environ`` says; else console on a TTY, else JSON).
+    ``environ`` says; else console on a TTY, else JSON). In every format, string fields longer
+    than ``max_field_chars`` are cut (:class:`FieldCap`), after the secrets were redacted.
 
     ``secrets``: values never to show (``redact_secrets``); None: those of ``environ`` and its
     systemd credentials (``daemon.secrets.known_secrets``).
@@ -124,8 +159,9 @@ def configure_logging(
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    cap = FieldCap(max_field_chars)
     if fmt == "journal":
-        _configure_journal(level, shared, JournalSink(journal_socket, fallback=stream), redact)
+        _configure_journal(level, shared, JournalSink(journal_socket, fallback=stream), [redact, cap])
         return
     renderer: structlog.types.Processor
     if fmt == "json":
@@ -136,7 +172,7 @@ def configure_logging(
         shared.append(structlog.processors.format_exc_info)  # a traceback as text, so that it is redacted too
     # Last before the renderer: everything is text by now. Anything that cuts long fields goes
     # after it: a key cut in two would no longer be recognised (test_secrets holds this).
-    shared.append(redact)
+    shared += [redact, cap]
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
@@ -155,10 +191,10 @@ def configure_logging(
 
 
 def _configure_journal(
-    level: str, shared: list[structlog.types.Processor], sink: JournalSink, redact: structlog.types.Processor
+    level: str, shared: list[structlog.types.Processor], sink: JournalSink, last: list[structlog.types.Processor]
 ) -> None:
-    # A traceback as text: journalctl shows it as is; then the redaction, last (before any cut).
-    shared = [*shared, structlog.processors.format_exc_info, redact]
+    # A traceback as text: journalctl shows it as is; then the redaction and the cut, last.
+    shared = [*shared, structlog.processors.format_exc_info, *last]
     structlog.configure(
         processors=[*shared, journal_renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),

@@ -50,8 +50,8 @@ END_MARKER: dict[str, Any] = {"is_speaking": False, "is_end": True}
 """End of speech. ``is_end`` asks Python >= 2026-07-29 servers for an acknowledgement; others ignore it."""
 
 BYTES_PER_SECOND = MIC_RATE * 2
-MAX_MESSAGE_BYTES = 16 * 2**20
-"""Results are small; this only guards against a runaway server."""
+MAX_MESSAGE_BYTES = 2**20
+"""Results are small (a few hundred bytes); this only guards against a runaway server."""
 CLOSE_TIMEOUT_S = 2.0
 """How long our close frame waits for the server's (the C++ server answers at once)."""
 SEND_SLACK_S = 5.0
@@ -212,7 +212,7 @@ class FunAsrSession:
         self._url = settings.endpoint
         self._clock = clock
         self._loop = asyncio.get_running_loop()
-        self._assembler = TranscriptAssembler(settings.flavour)
+        self._assembler = TranscriptAssembler(settings.flavour, max_chars=settings.max_transcript_chars)
         self._frame_bytes = settings.frame_bytes
         self._frame_s = self._frame_bytes / BYTES_PER_SECOND
         self._pending = bytearray()
@@ -396,6 +396,7 @@ class FunAsrSession:
                     self._final = True
                     return
                 log.debug("asr_partial", url=self._url, text=self._assembler.text)
+                await asyncio.sleep(0)  # a server flooding results must not starve the loop (the speaker)
             self._fail(self._closed_error(None))
         except ConnectionClosed as exc:
             self._fail(self._closed_error(exc))

@@ -123,7 +123,8 @@ class OpenAiCompatibleLlm:
         body = self.build_request(messages)
         loop = asyncio.get_running_loop()
         started_at = self._clock()
-        deadline = loop.time() + s.first_token_timeout_s
+        reply_deadline = loop.time() + s.reply_timeout_s
+        deadline = min(loop.time() + s.first_token_timeout_s, reply_deadline)
         log.info("llm_request", model=s.model, messages=len(body["messages"]), url=self._chat_url)
         request = self._http.build_request(
             "POST",
@@ -142,6 +143,7 @@ class OpenAiCompatibleLlm:
             clock=self._clock,
             started_at=started_at,
             first_token_deadline=deadline,
+            reply_deadline=reply_deadline,
         )
         try:
             yield stream
@@ -156,7 +158,11 @@ class OpenAiCompatibleLlm:
                 async with asyncio.timeout_at(deadline):
                     response = await send_retrying_stale(self._http, request)
             except TimeoutError as exc:
-                raise LlmTimeout(f"no response from {url} within {self._settings.first_token_timeout_s:g} s") from exc
+                s = self._settings
+                limit, key = min((s.first_token_timeout_s, "first_token"), (s.reply_timeout_s, "reply"))
+                raise LlmTimeout(
+                    f"LLM {key.replace('_', ' ')}: no response from {url} within {limit:g} s (llm.{key}_timeout_s)"
+                ) from exc
             except httpx.TimeoutException as exc:
                 raise LlmTimeout(f"timed out connecting to {url} ({type(exc).__name__})") from exc
             except httpx.ConnectError as exc:

@@ -22,9 +22,11 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 from daemon.clients.json_frame import json_object
 from daemon.clients.tls import make_tls_context, untrusted_certificate_message
 from daemon.clients.tts_common import (
+    ClauseBudget,
     Clock,
     SampleRate,
     TtsAudioStream,
+    audio_cap_bytes,
     body_excerpt,
     describe,
     excerpt,
@@ -43,7 +45,9 @@ WS_CLOSE_TIMEOUT_S = 1.0
 """Closing handshake after a complete exchange."""
 WS_ABORT_CLOSE_TIMEOUT_S = 0.1
 """Closing handshake when the caller leaves early (barge-in): do not wait for a busy server."""
-WS_MAX_MESSAGE_BYTES = 16 * 2**20
+WS_MAX_MESSAGE_BYTES = 4 * 2**20
+"""About 65 s of 24 kHz audio in one message, more than the audio cap of the longest clause
+(reply.max_clause_chars 120 x tts.audio_cap_s_per_char 0.4 s); PaddleSpeech sends a block of about 0.5 s per message."""
 
 
 def build_ws_text_message(text: str, spk_id: int) -> dict[str, Any]:
@@ -87,8 +91,10 @@ class PaddleSpeechWsTts:
         message = build_ws_text_message(text, settings.spk_id)
         log.info("tts_request", protocol="websocket", chars=len(text))
         started = self._clock()
-        ws = await self._connect()
-        stream = _WsAudioStream(text, settings, self._clock, ws, started)
+        budget = ClauseBudget(settings, text)
+        ws = await self._connect(budget)
+        cap = audio_cap_bytes(settings, text, self._rate.known)
+        stream = _WsAudioStream(text, settings, self._clock, ws, started, budget=budget, max_pcm_bytes=cap)
         try:
             await stream.handshake(message)
             yield stream
@@ -100,19 +106,23 @@ class PaddleSpeechWsTts:
             self._tls = make_tls_context(verify=self._settings.tls_verify, ca_file=self._settings.ca_file)
         return self._tls
 
-    async def _connect(self) -> ClientConnection:
+    async def _connect(self, budget: ClauseBudget) -> ClientConnection:
         url = self._settings.endpoint
         secure: dict[str, Any] = {"ssl": self._tls_context()} if url.startswith("wss:") else {}
         try:
-            return await connect(
-                url,
-                open_timeout=self._settings.connect_timeout_s,
-                close_timeout=WS_CLOSE_TIMEOUT_S,
-                ping_interval=None,  # the server blocks its loop while synthesizing ("PaddleSpeech: websocket")
-                max_size=WS_MAX_MESSAGE_BYTES,
-                proxy=None,
-                **secure,
-            )
+            async with budget.waiting(url):
+                return await connect(
+                    url,
+                    open_timeout=self._settings.connect_timeout_s,
+                    close_timeout=WS_CLOSE_TIMEOUT_S,
+                    ping_interval=None,  # the server blocks its loop while synthesizing ("PaddleSpeech: websocket")
+                    max_size=WS_MAX_MESSAGE_BYTES,
+                    proxy=None,
+                    **secure,
+                )
+        except TtsTimeout as exc:  # the clause's budget ran out before the handshake
+            log.warning("tts_error", url=url, error=str(exc))
+            raise
         except TimeoutError as exc:
             timeout = self._settings.connect_timeout_s
             error: TtsError = TtsTimeout(f"TTS websocket {url}: no handshake within {timeout} s")
@@ -131,9 +141,20 @@ class PaddleSpeechWsTts:
 
 
 class _WsAudioStream(TtsAudioStream):
-    def __init__(self, text: str, settings: TtsSettings, clock: Clock, ws: ClientConnection, started: float) -> None:
-        super().__init__(text, settings.endpoint, clock)
+    def __init__(
+        self,
+        text: str,
+        settings: TtsSettings,
+        clock: Clock,
+        ws: ClientConnection,
+        started: float,
+        *,
+        budget: ClauseBudget,
+        max_pcm_bytes: int,
+    ) -> None:
+        super().__init__(text, settings.endpoint, clock, budget=budget, max_pcm_bytes=max_pcm_bytes)
         self.started_at = started
+        self._handshake_budget = budget
         self._settings = settings
         self._ws = ws
         self._session: str | None = None
@@ -143,8 +164,9 @@ class _WsAudioStream(TtsAudioStream):
     async def handshake(self, message: dict[str, Any]) -> None:
         """start -> "server ready" with a session, then the text request."""
         try:
-            await self._send({"task": "tts", "signal": "start"})
-            reply = await self._recv_json("the 'server ready' reply to start")
+            async with self._handshake_budget.waiting(self.url):
+                await self._send({"task": "tts", "signal": "start"})
+                reply = await self._recv_json("the 'server ready' reply to start")
             session = reply.get("session")
             if reply.get("status") != 0 or reply.get("signal") != "server ready" or not isinstance(session, str):
                 raise TtsError(f"TTS websocket {self.url} answered start with {excerpt(reply)}")
@@ -165,12 +187,14 @@ class _WsAudioStream(TtsAudioStream):
             return audio
         if status == 2 and not isinstance(status, bool):
             self._completed = True
-            await self._end_session()
-            return None
+            return None  # _after_last_piece says goodbye
         if status == -1:
             await self._end_session()
             raise TtsError(self._no_audio_or(f"TTS server {self.url} reported a synthesis error (status -1)"))
         raise TtsError(f"TTS websocket {self.url} sent an unexpected message: {excerpt(reply)}")
+
+    async def _after_last_piece(self) -> None:
+        await self._end_session()
 
     async def _end_session(self) -> None:
         """Send the end signal and wait briefly for "connection will be closed".

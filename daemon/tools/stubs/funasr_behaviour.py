@@ -9,7 +9,7 @@ from typing import Any
 
 from daemon.config import ASR_FLAVOURS
 
-MISBEHAVIOURS = ("refuse", "hang", "mute", "close_mid_utterance", "garbage", "error")
+MISBEHAVIOURS = ("refuse", "hang", "mute", "close_mid_utterance", "garbage", "error", "flood")
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,10 @@ class FunAsrBehaviour:
     (or close with ``close_code`` when set, e.g. 1000).
     garbage: after ``misbehave_after_frames`` frames, send a text frame that is not JSON.
     error: answer the end marker with the flavour's error (C++: the PCM-only error text;
-    python-2026: an ``error`` acknowledgement; python-classic: close 1000 without a result)."""
+    python-2026: an ``error`` acknowledgement; python-classic: close 1000 without a result).
+    flood: after ``misbehave_after_frames`` frames, online results as fast as the socket takes
+    them, each text longer than the last, until the client goes away (not kept in ``sent``);
+    the end marker gets no final result."""
     partial_every_frames: int = 10
     """An online partial every this many audio frames (10 = one 600 ms chunk at [5,10,5]/10)."""
     misbehave_after_frames: int = 5

@@ -4,11 +4,13 @@ the flush, with each flavour's replies and the checks a real server makes of its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
 import structlog
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour, SessionAborted, StubSession
 from daemon.tools.stubs.questions import SAMPLE_RATE, Recogniser
@@ -44,17 +46,33 @@ class Utterance:
         self.wav_name = "microphone"
         self.online_tokens: list[str] = []  # what the partials have said so far
         self.ended = False
+        self.flood: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        await self._read_config()
-        await self._script(lambda step: step.after_frames == 0)
-        if self.recogniser is not None:
-            await asyncio.to_thread(self.recogniser.start)
-        async for message in self.ws:
-            if isinstance(message, bytes):
-                await self._on_audio(message)
-            else:
-                await self._on_text(message)
+        try:
+            await self._read_config()
+            await self._script(lambda step: step.after_frames == 0)
+            if self.recogniser is not None:
+                await asyncio.to_thread(self.recogniser.start)
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    await self._on_audio(message)
+                else:
+                    await self._on_text(message)
+        finally:
+            if self.flood is not None:
+                self.flood.cancel()
+                await asyncio.gather(self.flood, return_exceptions=True)
+
+    async def _flood(self) -> None:
+        """misbehave="flood": ever longer online results, as fast as possible, until the client leaves."""
+        n = 0
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                n += 1
+                await self.ws.send(json.dumps(self._result(self._online_mode(), "洪水" * n, is_final=False)))
+                if n % 64 == 0:
+                    await asyncio.sleep(0)  # bursts: the stand-in shares the test's loop, let the client read
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -128,6 +146,8 @@ class Utterance:
             raise SessionAborted
         if self.b.misbehave == "garbage" and count == self.b.misbehave_after_frames:
             await self._send("this is not JSON {")
+        if self.b.misbehave == "flood" and count == self.b.misbehave_after_frames:
+            self.flood = asyncio.create_task(self._flood(), name="funasr-stub-flood")
         await self._script(lambda step: step.after_frames == count)
         if self.b.script is None and count % self.b.partial_every_frames == 0:
             await self._partial()
@@ -206,7 +226,7 @@ class Utterance:
             self.session.recognised = text
             if b.misbehave == "error":
                 await self._error_reply()
-            elif b.misbehave != "mute":
+            elif b.misbehave not in ("mute", "flood"):  # a flooding server never gets to its final
                 await self._flush_reply(text, wants_ack=wants_ack)
                 if b.busy_after_final_s > 0:
                     self._busy(b.busy_after_final_s)

@@ -43,7 +43,17 @@ from daemon.tools.stubs.openai_behaviour import (
     ReceivedRequest,
     validate_request,
 )
-from daemon.tools.stubs.openai_stream import Ctl, Plan, StubCut, llama_events, plan_for, raw_events, vllm_events
+from daemon.tools.stubs.openai_stream import (
+    Ctl,
+    Plan,
+    StubCut,
+    llama_events,
+    ping_only_events,
+    plan_for,
+    raw_events,
+    trickled,
+    vllm_events,
+)
 from daemon.tools.stubs.serving import InLoopServer, bind_socket, serve, wait_http_disconnect
 from daemon.tools.stubs.streaming import ClosingStreamingResponse
 from daemon.tools.stubs.tokens import tokenize
@@ -344,12 +354,16 @@ class OpenAiStub(StartStop):
         ctl = Ctl()
         if not body.get("stream", False):
             return await self._complete(b, plan, ctl)
-        if b.raw_chunks is not None:
-            events: AsyncGenerator[bytes, None] = raw_events(b, ctl)
+        if b.misbehave == "ping_only":
+            events: AsyncGenerator[bytes, None] = ping_only_events(b, ctl)
+        elif b.raw_chunks is not None:
+            events = raw_events(b, ctl)
         elif b.style == "llama_cpp":
             events = llama_events(b, plan, ctl)
         else:
             events = vllm_events(b, plan, ctl)
+        if b.misbehave == "trickle":
+            events = trickled(b, events, ctl)
         return ClosingStreamingResponse(self._observed(events, ctl, b), media_type="text/event-stream")
 
     # -- helpers ------------------------------------------------------------------------

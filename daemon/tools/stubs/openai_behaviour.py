@@ -18,6 +18,8 @@ MISBEHAVIOURS = (
     "truncate",  # 200, a few content chunks, then [DONE] without a finish chunk (llama.cpp preempted)
     "health_503",  # GET /health answers 503: the engine is dead
     "starting",  # not listening for starting_s after start(), then up (the model is loading)
+    "ping_only",  # 200 and event-stream headers, then only ``: ping`` comments every ping_interval_s
+    "trickle",  # the normal stream, one byte every trickle_interval_s (a keep-alive that never ends)
 )
 
 
@@ -55,7 +57,10 @@ class OpenAiBehaviour:
     starting_s: float = 0.5
     """misbehave="starting": how long the port refuses connections (model loading)."""
     ping_interval_s: float = 15.0
-    """llama_cpp style: a ``: ping - <time>`` comment whenever the stream was quiet this long."""
+    """llama_cpp style: a ``: ping - <time>`` comment whenever the stream was quiet this long
+    (misbehave="ping_only": the pace of its pings, in either style)."""
+    trickle_interval_s: float = 1.0
+    """misbehave="trickle": the pause before each byte of the stream."""
 
     def __post_init__(self) -> None:
         if self.style not in ("vllm", "llama_cpp"):

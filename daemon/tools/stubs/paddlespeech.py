@@ -247,7 +247,13 @@ class PaddleSpeechStub(StartStop):
                 yield _GARBAGE
                 return
             async for piece in self._pieces(behaviour, text):
-                yield piece
+                if behaviour.misbehave == "trickle":
+                    for i in range(len(piece)):
+                        if not await self._pause(behaviour.trickle_interval_s):
+                            return
+                        yield piece[i : i + 1]
+                else:
+                    yield piece
                 sent += 1
                 if behaviour.misbehave == "truncate":
                     raise _StubAbort("truncate: one chunk, then the connection is dropped")
@@ -336,6 +342,11 @@ class PaddleSpeechStub(StartStop):
                 await websocket.send_json({"status": 1, "audio": _GARBAGE.decode("ascii")})
                 await websocket.send_json({"status": 2, "audio": ""})
                 return
+            if behaviour.misbehave == "trickle":
+                while await self._pause(behaviour.trickle_interval_s):
+                    await websocket.send_json({"status": 1, "audio": "AAAA"})  # three zero bytes
+                    sent += 1
+                return
             async for piece in self._pieces(behaviour, text if isinstance(text, str) else str(text)):
                 await websocket.send_json({"status": 1, "audio": piece.decode("ascii")})
                 sent += 1
@@ -367,6 +378,11 @@ class PaddleSpeechStub(StartStop):
                 return
             first = False
             yield raw
+        if behaviour.misbehave == "endless":  # the sentence never ends: silence for ever
+            silence = base64.b64encode(bytes(CHUNK_SAMPLES * 2))
+            while await self._pause(behaviour.chunk_delay_s):
+                yield silence
+                await asyncio.sleep(0)  # unpaced, still let the client and the stub's own loop run
 
     async def _chunks(self, behaviour: PaddleSpeechBehaviour, text: str) -> AsyncIterator[tuple[bytes, bytes]]:
         """(pcm, base64) per chunk, sentence by sentence."""

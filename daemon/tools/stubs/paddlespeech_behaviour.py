@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Misbehaviour = Literal["refuse", "hang", "error_500", "truncate", "empty", "garbage", "ws_error"]
+Misbehaviour = Literal["refuse", "hang", "error_500", "truncate", "empty", "garbage", "ws_error", "endless", "trickle"]
 
 
 @dataclass(frozen=True)
@@ -33,7 +33,11 @@ class PaddleSpeechBehaviour:
     (websocket: handshake rejected with 500). truncate: one chunk, then drop the connection
     without the end of the stream. empty: 200 (websocket: nothing) and an abrupt close.
     garbage: a body (websocket: an ``audio`` value) that is not base64. ws_error: websocket
-    status -1 (over HTTP: like empty)."""
+    status -1 (over HTTP: like empty). endless: after the sentence, silence chunks for ever (at
+    ``chunk_delay_s``). trickle: HTTP: the body one byte every ``trickle_interval_s``;
+    websocket: one 3-byte ``audio`` message every ``trickle_interval_s``, for ever."""
+    trickle_interval_s: float = 1.0
+    """misbehave="trickle": the pause before each byte (websocket: each message)."""
 
 
 @dataclass(frozen=True)
