@@ -70,6 +70,7 @@ def redact_secrets(secrets: Iterable[str]) -> structlog.types.Processor:
 
     return processor
 
+
 MAX_FIELD_CHARS = 2000
 """Longest string a log field keeps: a transcript, a reply or a server's error body is cut past it
 (a flooding server once made 1.7 MB log lines). Tracebacks are not cut."""
