@@ -12,23 +12,24 @@ from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-import httpx
 import structlog
 
-from daemon.clients.asr import FunAsrClient
+from daemon.clients.backoff import Backoff
+from daemon.clients.guarded import PROBE_S
 from daemon.clients.http_pool import make_http_client
-from daemon.clients.llm import OpenAiCompatibleLlm
-from daemon.clients.tts import make_tts
+from daemon.clients.tidying import Tidying
+from daemon.clients.tls import TlsContexts, transport_risks
 from daemon.config import Settings
 from daemon.config_load import load_settings
 from daemon.config_reload import changed_keys
 from daemon.devices import make_echo_canceller, open_devices, reopen_microphone
-from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon
+from daemon.earcon import earcon_from_setting, failure_earcon, listening_earcon, thinking_earcon
 from daemon.errors import ConfigError
 from daemon.event_bus import Event, EventBus
 from daemon.health import Health
 from daemon.logs import configure_logging
-from daemon.resampled_tts import ResampledTts
+from daemon.secrets import secret_values
+from daemon.services import build_services
 from daemon.systemd_notify import Notifier, watchdog_interval_s
 from daemon.systemd_status import StatusLine, feed_watchdog
 from daemon.wake_sources import Listeners, make_wake_engine, wake_summary
@@ -38,7 +39,7 @@ from states.history import Conversation
 from states.machine import State
 from states.mic_feed import MicFeed
 from states.model import Assistant, AssistantSettings, Earcons, Turn
-from states.ports import Microphone, Speaker, TtsClient, Vad
+from states.ports import Microphone, Speaker, Vad
 from states.wake_watch import Wake
 
 log = structlog.get_logger()
@@ -46,10 +47,10 @@ log = structlog.get_logger()
 FALLBACK_OUTPUT_RATE = 24000
 """PaddleSpeech's csmsc models speak 24 kHz: the rate to assume when the TTS cannot be asked."""
 DRAIN_ON_EXIT_S = 5.0
-PROBE_S = 3.0
-"""The start-up probe of each service: a service that does not answer within it is reported down."""
 
-EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH = 0, 1, 3
+EXIT_ANSWERED, EXIT_FAILED, EXIT_NO_SPEECH, EXIT_STOPPED = 0, 1, 3, 4
+"""``--once``: how its turn went (2 is a bad config: daemon/cli_config.py). EXIT_STOPPED: a signal
+stopped the daemon before its turn was over, so nothing can be said of it."""
 
 
 def assistant_settings(settings: Settings) -> AssistantSettings:
@@ -61,6 +62,7 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
         follow_up_s=settings.wake.follow_up_s,
         always=settings.wake.always,
         refractory_s=settings.wake.hotword.refractory_s,
+        cues=settings.reply,
     )
 
 
@@ -76,11 +78,18 @@ class App:
         freeze_gc: bool = False,
         notifier: Notifier | None = None,
         config_path: str | Path | None = None,
+        probe_s: float = PROBE_S,
+        backoff: Backoff | None = None,
     ) -> None:
         """``freeze_gc``: once started, hide what start-up built from the garbage collector
         (the daemon process; not a process that runs many Apps, such as the tests).
         ``notifier``: tells systemd (READY, STATUS, WATCHDOG, STOPPING, RELOADING); none: silent.
-        ``config_path``: the file ``reload()`` re-reads (SIGHUP)."""
+        ``config_path``: the file ``reload()`` re-reads (SIGHUP).
+        ``probe_s``: the bound of each service probe (at start-up: a service that does not answer
+        within it is down, and start-up goes on; then the background probes of one marked down).
+        ``backoff``: the waits between those background probes (default 0.5 s doubling to 30 s)."""
+        self._probe_s = probe_s
+        self._backoff = backoff
         self.settings = settings
         self._started_with = settings
         """What the devices and clients were built from: a reload does not rebuild them."""
@@ -96,6 +105,8 @@ class App:
         self.assistant: Assistant | None = None
         """The running conversation, while ``run`` runs (other wake sources fire its triggers)."""
         self._turn_done = asyncio.Event()
+        self._stopped = False
+        """A signal stopped the daemon (not the end of the ``once`` turn)."""
         self.bus = EventBus()
         """The daemon's events: the control API's /events, hooks, metrics, LEDs subscribe."""
 
@@ -104,14 +115,33 @@ class App:
         s = self.settings
         started = time.monotonic()
         async with AsyncExitStack() as stack:
-            tls = httpx.create_ssl_context()  # built once: each costs ~25 ms of the start
-            llm_http = await stack.enter_async_context(make_http_client(tls))
-            tts_http = await stack.enter_async_context(make_http_client(tls))
-            llm = OpenAiCompatibleLlm(s.llm, llm_http)
-            tts = make_tts(s.tts, tts_http)
-            asr = FunAsrClient(s.asr)
-            # Every service probed before the devices open (a WAV microphone's clock starts at open).
-            tts_rate, probed = await asyncio.gather(self._tts_rate(tts), self._probe(asr, llm))
+            # One context per service, built once (each costs ~25 ms of the start); shared when equal.
+            tls = TlsContexts()
+            llm_tls = tls.get(verify=s.llm.tls_verify, ca_file=s.llm.ca_file)
+            tts_tls = tls.get(verify=s.tts.tls_verify, ca_file=s.tts.ca_file)
+            for service, risk in transport_risks(s):
+                log.warning("insecure_transport", service=service, problem=risk)
+            llm_http = await stack.enter_async_context(make_http_client(llm_tls))
+            tts_http = await stack.enter_async_context(make_http_client(tts_tls))
+            tidying = Tidying()
+            stack.push_async_callback(tidying.wait)  # close handshakes left in the background
+            services = build_services(
+                s,
+                llm_http,
+                tts_http,
+                events=self.bus,
+                probe_s=self._probe_s,
+                backoff=self._backoff,
+                tidying=tidying,
+                tts_tls=tts_tls,
+            )
+            stack.push_async_callback(services.aclose)
+            # Every endpoint probed before the devices open (a WAV microphone's clock starts at open).
+            await services.probe_all()
+            probed = {name: guard.up for name, guard in services.guards.items()}
+            tts_rate = await services.tts_rate()
+            if tts_rate is None and s.audio.output_rate is None:
+                log.warning("tts_samplerate_unavailable", assumed=FALLBACK_OUTPUT_RATE)
             output_rate = s.audio.output_rate or tts_rate or FALLBACK_OUTPUT_RATE
             aec = make_echo_canceller(s.aec)
             devices = await open_devices(stack, s.audio, s.aec, output_rate=output_rate)
@@ -126,9 +156,9 @@ class App:
                 mic=feed,
                 speaker=speaker,
                 vad=vad,
-                asr=asr,
-                llm=llm,
-                tts=ResampledTts(tts, output_rate),
+                asr=services.asr,
+                llm=services.llm,
+                tts=services.tts(output_rate),
                 aec=aec,
                 echo_reference=devices.reference,
                 conversation=Conversation(
@@ -141,14 +171,14 @@ class App:
                 earcons=Earcons(
                     listening=earcon_from_setting(s.earcons.listening, listening_earcon),
                     error=earcon_from_setting(s.earcons.error, failure_earcon),
+                    thinking=earcon_from_setting(s.earcons.thinking, thinking_earcon),
                 ),
                 hotword=hotword,
                 events=self.bus,
                 on_turn_end=self._turn_ended,
             )
             stack.push_async_callback(assistant.aclose)
-            probed["tts"] = tts_rate is not None
-            health = Health(feed)
+            health = Health(feed, guards=services.guards)
             for name, ok in probed.items():
                 health.probed(name, ok)
             status = StatusLine(self._notifier, health)
@@ -160,6 +190,7 @@ class App:
             following = asyncio.create_task(self.bus.follow(observe), name="health")
             stack.callback(following.cancel)
             await Listeners(s, assistant, self.bus, health).start(stack)
+            services.start()  # the bus has its listeners: what start-up found down is announced
             log.info(
                 "daemon_ready",
                 ms=round((time.monotonic() - started) * 1000),
@@ -168,11 +199,11 @@ class App:
                 aec=s.aec.engine,
                 output_rate=output_rate,
                 vad=s.vad.engine,
-                asr=s.asr.url,
+                asr=list(s.asr.urls),
                 asr_flavour=s.asr.flavour,
-                llm=s.llm.url,
+                llm=list(s.llm.urls),
                 model=s.llm.model,
-                tts=s.tts.url,
+                tts=list(s.tts.urls),
                 wake=wake_summary(s),
                 services={name: "up" if ok else "down" for name, ok in probed.items()},
             )
@@ -197,6 +228,7 @@ class App:
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 if stop.is_set():
+                    self._stopped = True
                     # The turn in progress is cancelled as the stack unwinds (assistant.aclose),
                     # then the last words drain for at most DRAIN_ON_EXIT_S.
                     self._notifier.stopping()
@@ -211,8 +243,8 @@ class App:
         is no failure of the service (systemd would mark the unit failed)."""
         if not self.once:
             return EXIT_ANSWERED
-        if not self.turns:
-            return EXIT_FAILED
+        if not self.turns or (self._stopped and self.turns[-1].outcome == "stopped"):
+            return EXIT_STOPPED if self._stopped else EXIT_FAILED
         last = self.turns[-1]
         if last.outcome == "failed":
             return EXIT_FAILED
@@ -263,7 +295,7 @@ class App:
     def _apply_live(self, new: Settings) -> None:
         old, self.settings = self.settings, new
         if (old.log.level, old.log.format) != (new.log.level, new.log.format):
-            configure_logging(new.log.level, new.log.format)
+            configure_logging(new.log.level, new.log.format, secrets=secret_values(new))
         assistant = self.assistant
         if assistant is None:
             return
@@ -272,6 +304,7 @@ class App:
         assistant.earcons = Earcons(
             listening=earcon_from_setting(new.earcons.listening, listening_earcon),
             error=earcon_from_setting(new.earcons.error, failure_earcon),
+            thinking=earcon_from_setting(new.earcons.thinking, thinking_earcon),
         )
         n = new.llm
         if (
@@ -285,49 +318,11 @@ class App:
                 n.system_prompt, max_turns=n.history_turns, reset_after_s=n.history_reset_s
             )
 
-    @staticmethod
-    async def _probe(asr: FunAsrClient, llm: OpenAiCompatibleLlm) -> dict[str, bool]:
-        """One look at the ASR (a session opened and closed) and the LLM (it serves our model), so
-        that a wrong URL, model name or API key shows at start. Never fatal: a service may come later."""
-
-        async def probe_asr() -> None:
-            session = await asr.open_session()
-            await session.aclose()
-
-        async def probe_llm() -> None:
-            await llm.wait_ready(max_wait_s=PROBE_S)
-
-        async def one(name: str, probe: Callable[[], Awaitable[None]]) -> tuple[str, bool]:
-            started = time.monotonic()
-            try:
-                async with asyncio.timeout(PROBE_S + 1):
-                    await probe()
-            except Exception as exc:  # noqa: BLE001 - a report, never fatal
-                log.warning("service_down", service=name, error=str(exc) or type(exc).__name__)
-                return name, False
-            log.info("service_up", service=name, ms=round((time.monotonic() - started) * 1000))
-            return name, True
-
-        return dict(await asyncio.gather(one("asr", probe_asr), one("llm", probe_llm)))
-
     def _make_vad(self) -> Vad:
         v = self.settings.vad
         if v.engine == "webrtc":
             return make_vad("webrtc", aggressiveness=v.webrtc_aggressiveness)
         return make_vad("silero", threshold=v.silero_threshold, gate_db=v.silero_gate_db)
-
-    @staticmethod
-    async def _tts_rate(tts: TtsClient) -> int | None:
-        """The TTS's sample rate: also the TTS's start-up probe. None: it did not answer."""
-        started = time.monotonic()
-        try:
-            rate = await tts.sample_rate()
-        except Exception as exc:  # noqa: BLE001 - the TTS may come up later; the rate is then checked per sentence
-            log.warning("tts_samplerate_unavailable", error=str(exc), assumed=FALLBACK_OUTPUT_RATE)
-            log.warning("service_down", service="tts", error=str(exc) or type(exc).__name__)
-            return None
-        log.info("service_up", service="tts", ms=round((time.monotonic() - started) * 1000))
-        return rate
 
     @staticmethod
     async def _drain(speaker: Speaker) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from daemon.config_load import load_settings
+from daemon.config_load import load_settings, once_problems
 from daemon.errors import ConfigError
 
 EXIT_CONFIG = 2
@@ -17,12 +17,15 @@ def register(subparsers: Any) -> None:
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     check = config_sub.add_parser("check", help="validate a config and name every wrong key or value")
     check.add_argument("path", metavar="PATH")
+    check.add_argument("--once", action="store_true", help="also check it can run with `run --once`")
     check.set_defaults(func=_check)
 
 
 def _check(args: argparse.Namespace) -> int:
     try:
-        load_settings(args.path)
+        settings = load_settings(args.path)
+        if args.once and (problems := once_problems(settings)):
+            raise ConfigError(problems)
     except ConfigError as exc:
         return config_failed(args.path, exc)
     print(f"{args.path}: OK")

@@ -12,9 +12,10 @@ from typing import Any
 import structlog
 
 from daemon.cli_config import config_failed
-from daemon.config_load import load_settings
+from daemon.config_load import load_settings, once_problems
 from daemon.errors import ConfigError, ControlError, HardwareError
 from daemon.logs import configure_logging
+from daemon.secrets import secret_values
 
 log = structlog.get_logger()
 
@@ -26,7 +27,9 @@ def register(subparsers: Any) -> None:
     run = subparsers.add_parser("run", help="run the daemon")
     run.add_argument("--config", "-c", metavar="PATH", help="TOML config (default: built-in defaults)")
     run.add_argument(
-        "--once", action="store_true", help="exit after one finished turn: 0 answered, 1 failed, 3 nobody spoke"
+        "--once",
+        action="store_true",
+        help="exit after one finished turn: 0 answered, 1 failed, 3 nobody spoke, 4 stopped by a signal",
     )
     run.set_defaults(func=_run)
 
@@ -34,9 +37,11 @@ def register(subparsers: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config)
+        if args.once and (problems := once_problems(settings)):
+            raise ConfigError(problems)
     except ConfigError as exc:
         return config_failed(args.config, exc)
-    configure_logging(settings.log.level, settings.log.format)
+    configure_logging(settings.log.level, settings.log.format, secrets=secret_values(settings))
     from daemon.app import App  # here, so that the other commands do not pay for its imports
     from daemon.systemd_notify import Notifier
 

@@ -11,16 +11,20 @@ place plus its row in the README's configuration table (a test holds the two tog
 engine's own keys, so the daemon hands ``settings.vad`` to the conversation as its endpointer.
 
 Every field has a default that works against the loopback stand-ins (`moss-voice stubs`).
-Secrets come from the environment, never from the file: ``MOSS_VOICE_LLM_API_KEY``.
+Secrets come from the environment or systemd credentials, never from the file:
+``MOSS_VOICE_LLM_API_KEY``, ``MOSS_VOICE_CONTROL_TOKEN`` (daemon/secrets.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 from states.barge_in import BargeInSettings
+from states.cues import CueSettings
 from states.endpointer import EndpointerSettings
 from states.settings import Checked, setting
 from states.speech_text import SpeechTextSettings
@@ -44,10 +48,14 @@ OUTPUT_SCHEMES = ("pyaudio", "wav")
 
 
 def url_with(*schemes: str) -> Callable[[str], str | None]:
-    """A check: the value is a URL with one of ``schemes``, a host, and a valid port if any."""
+    """A check: the value is a URL with one of ``schemes``, a host, and a valid port if any; and
+    no user name or password (it would be a secret in the file, and in every log line that names
+    the URL)."""
 
     def check(value: str) -> str | None:
         parts = urlsplit(value)
+        if "@" in parts.netloc:
+            return "must not carry a user name or password: secrets do not go in the file (see the README)"
         try:
             valid_port = parts.port is None or parts.port > 0
         except ValueError:  # not a number, or beyond 65535
@@ -57,6 +65,58 @@ def url_with(*schemes: str) -> Callable[[str], str | None]:
         return f"must be a {' or '.join(s + '://' for s in schemes)} URL, got {value!r}"
 
     return check
+
+
+def urls_with(*schemes: str) -> Callable[[tuple[str, ...]], str | None]:
+    """A check: one or more URLs, each as ``url_with(*schemes)`` wants it, none twice."""
+    one = url_with(*schemes)
+
+    def check(value: tuple[str, ...]) -> str | None:
+        if isinstance(value, str):
+            value = (value,)
+        if not value:
+            return "must name at least one URL"
+        for url in value:
+            problem = one(url)
+            if problem is not None:
+                return problem
+        twice = sorted({url for url in value if value.count(url) > 1})
+        if twice:
+            return f"lists {twice[0]!r} twice"
+        return None
+
+    return check
+
+
+class Endpoints:
+    """What the settings of a service with several endpoints (``url``: one URL or a list, in order
+    of preference) share. ``url`` is always a tuple once built; a single string given from code
+    (``AsrSettings(url="ws://...")``) becomes a tuple of one, which is why its declared type also
+    says ``str``: read it as ``urls``. A client talks to one endpoint, ``endpoint``, the first
+    URL; the daemon builds one client per URL from ``at(url)``."""
+
+    url: tuple[str, ...] | str
+
+    def __post_init__(self) -> None:
+        if isinstance(self.url, str):  # one URL, from code: AsrSettings(url="ws://...")
+            object.__setattr__(self, "url", (self.url,))
+        elif isinstance(self.url, Sequence):
+            object.__setattr__(self, "url", tuple(self.url))
+        super().__post_init__()  # type: ignore[misc]  # Checked's, next in the settings class's MRO
+
+    @property
+    def urls(self) -> tuple[str, ...]:
+        """Every endpoint, in order of preference."""
+        return (self.url,) if isinstance(self.url, str) else self.url
+
+    @property
+    def endpoint(self) -> str:
+        """The URL a client built from these settings talks to: the first."""
+        return self.urls[0]
+
+    def at(self, url: str) -> Self:
+        """These settings for the one endpoint ``url``."""
+        return dataclasses.replace(self, url=(url,))  # type: ignore[type-var]
 
 
 def device_spec(*schemes: str) -> Callable[[str], str | None]:
@@ -79,11 +139,12 @@ def _chunk_size(value: tuple[int, int, int]) -> str | None:
 
 
 @dataclass(frozen=True)
-class AsrSettings(Checked):
+class AsrSettings(Endpoints, Checked):
     """FunASR websocket server (docs/protocols.md, "FunASR websocket")."""
 
-    url: str = setting("ws://127.0.0.1:10095", check=url_with("ws", "wss"))
-    """ws:// or wss://. The scheme is never guessed: FunASR's docker scripts default to wss."""
+    url: tuple[str, ...] | str = setting(("ws://127.0.0.1:10095",), check=urls_with("ws", "wss"))
+    """ws:// or wss://, one URL or a list (replicas, in order of preference). The scheme is never
+    guessed: FunASR's docker scripts default to wss."""
     flavour: str = setting("cpp-2pass", one_of=ASR_FLAVOURS)
     """Which server runs there: cpp-2pass | cpp-offline | python-classic | python-2026.
     ``is_final`` cannot be interpreted without it."""
@@ -97,7 +158,7 @@ class AsrSettings(Checked):
     """Streaming latency config in 60 ms encoder frames."""
     chunk_interval: int = setting(10, gt=0)
     """Online decode runs every chunk_interval binary messages (Python servers)."""
-    wav_name: str = "moss-voice"
+    wav_name: str = setting("moss-voice", check=lambda v: None if v else "must not be empty")
     hotwords: dict[str, int] = field(default_factory=dict)
     """Word -> weight; sent JSON-encoded inside a string, as the servers require."""
     itn: bool = True
@@ -107,6 +168,9 @@ class AsrSettings(Checked):
     """Quiet period after the end marker: the final text is whatever came by then."""
     burst_ms: int = setting(600, gt=0)
     """Audio that may be sent faster than real time (the VAD pre-roll); the rest is paced."""
+    max_transcript_chars: int = setting(1000, gt=0)
+    """A transcript longer than this fails the turn (AsrError): at most vad.max_utterance_s (15 s)
+    of speech is some 75 hanzi or 300 English characters, so more is a server flooding results."""
 
     @property
     def frame_bytes(self) -> int:
@@ -115,12 +179,12 @@ class AsrSettings(Checked):
 
 
 @dataclass(frozen=True)
-class LlmSettings(Checked):
+class LlmSettings(Endpoints, Checked):
     """OpenAI-compatible chat completions, MOSS on vLLM (docs/protocols.md, "OpenAI-compatible chat")."""
 
-    url: str = setting("http://127.0.0.1:8000/v1", check=url_with("http", "https"))
-    """Base URL up to and including /v1."""
-    model: str = "moss"
+    url: tuple[str, ...] | str = setting(("http://127.0.0.1:8000/v1",), check=urls_with("http", "https"))
+    """Base URL up to and including /v1; one or a list (replicas, in order of preference)."""
+    model: str = setting("moss", check=lambda v: None if v.strip() else f"must name the served model, got {v!r}")
     system_prompt: str = MOSS_SYSTEM_PROMPT
     stop: tuple[str, ...] = ("<|end_of_assistant|>",)
     max_tokens: int = setting(512, gt=0)
@@ -128,12 +192,20 @@ class LlmSettings(Checked):
     """The OpenAI API's range; vLLM rejects a negative one."""
     top_p: float = setting(0.8, gt=0, le=1)
     api_key: str | None = setting(None, env=API_KEY_ENV)
-    """From the environment variable MOSS_VOICE_LLM_API_KEY only."""
-    connect_timeout_s: float = setting(5.0, gt=0)
-    first_token_timeout_s: float = setting(30.0, gt=0)
-    """From the request to the first text: covers queueing and prefill on a busy GPU."""
-    read_timeout_s: float = setting(30.0, gt=0)
-    """Longest silence allowed between two stream events once text flows."""
+    """From the environment variable MOSS_VOICE_LLM_API_KEY or the systemd credential llm_api_key only."""
+    tls_verify: bool = True
+    """Check the https:// server's certificate. Prefer ``ca_file`` to turning this off."""
+    ca_file: str | None = None
+    """Pin a CA (or the server's own self-signed certificate): only it is trusted."""
+    connect_timeout_s: float = setting(3.0, gt=0)
+    """TCP (and TLS) connect to the server, and a readiness GET."""
+    first_token_timeout_s: float = setting(10.0, gt=0)
+    """From the request to the first text: covers queueing and prefill on a busy GPU. Keep-alive
+    comments (``: ping``) do not extend it."""
+    read_timeout_s: float = setting(10.0, gt=0)
+    """Longest silence allowed between two stream events once text flows (comments are not events)."""
+    reply_timeout_s: float = setting(60.0, gt=0)
+    """From the request to the end of the stream: the whole answer, however the server paces it."""
     history_turns: int = setting(5, ge=0)
     """How many earlier question/answer pairs are sent along."""
     history_reset_s: float = setting(300.0, gt=0)
@@ -141,24 +213,39 @@ class LlmSettings(Checked):
 
 
 @dataclass(frozen=True)
-class TtsSettings(Checked):
+class TtsSettings(Endpoints, Checked):
     """PaddleSpeech streaming TTS (docs/protocols.md, "PaddleSpeech streaming TTS"). The URL scheme picks the protocol."""
 
-    url: str = setting("http://127.0.0.1:8092/paddlespeech/tts/streaming", check=url_with("http", "https", "ws", "wss"))
-    """http(s)://... for HTTP streaming, ws(s)://... for the websocket protocol."""
+    url: tuple[str, ...] | str = setting(
+        ("http://127.0.0.1:8092/paddlespeech/tts/streaming",), check=urls_with("http", "https", "ws", "wss")
+    )
+    """http(s)://... for HTTP streaming, ws(s)://... for the websocket protocol; one or a list
+    (replicas, in order of preference; each URL's scheme picks its protocol)."""
     spk_id: int = setting(0, ge=0)
-    connect_timeout_s: float = setting(5.0, gt=0)
-    read_timeout_s: float = setting(10.0, gt=0)
-    """Longest wait for the next audio chunk."""
+    tls_verify: bool = True
+    """Check the https:// or wss:// server's certificate. Prefer ``ca_file`` to turning this off."""
+    ca_file: str | None = None
+    """Pin a CA (or the server's own self-signed certificate): only it is trusted."""
+    connect_timeout_s: float = setting(3.0, gt=0)
+    read_timeout_s: float = setting(5.0, gt=0)
+    """Longest wait for the next audio chunk (and for GET .../samplerate)."""
+    clause_timeout_s: float = setting(15.0, gt=0)
+    """Time one clause may spend waiting on the server, from the request to its last chunk.
+    Time the speaker holds the stream back (playing what came) does not count."""
+    audio_cap_min_s: float = setting(5.0, gt=0)
+    """A clause's audio is cut at max(audio_cap_min_s, audio_cap_s_per_char x its characters)."""
+    audio_cap_s_per_char: float = setting(0.4, gt=0)
+    """Chinese TTS speaks about 4 to 5 hanzi a second (0.2 to 0.25 s each): 0.4 leaves room for
+    pauses and a slow voice, and still cuts a server that streams minutes for one clause."""
 
     @property
     def protocol(self) -> str:
-        return "websocket" if urlsplit(self.url).scheme in ("ws", "wss") else "http"
+        return "websocket" if urlsplit(self.endpoint).scheme in ("ws", "wss") else "http"
 
     @property
     def samplerate_url(self) -> str:
-        """GET {url}/samplerate, over http(s) in both protocols."""
-        parts = urlsplit(self.url)
+        """GET {url}/samplerate, over http(s) in both protocols (of ``endpoint``)."""
+        parts = urlsplit(self.endpoint)
         scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
         return urlunsplit((scheme, parts.netloc, parts.path.rstrip("/") + "/samplerate", "", ""))
 
@@ -207,13 +294,21 @@ class VadSettings(EndpointerSettings):
 
 
 @dataclass(frozen=True)
+class ReplySettings(CueSettings, SpeechTextSettings):
+    """The ``[reply]`` table: how replies are cut into clauses (``states.speech_text``) plus what
+    the user hears while the answer is slow and when a turn fails (``states.cues``)."""
+
+
+@dataclass(frozen=True)
 class EarconSettings(Checked):
     """Short sounds: "builtin", "off", or the path of a WAV file (the loader checks that it exists)."""
 
     listening: str = "builtin"
     """When the robot starts listening after a wake (not after a barge-in: the user is talking)."""
     error: str = "builtin"
-    """When a turn fails (a service or a device)."""
+    """When a turn fails (a service or a device), unless the apology (``reply.apology``) is said."""
+    thinking: str = "builtin"
+    """While an answer is slow to start (``reply.thinking_cue_after_s``)."""
 
 
 HOTWORD_ENGINES = ("microwakeword", "pocketsphinx", "sherpa-onnx", "asr", "off")
@@ -331,7 +426,7 @@ class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
     vad: VadSettings = field(default_factory=VadSettings)
     aec: AecSettings = field(default_factory=AecSettings)
-    reply: SpeechTextSettings = field(default_factory=SpeechTextSettings)
+    reply: ReplySettings = field(default_factory=ReplySettings)
     barge_in: BargeInSettings = field(default_factory=BargeInSettings)
     earcons: EarconSettings = field(default_factory=EarconSettings)
     wake: WakeSettings = field(default_factory=WakeSettings)

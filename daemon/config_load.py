@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import ssl
 import tomllib
 import types
 import typing
@@ -19,18 +20,20 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from daemon.clients.tls import load_ca_file
 from daemon.config import API_KEY_ENV, Settings
 from daemon.errors import ConfigError
 from daemon.hooks import check_hooks
+from daemon.secrets import with_credentials
 from states.settings import SettingsError, rule_of
 
-__all__ = ["API_KEY_ENV", "file_keys", "load_settings", "settings_from_dict"]
+__all__ = ["API_KEY_ENV", "file_keys", "load_settings", "once_problems", "settings_from_dict"]
 
 TYPE_NAMES = {"str": "string", "int": "integer", "float": "number", "bool": "boolean", "list": "list", "dict": "table"}
 
 
 def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None) -> Settings:
-    """Read ``path`` (None: all defaults) and the environment. Raises ConfigError."""
+    """Read ``path`` (None: all defaults), the environment and the systemd credentials. Raises ConfigError."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     if path is not None:
@@ -46,8 +49,10 @@ def load_settings(path: str | Path | None, env: Mapping[str, str] | None = None)
 
 
 def settings_from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
-    env = os.environ if env is None else env
+    """``env``: the environment, whose ``$CREDENTIALS_DIRECTORY`` (systemd) may hold the secrets
+    too (``daemon.secrets``: a credential wins over the variable)."""
     problems: list[str] = []
+    env = with_credentials(os.environ if env is None else env, problems)
     # A table with a problem keeps its defaults, so the rest is still checked and every problem
     # is reported in one go.
     settings: Settings = _build(Settings, raw, "", problems, env)
@@ -55,6 +60,14 @@ def settings_from_dict(raw: Mapping[str, Any], env: Mapping[str, str] | None = N
     if problems:
         raise ConfigError(problems)
     return settings
+
+
+def once_problems(settings: Settings) -> list[str]:
+    """What ``run --once`` cannot run with: it waits for one turn, and without ``wake.on_start``
+    nothing may ever start it."""
+    if not settings.wake.on_start:
+        return ["wake.on_start: must be true with --once (the one turn it waits for starts at start-up)"]
+    return []
 
 
 def file_keys(cls: type = Settings, prefix: str = "") -> list[str]:
@@ -163,14 +176,30 @@ def _convert(kind: Any, value: Any, name: str, problems: list[str]) -> Any:
 
 def _check_files(s: Settings) -> list[str]:
     problems: list[str] = []
-    for key in ("listening", "error"):
+    for key in ("listening", "error", "thinking"):
         value = getattr(s.earcons, key)
         if value not in ("builtin", "off") and not Path(value).is_file():
             problems.append(f"earcons.{key}: must be builtin, off, or an existing WAV file, got {value!r}")
-    if s.asr.ca_file is not None and not Path(s.asr.ca_file).is_file():
-        problems.append(f"asr.ca_file: no such file {s.asr.ca_file!r}")
+    problems.extend(_check_ca_files(s))
     problems.extend(check_hooks(s.hooks))
     problems.extend(_check_hotword_files(s))
+    return problems
+
+
+def _check_ca_files(s: Settings) -> list[str]:
+    """Each service's ``ca_file`` exists and holds certificates (PEM) a TLS context can load."""
+    problems: list[str] = []
+    for service in ("asr", "llm", "tts"):
+        ca_file: str | None = getattr(s, service).ca_file
+        if ca_file is None:
+            continue
+        if not Path(ca_file).is_file():
+            problems.append(f"{service}.ca_file: no such file {ca_file!r}")
+            continue
+        try:
+            load_ca_file(ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            problems.append(f"{service}.ca_file: cannot load {ca_file!r} as PEM certificates: {exc}")
     return problems
 
 

@@ -1,7 +1,8 @@
 """Earcons: the short sounds that tell a person near the robot what it is doing.
 
 Built-in tones by default (a rising pair when the robot starts listening, a falling pair when a
-turn fails), a WAV file of your own by config, or none.
+turn fails, a soft low pair while a slow answer is awaited), a WAV file of your own by config, or
+none.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def failure_earcon(sample_rate: int) -> bytes:
 def listening_earcon(sample_rate: int) -> bytes:
     """Rising 880 -> 1320 Hz, quieter and short (0.18 s): "I am listening", and the user can start."""
     return _tones((880.0, 1320.0), sample_rate, 0.15, note_s=0.07, gap_s=0.02)
+
+
+def thinking_earcon(sample_rate: int) -> bytes:
+    """Two soft low notes, 523 -> 587 Hz, about 0.2 s, much quieter than the others: "still
+    working on it", heard over a fan without sounding like an answer or an alarm."""
+    return _tones((523.0, 587.0), sample_rate, 0.06, note_s=0.08, gap_s=0.02)
 
 
 def wav_earcon(path: str) -> Earcon:

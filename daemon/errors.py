@@ -5,14 +5,18 @@
     ├── ControlError           the control API cannot start (address in use, no token, ...)
     └── ServiceError           a remote service failed; ``.service`` is "asr", "llm" or "tts"
         ├── AsrError
-        │   └── AsrTimeout         (also a ServiceTimeout)
+        │   ├── AsrTimeout         (also a ServiceTimeout)
+        │   └── AsrDown            (also a ServiceDown)
         ├── LlmError
         │   ├── LlmAuthError       401: wrong or missing API key (never retried)
         │   ├── LlmNotFoundError   404: the model name is not served
-        │   └── LlmTimeout         (also a ServiceTimeout)
+        │   ├── LlmTimeout         (also a ServiceTimeout)
+        │   └── LlmDown            (also a ServiceDown)
         ├── TtsError
-        │   └── TtsTimeout         (also a ServiceTimeout)
-        └── ServiceTimeout     any service that did not answer in time
+        │   ├── TtsTimeout         (also a ServiceTimeout)
+        │   └── TtsDown            (also a ServiceDown)
+        ├── ServiceTimeout     any service that did not answer in time
+        └── ServiceDown        every endpoint of the service is marked down: failed at once, untried
 
     HardwareError              a device failed; ``.service`` is "audio"
 
@@ -31,17 +35,21 @@ from __future__ import annotations
 from hardware.errors import HardwareError
 
 __all__ = [
+    "AsrDown",
     "AsrError",
     "AsrTimeout",
     "ConfigError",
     "ControlError",
     "HardwareError",
     "LlmAuthError",
+    "LlmDown",
     "LlmError",
     "LlmNotFoundError",
     "LlmTimeout",
+    "ServiceDown",
     "ServiceError",
     "ServiceTimeout",
+    "TtsDown",
     "TtsError",
     "TtsTimeout",
     "VoiceDaemonError",
@@ -74,6 +82,11 @@ class ServiceTimeout(ServiceError):
     """A remote service did not answer in time."""
 
 
+class ServiceDown(ServiceError):
+    """Every endpoint of a service failed recently and is being probed in the background: the
+    request was not even tried (daemon/clients/guarded.py)."""
+
+
 class AsrError(ServiceError):
     service = "asr"
 
@@ -97,6 +110,11 @@ class LlmNotFoundError(LlmError):
 class TtsError(ServiceError):
     service = "tts"
 
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        """The HTTP status the server answered with, when that is the failure."""
+
 
 class AsrTimeout(AsrError, ServiceTimeout):
     pass
@@ -107,4 +125,16 @@ class LlmTimeout(LlmError, ServiceTimeout):
 
 
 class TtsTimeout(TtsError, ServiceTimeout):
+    pass
+
+
+class AsrDown(AsrError, ServiceDown):
+    pass
+
+
+class LlmDown(LlmError, ServiceDown):
+    pass
+
+
+class TtsDown(TtsError, ServiceDown):
     pass

@@ -1,7 +1,8 @@
 """``[hooks]``: the user's commands, run on the conversation's events.
 
 Each hook is an argument list, run with ``asyncio.create_subprocess_exec`` (never through a shell),
-with the event as one JSON object on stdin (``Event.as_dict()``, one line). A run never blocks the
+with the event as one JSON object on stdin (``Event.as_dict()``, one line), in the daemon's
+environment without its secrets (``daemon.secrets.child_environment``). A run never blocks the
 daemon or another run: each is a task of its own, killed (with the process group it started) after
 ``timeout_s``. At most ``max_running`` runs of one hook at a time; an event that finds its hook busy
 is dropped and counted, so a hung hook cannot pile up processes.
@@ -33,6 +34,7 @@ import structlog
 
 from daemon.config import HooksSettings
 from daemon.event_bus import Event, EventBus
+from daemon.secrets import child_environment
 
 log = structlog.get_logger()
 
@@ -171,6 +173,7 @@ class Hooks:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own process group: a kill takes its children too
+                env=child_environment(os.environ),  # the daemon's secrets stay with the daemon
             )
         except OSError as exc:
             self._cannot_start(hook, argv, exc)

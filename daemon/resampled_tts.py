@@ -7,8 +7,11 @@ from contextlib import asynccontextmanager
 
 import numpy as np
 import soxr
+import structlog
 
 from states.ports import TtsClient
+
+log = structlog.get_logger()
 
 
 class ResampledTts:
@@ -17,6 +20,8 @@ class ResampledTts:
     def __init__(self, inner: TtsClient, target_rate: int) -> None:
         self._inner = inner
         self._target = target_rate
+        self._source: int | None = None
+        """The TTS rate last seen: a change (or a first rate that differs) is logged once."""
 
     async def sample_rate(self) -> int:
         return self._target
@@ -27,6 +32,11 @@ class ResampledTts:
     @asynccontextmanager
     async def synthesize(self, text: str) -> AsyncIterator[AsyncIterator[bytes]]:
         source_rate = await self._inner.sample_rate()
+        if source_rate != self._source:
+            if source_rate != self._target:
+                # e.g. the TTS was down at start-up and the output opened at the assumed rate
+                log.info("tts_resampling", tts_rate=source_rate, output_rate=self._target)
+            self._source = source_rate
         async with self._inner.synthesize(text) as audio:
             if source_rate == self._target:
                 yield audio

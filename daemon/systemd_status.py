@@ -22,7 +22,8 @@ failed device is retried every 3 s, and a reopen that works within the watchdog 
 
 
 class StatusLine:
-    """One short line: ``idle | asr up, llm down, tts up | last first audio 412 ms``.
+    """One short line: ``idle | asr up, llm down, tts up 1/2 | last first audio 412 ms`` (1/2:
+    one of two endpoints is up).
 
     The services' states are ``health``'s (the start-up probes, then the turns): whoever feeds
     this line an event has fed it to ``health`` first."""
@@ -40,7 +41,7 @@ class StatusLine:
         elif event.name == "turn_finished":
             if isinstance(fields.get("first_audio_ms"), int):
                 self.first_audio_ms = int(fields["first_audio_ms"])
-        elif event.name != "turn_failed":
+        elif event.name not in ("turn_failed", "service_down", "service_up", "endpoint_down", "endpoint_up"):
             return
         self.publish()
 
@@ -48,7 +49,11 @@ class StatusLine:
         parts = []
         for name in ("asr", "llm", "tts"):
             ok = self._health.services[name].ok
-            parts.append(f"{name} {'?' if ok is None else 'up' if ok else 'down'}")
+            part = f"{name} {'?' if ok is None else 'up' if ok else 'down'}"
+            counts = self._health.endpoints_up(name)
+            if counts is not None and ok and counts[0] < counts[1]:
+                part += f" {counts[0]}/{counts[1]}"  # replicas: some are down
+            parts.append(part)
         line = f"{self.state} | {', '.join(parts)}"
         if self.first_audio_ms is not None:
             line += f" | last first audio {self.first_audio_ms} ms"

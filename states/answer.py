@@ -3,7 +3,6 @@ history true to what the user heard."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable
 
 from states.history import Conversation
@@ -26,8 +25,9 @@ async def answer_question(
     on_audible: Callable[[], Awaitable[None]],
     on_clause: Callable[[str], None] | None = None,
 ) -> None:
-    """Speak the answer; fill in ``turn.reply`` and the history. Cancelled, it records only what
-    was played (marked as cut off); a failing service raises after what arrived was spoken."""
+    """Speak the answer; fill in ``turn.reply`` and the history. Cancelled, or failing part-way (a
+    failing service raises after what arrived was spoken), it records only what was played, marked
+    as cut off."""
     messages = conversation.messages_for(question, clock())
     progress = ReplyProgress()
     played_before = speaker.audio_samples_played
@@ -44,10 +44,11 @@ async def answer_question(
             progress=progress,
             on_clause=on_clause,
         )
-    except asyncio.CancelledError:
-        # Interrupted: remember only what the user actually heard.
+    except BaseException:
+        # Interrupted, or a service failed part-way: what the user heard is the reply, whatever
+        # ended the turn. The model should know it was cut off, not that it said all it meant to.
         turn.reply = progress.heard(speaker.audio_samples_played - played_before)
-        if turn.reply:  # the model should know it was cut off, not that it said all it meant to
+        if turn.reply:
             said = turn.reply if turn.reply.endswith("…") else turn.reply + "…"
             conversation.record(question, said, clock())
         raise

@@ -24,6 +24,22 @@ from states.ports import AsrClient, AsrSession, Vad
 log = structlog.get_logger()
 
 
+class NoTranscript(Exception):
+    """The VAD heard the user speak long enough to be a question, and the ASR gave no text (its
+    server stayed silent, or sent only empty results): a failure of the ASR, not "nobody spoke"."""
+
+    service = "asr"
+
+    def __init__(self, voiced_ms: int) -> None:
+        self.voiced_ms = voiced_ms
+        super().__init__(f"speech was heard for {voiced_ms / 1000:.1f} s but the ASR gave no transcript")
+
+
+def has_words(text: str) -> bool:
+    """Anything to answer: a letter or a digit (punctuation or spaces alone are no transcript)."""
+    return any(ch.isalnum() for ch in text)
+
+
 async def listen_for_utterance(
     *,
     mic: MicFeed,
@@ -36,6 +52,7 @@ async def listen_for_utterance(
     deaf_until: float | None = None,
     loudness: LoudnessGate | None = None,
     on_speech_end: Callable[[], None] | None = None,
+    min_voiced_ms: int | None = None,
 ) -> Transcript | None:
     """Return what the user said, or None when nobody spoke before the no-speech timeout.
 
@@ -47,10 +64,17 @@ async def listen_for_utterance(
     utterance to the next (the end of speech is measured against it). ``on_speech_end`` is
     called as soon as the end of the utterance is decided, before the ASR's final result (the
     replying services can get ready meanwhile).
+
+    ``min_voiced_ms``: when the VAD heard at least this much speech (the frames it called speech,
+    from the onset of the utterance) and the transcript has no words, raise NoTranscript instead
+    of returning it; shorter speech with no words (a cough, a door) is returned as it is. None:
+    never raise.
     """
     vad.reset()
     endpointer = Endpointer(settings, vad.frame_bytes, mic.sample_rate, gate=loudness)
     frames = Framer(vad.frame_bytes)
+    frame_ms = vad.frame_bytes / 2 / mic.sample_rate * 1000
+    voiced_frames = 0
     opening = asyncio.create_task(asr.open_session(), name="asr-connect")
     session: AsrSession | None = None
     try:
@@ -65,13 +89,19 @@ async def listen_for_utterance(
                 block = captured.pcm
             if session is None and opening.done():
                 session = opening.result()  # a dead ASR fails the turn now, not when speech starts
-            events = [event for frame in frames.push(block) for event in endpointer.push(frame, vad.is_speech(frame))]
+            events = []
+            for frame in frames.push(block):
+                speech = vad.is_speech(frame)
+                if speech and endpointer.in_speech:
+                    voiced_frames += 1
+                events.extend(endpointer.push(frame, speech))
             events.extend(endpointer.end_early(frames.pending))
             for event in events:
                 if isinstance(event, NoSpeech):
                     log.info("no_speech", waited_s=settings.no_speech_timeout_s)
                     return None
                 if isinstance(event, SpeechStarted):
+                    voiced_frames += endpointer.start_required  # the window that confirmed it
                     times.speech_start = clock()
                     log.info("speech_started")
                     if session is None:
@@ -89,9 +119,13 @@ async def listen_for_utterance(
                         "speech_ended",
                         reason=event.reason,
                         speech_ms=round((times.speech_end - (times.speech_start or times.speech_end)) * 1000),
+                        voiced_ms=round(voiced_frames * frame_ms),
                     )
                     transcript = await session.finish()
                     times.asr_final = clock()
+                    voiced_ms = round(voiced_frames * frame_ms)
+                    if min_voiced_ms is not None and voiced_ms >= min_voiced_ms and not has_words(transcript.text):
+                        raise NoTranscript(voiced_ms)
                     return transcript
     finally:
         if session is None:

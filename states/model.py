@@ -23,11 +23,13 @@ import structlog
 from transitions.core import EventData
 
 from states.answer import answer_question
+from states.apology import Apology
 from states.barge_in import BargeInSettings, EchoTraining, Interruption, is_stop_command, watch_for_barge_in
 from states.barge_in_policy import HeldReply, can_hold, duck_on_suspicion, is_false_interruption
+from states.cues import CueSettings
 from states.endpointer import EndpointerSettings, LoudnessGate
 from states.history import Conversation
-from states.listen import listen_for_utterance
+from states.listen import NoTranscript, has_words, listen_for_utterance
 from states.machine import State, Triggers, build_machine, state_name
 from states.mic_feed import MicFeed
 from states.ports import (
@@ -46,7 +48,8 @@ from states.repeats import RepeatedFault
 from states.reply import speak_reply
 from states.say import FixedText
 from states.speech_text import SpeechText, SpeechTextSettings
-from states.state_tasks import TASK_CANCEL_TIMEOUT_S, StateTasks, Trigger
+from states.state_tasks import NO_TRIGGER, TASK_CANCEL_TIMEOUT_S, StateTasks, Trigger
+from states.thinking_cue import AnswerSpeaker, ThinkingCue
 from states.turn import Turn, TurnReport, decide_cancel
 from states.wake_watch import EchoCleaner, Wake, watch_for_wake
 
@@ -71,6 +74,15 @@ class AssistantSettings:
     """IDLE: speech alone starts a turn (no wake word)."""
     refractory_s: float = 2.0
     """After a wake heard in the audio, the same utterance does not wake again."""
+    cues: CueSettings = field(default_factory=lambda: CueSettings(apology=""))
+    """The thinking cue's timing and the apology (none unless given: the daemon's config has one)."""
+    apology_prepare_idle_s: float = 10.0
+    """Idle this long with the apology not yet synthesised: have the TTS synthesise it now, so
+    that the next failure says it at once (not sooner: a busy start, a run of turns need the TTS)."""
+    no_transcript_fails_ms: int = 800
+    """The VAD heard at least this much speech and the ASR gave no words: the ASR failed (the
+    turn fails, the user hears so). Shorter speech with no words is a cough, a knock, a word
+    half-said: nobody asked anything (``no_speech``)."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,8 @@ class Earcons:
 
     listening: Callable[[int], bytes] | None = None
     error: Callable[[int], bytes] | None = None
+    thinking: Callable[[int], bytes] | None = None
+    """While the answer is slow to start (``AssistantSettings.cues``)."""
 
 
 class Assistant(Triggers):
@@ -129,6 +143,11 @@ class Assistant(Triggers):
         self._tasks = StateTasks(lambda name, **kwargs: self.trigger(name, **kwargs))  # the machine's, once built
         self._warm_ups: set[asyncio.Task[None]] = set()
         self._reply_task: asyncio.Task[None] | None = None
+        self._apology = Apology(clock)
+        self._ducked = False
+        """The last barge-in suspicion paused playback (and nothing resumed it since)."""
+        self._sorry_until = 0.0
+        """Clock time until which the last failed turn's apology or earcon plays."""
         self._held: HeldReply | None = None
         """The held answer: set exactly while the state is LISTENING_HELD."""
         self.turn: Turn | None = None
@@ -251,6 +270,9 @@ class Assistant(Triggers):
             return
         # with no engine, it keeps the echo canceller learning
         self._tasks.spawn(self._wait_for_wake(), "wake-watch", None, waits=True)
+        apology = self.settings.cues.apology
+        if apology and self._apology.cached(apology) is None:
+            self._tasks.spawn(self._prepare_apology(apology), "apology", None, waits=True)
 
     async def start_listening(self, event: EventData) -> None:
         """A new turn listens: after the earcon, or with the audio already heard (a barge-in, a
@@ -260,6 +282,7 @@ class Assistant(Triggers):
         heard_in_audio = interruption is not None or wake.source in ("hotword", "always")
         if not heard_in_audio:  # what the microphone heard before is stale, but for a pre-roll
             self.feed.keep_recent(self.settings.endpointer.pre_roll_ms / 1000)
+        self._stop_failure_sound()
         self._new_turn()
         turn = self.turn
         assert turn is not None
@@ -304,7 +327,11 @@ class Assistant(Triggers):
     def start_answer(self, event: EventData) -> None:
         transcript = event.kwargs["transcript"]
         assert self.turn is not None
-        self._reply_task = self._spawn(self._reply(self.turn, transcript.text), "reply")
+        cue = self._thinking_cue(self.turn)
+        self._ducked = False
+        self._reply_task = self._spawn(self._reply(self.turn, transcript.text, cue), "reply")
+        if cue is not None:
+            cue.task = self._spawn(cue.run(), "thinking-cue")
         self._start_watching()
 
     async def resume_answer(self, event: EventData) -> None:
@@ -353,12 +380,37 @@ class Assistant(Triggers):
             return
         error: BaseException | None = event.kwargs.get("error")
         self._report.failed(turn, error)
-        if self.earcons.error is not None:
-            try:
-                await self.speaker.write(self.earcons.error(self.speaker.sample_rate))
-            except Exception as exc:  # noqa: BLE001 - the speaker itself may be what failed
-                log.warning("earcon_failed", error=str(exc))
+        await self._say_sorry(turn)
         await self._report.finished(turn, "failed")
+
+    async def _say_sorry(self, turn: Turn) -> None:
+        """The apology when the TTS still works (the ASR, the LLM or a device failed) and it can
+        be had in time; else the error earcon."""
+        pcm, sound = None, "apology"
+        cues = self.settings.cues
+        if cues.apology and turn.failed_service != "tts":
+            pcm = await self._apology.audio(
+                cues.apology, self.tts, sample_rate=self.speaker.sample_rate, timeout_s=cues.apology_timeout_s
+            )
+        if pcm is None and self.earcons.error is not None:
+            pcm, sound = self.earcons.error(self.speaker.sample_rate), "earcon"
+        if pcm is None:
+            return
+        try:
+            await self.speaker.write(pcm)
+        except Exception as exc:  # noqa: BLE001 - the speaker itself may be what failed
+            log.warning("earcon_failed", sound=sound, error=str(exc))
+        else:
+            self._sorry_until = self._clock() + len(pcm) / 2 / self.speaker.sample_rate
+            log.info("failure_announced", turn_id=turn.id, sound=sound, service=turn.failed_service)
+
+    def _stop_failure_sound(self) -> None:
+        """A new turn cuts what is left of the last failure's apology: the user is speaking (and
+        the listening earcon must not wait behind it)."""
+        if self._clock() < self._sorry_until:
+            self.speaker.flush()
+            log.info("failure_sound_cut")
+        self._sorry_until = 0.0
 
     async def _end_current_turn(self, outcome: str, *, interrupted: bool = False) -> None:
         turn, self.turn = self.turn, None
@@ -382,18 +434,25 @@ class Assistant(Triggers):
         deaf_until: float | None,
         settings: EndpointerSettings | None = None,
     ) -> Trigger:
-        transcript = await listen_for_utterance(
-            mic=self.feed,
-            vad=self.vad,
-            asr=self.asr,
-            settings=settings or self.settings.endpointer,
-            times=turn.times,
-            clock=self._clock,
-            initial_audio=initial_audio,
-            deaf_until=deaf_until,
-            loudness=self.loudness,
-            on_speech_end=self._warm_up_services,
-        )
+        try:
+            transcript = await listen_for_utterance(
+                mic=self.feed,
+                vad=self.vad,
+                asr=self.asr,
+                settings=settings or self.settings.endpointer,
+                times=turn.times,
+                clock=self._clock,
+                initial_audio=initial_audio,
+                deaf_until=deaf_until,
+                loudness=self.loudness,
+                on_speech_end=self._warm_up_services,
+                min_voiced_ms=self.settings.no_transcript_fails_ms,
+            )
+        except NoTranscript:
+            if self.state is State.LISTENING_HELD:  # no words over a held answer: it goes on
+                log.info("barge_in_false", text="")
+                return "resume", {}
+            raise  # the user spoke and the ASR gave nothing: the turn fails (service asr)
         text = transcript.text.strip() if transcript is not None else ""
         if self.state is State.LISTENING_HELD and is_false_interruption(text, self.settings.barge_in):
             log.info("barge_in_false", text=text)  # a cough, "嗯": the answer goes on
@@ -402,8 +461,9 @@ class Assistant(Triggers):
             return "no_speech", {}
         turn.transcript = text
         log.info("transcript", text=turn.transcript, asr_final_ms=turn.times.latencies_ms()["asr_final_ms"])
-        if not turn.transcript:
-            log.info("asr_empty")
+        if not has_words(turn.transcript):
+            log.info("asr_empty", text=turn.transcript)  # a short noise: nobody asked anything
+            turn.transcript = ""
             return "no_speech", {}
         self._emit("transcript", turn_id=turn.id, text=turn.transcript)
         if turn.kind == "listen":
@@ -455,15 +515,42 @@ class Assistant(Triggers):
 
     def _suspect(self, speech: bool) -> None:
         duck_on_suspicion(self.speaker, speech, holding=self._held is not None)
+        self._ducked = speech
 
-    async def _reply(self, turn: Turn, question: str) -> Trigger:
+    def _cue_may_flush(self) -> bool:
+        """The answer's first audio may drop the rest of the thinking cue: not while playback is
+        paused (ducked for a suspected barge-in, or the answer held), which a flush would end."""
+        return self.state is State.THINKING and not self._ducked
+
+    def _thinking_cue(self, turn: Turn) -> ThinkingCue | None:
+        """The cue for an answer about to be asked for; None when ``earcons.thinking`` is off."""
+        if self.earcons.thinking is None:
+            return None
+        cues = self.settings.cues
+        return ThinkingCue(
+            self.speaker,
+            self.earcons.thinking(self.speaker.sample_rate),
+            after_s=cues.thinking_cue_after_s,
+            every_s=cues.thinking_cue_every_s,
+            turn_id=turn.id,
+        )
+
+    async def _prepare_apology(self, text: str) -> Trigger:
+        """IDLE's task while the apology is not synthesised: after a quiet while, synthesise it."""
+        await asyncio.sleep(self.settings.apology_prepare_idle_s)
+        await self._apology.audio(
+            text, self.tts, sample_rate=self.speaker.sample_rate, timeout_s=self.settings.cues.apology_timeout_s
+        )
+        return NO_TRIGGER
+
+    async def _reply(self, turn: Turn, question: str, cue: ThinkingCue | None = None) -> Trigger:
         await answer_question(
             question,
             turn=turn,
             conversation=self.conversation,
             llm=self.llm,
             tts=self.tts,
-            speaker=self.speaker,
+            speaker=self.speaker if cue is None else AnswerSpeaker(self.speaker, cue, self._cue_may_flush),
             settings=self.settings.speech_text,
             clock=self._clock,
             on_audible=self._audible,

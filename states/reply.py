@@ -27,6 +27,15 @@ MAX_FAILED_CLAUSES_IN_A_ROW = 2
 """One bad sentence is skipped; two in a row means the TTS is down and the reply is abandoned."""
 
 
+class ReplyTimeout(Exception):
+    """The whole reply ran past ``reply.turn_timeout_s``. ``service`` is the stage still running
+    then: "llm" while the answer was still streaming, else "tts" (synthesis or playback)."""
+
+    def __init__(self, message: str, *, service: str) -> None:
+        super().__init__(message)
+        self.service = service
+
+
 @dataclass
 class ReplyProgress:
     """Which clause's audio ends where, in samples written to the speaker: with the speaker's
@@ -79,7 +88,9 @@ async def speak_reply(
     """Speak the answer to ``messages``. Raises the LLM or TTS error after speaking what arrived.
 
     ``on_audible`` is awaited once, when the first answer sample has been played. ``on_clause``
-    is called with each clause as its first audio goes to the speaker.
+    is called with each clause as its first audio goes to the speaker. The whole of it is bounded
+    by ``text.settings.turn_timeout_s``: past it the speaker is flushed and :class:`ReplyTimeout`
+    raised (``progress`` then tells what was heard).
     """
     progress = progress if progress is not None else ReplyProgress()
     clauses: asyncio.Queue[str | None] = asyncio.Queue()
@@ -87,9 +98,10 @@ async def speak_reply(
     llm_error: Exception | None = None
     finish_reason: str | None = None
     failed = 0
+    llm_running = True
 
     async def produce() -> None:
-        nonlocal llm_error, finish_reason
+        nonlocal llm_error, finish_reason, llm_running
         times.llm_request = clock()
         try:
             async with llm.stream_chat(messages) as stream:
@@ -103,8 +115,10 @@ async def speak_reply(
                         break  # leaving the context closes the connection: the server stops generating
                 if not text.done and stream.result is not None:
                     finish_reason = stream.result.finish_reason
+            llm_running = False
         except Exception as exc:  # noqa: BLE001 - kept, and raised once the partial answer has been spoken
             llm_error = exc
+            llm_running = False
         finally:
             for clause in text.finish():
                 clauses.put_nowait(clause)
@@ -154,13 +168,25 @@ async def speak_reply(
         if last_error is not None and not spoken:
             raise last_error
 
+    limit_s = text.settings.turn_timeout_s
+    deadline = asyncio.timeout(limit_s)
     try:
-        async with asyncio.TaskGroup() as group:
+        async with deadline, asyncio.TaskGroup() as group:
             group.create_task(produce(), name="llm")
             group.create_task(synthesise(group), name="tts")
     except ExceptionGroup as group_error:
         # produce() keeps its own error, so this is the TTS side (or a bug): surface it plainly.
         raise group_error.exceptions[0] from None
+    except TimeoutError:
+        if not deadline.expired():
+            raise
+        speaker.flush()  # the robot stops talking now; what was played stays heard
+        service = "llm" if llm_running else "tts"
+        log.warning("reply_timeout", limit_s=limit_s, service=service, clauses=len(progress.clauses))
+        raise ReplyTimeout(
+            f"reply not finished within {limit_s:g} s (reply.turn_timeout_s); {service} was still running",
+            service=service,
+        ) from None
 
     if llm_error is not None:
         raise llm_error

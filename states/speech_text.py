@@ -73,6 +73,10 @@ class SpeechTextSettings(Checked):
     max_reply_chars: int = setting(1200, not_below="max_clause_chars")
     """Cap on the characters spoken per reply. The clause that would cross it is not spoken,
     and the reply is ``truncated``."""
+    turn_timeout_s: float = setting(300.0, gt=0)
+    """The whole reply, from the LLM request to the last sample played: a safety net over the
+    stages' own deadlines. The longest reply spoken, 1200 hanzi at about 4.5 a second, takes
+    some 270 s."""
     wait_for_closers: bool = setting(False, in_file=False)
     """False: a Chinese mark and ``! ? ;`` end a clause at once (lowest latency); closing
     quotes/brackets that arrive after such a split are dropped (they are not spoken).

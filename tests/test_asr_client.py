@@ -17,6 +17,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.clients.asr import FunAsrClient, FunAsrSession, build_config_message
+from daemon.clients.tidying import Tidying
 from daemon.config import AsrSettings
 from daemon.errors import AsrError, AsrTimeout
 from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub, ScriptStep
@@ -29,7 +30,7 @@ SILENCE_1S = bytes(32000)
 
 
 def settings_for(url: str, **overrides: Any) -> AsrSettings:
-    base = AsrSettings(url=url, final_timeout_s=0.5, connect_timeout_s=2.0, burst_ms=60_000, wav_name="x")
+    base = AsrSettings(url=url, final_timeout_s=TIMEOUT, connect_timeout_s=2.0, burst_ms=60_000, wav_name="x")
     return replace(base, **overrides)
 
 
@@ -225,7 +226,7 @@ async def test_silent_flush_finishes_within_the_quiet_timeout(stub: FunAsrStub) 
 async def test_silent_flush_of_the_automatic_classic_stub(stub: FunAsrStub) -> None:
     stub.behaviour = FunAsrBehaviour(flavour="python-classic", transcript_override="打开灯", silent_flush=True)
     started = time.monotonic()
-    text = await run_utterance(settings_for(stub.url, flavour="python-classic"), bytes(FRAME * 30))
+    text = await run_utterance(settings_for(stub.url, flavour="python-classic", final_timeout_s=0.5), bytes(FRAME * 30))
     assert text == Transcript("打开灯")  # from the online deltas
     assert time.monotonic() - started < 3.0
 
@@ -306,7 +307,9 @@ async def test_server_closing_mid_utterance_is_an_error_and_the_next_session_wor
     stub: FunAsrStub, close_code: int | None
 ) -> None:
     stub.behaviour = FunAsrBehaviour(flavour="cpp-2pass", misbehave="close_mid_utterance", close_code=close_code)
-    settings = settings_for(stub.url)
+    # A quiet period long enough for a loaded machine: the stub closes after reading 5 frames, which
+    # can come later than 0.5 s after the end marker (the close ends the wait anyway).
+    settings = settings_for(stub.url, final_timeout_s=TIMEOUT)
     with pytest.raises(AsrError, match=r"closed the connection .* before the final result") as info:
         await run_utterance(settings, bytes(FRAME * 10), pieces=5)
     assert stub.url in str(info.value)
@@ -315,6 +318,16 @@ async def test_server_closing_mid_utterance_is_an_error_and_the_next_session_wor
 
     stub.behaviour = FunAsrBehaviour(flavour="cpp-2pass", transcript_override="好的。")
     assert await run_utterance(settings, bytes(FRAME * 10)) == Transcript("好的。")
+
+
+async def test_a_close_the_client_made_is_not_blamed_on_the_server(stub: FunAsrStub) -> None:
+    """Invalid UTF-8 in a text frame: websockets closes with 1007. The error says who closed, and why."""
+    stub.behaviour = FunAsrBehaviour(script=[ScriptStep(b'{"text": "\xff\xfe"}', after_frames=0, as_text=True)])
+    with pytest.raises(AsrError) as info:
+        await run_utterance(settings_for(stub.url), bytes(FRAME * 10), pieces=5)
+    message = str(info.value)
+    assert message.startswith("moss-voice closed the connection to ASR server")
+    assert "code 1007" in message and "broke the websocket protocol" in message
 
 
 async def test_send_audio_raises_once_the_session_failed(stub: FunAsrStub) -> None:
@@ -355,6 +368,21 @@ async def test_finish_is_idempotent_and_aclose_without_finish_closes_cleanly(stu
     await session_done(stub)
     assert stub.sessions[-1].client_close_code == 1000
     assert stub.sessions[-1].end_marker is None
+
+
+async def test_the_close_handshake_is_left_to_the_background_so_the_answer_is_not_held_up(stub: FunAsrStub) -> None:
+    """A busy server answers the close frame late; the transcript must not wait for it."""
+    stub.behaviour = FunAsrBehaviour(flavour="cpp-2pass", transcript_override="好。", busy_after_final_s=0.5)
+    tidying = Tidying()
+    session = await asyncio.wait_for(FunAsrClient(settings_for(stub.url), tidying=tidying).open_session(), TIMEOUT)
+    await session.send_audio(bytes(FRAME * 3))
+    transcript = await asyncio.wait_for(session.finish(), TIMEOUT)
+    assert transcript.text == "好。"
+    assert tidying.pending == 1  # the handshake is still owed: finish() did not wait for it
+    assert not stub.sessions[-1].done.is_set()
+    await asyncio.wait_for(tidying.wait(), TIMEOUT)
+    await session_done(stub)
+    assert stub.sessions[-1].client_close_code == 1000  # still a clean close, only later
 
 
 # -- server errors and garbage -------------------------------------------------------------

@@ -373,7 +373,8 @@ class FakeClock:
 
 async def test_dead_server_never_raises_is_logged_once_and_retried_after_a_backoff(takes: dict[str, Take]) -> None:
     clock = FakeClock()
-    engine = AsrWakeSpotter(settings_for(f"ws://127.0.0.1:{free_port()}"), PHRASES, clock=clock, log_every_s=60.0)
+    dead = f"ws://127.0.0.1:{free_port()}"
+    engine = AsrWakeSpotter(settings_for(dead), PHRASES, clock=clock, log_every_s=60.0, retry_jitter=0)
     try:
         with capture_logs() as logs:
             assert await heard(engine, takes["hello"]) == []
@@ -411,7 +412,9 @@ async def test_server_back_after_an_outage(stub: FunAsrStub, takes: dict[str, Ta
 
         return await FunAsrClient(settings_for(stub.url, mode="online")).open_session()
 
-    engine = AsrWakeSpotter(settings_for(stub.url), PHRASES, connect=connect_after_one_failure, clock=clock)
+    engine = AsrWakeSpotter(
+        settings_for(stub.url), PHRASES, connect=connect_after_one_failure, clock=clock, retry_jitter=0
+    )
     try:
         assert await heard(engine, takes["hello"]) == []
         clock.now += 1.0
@@ -464,7 +467,7 @@ async def test_endless_speech_does_not_keep_a_failed_segment_from_being_retried(
         sessions.append(BrokenSession())
         return sessions[-1]
 
-    engine = AsrWakeSpotter(AsrSettings(), PHRASES, connect=connect, clock=clock, max_segment_s=1.0)
+    engine = AsrWakeSpotter(AsrSettings(), PHRASES, connect=connect, clock=clock, max_segment_s=1.0, retry_jitter=0)
     speech = [pcm for pcm, _ in takes["other"].blocks]
     try:
         with watch_logs() as logs:
@@ -479,3 +482,17 @@ async def test_endless_speech_does_not_keep_a_failed_segment_from_being_retried(
         assert engine.segments_started == 2  # the same speech goes on, and is tried again
     finally:
         await engine.aclose()
+
+
+async def test_a_wake_session_fails_over_to_the_next_asr_endpoint(stub: FunAsrStub, takes: dict[str, Take]) -> None:
+    dead = f"ws://127.0.0.1:{free_port()}"
+    engine = AsrWakeSpotter(replace(settings_for(dead), url=(dead, stub.url)), PHRASES)
+    try:
+        with capture_logs() as logs:
+            assert await heard(engine, takes["hello"]) == ["hello robot"]
+            assert engine.url == stub.url
+            assert await heard(engine, takes["hello"]) == ["hello robot"]  # straight to the one that answers
+    finally:
+        await engine.aclose()
+    assert not [e for e in logs if e["event"] == "asr_wake_unavailable"]
+    assert engine.segments_started == 2 and len(stub.sessions) == 2

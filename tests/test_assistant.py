@@ -184,6 +184,9 @@ async def test_an_llm_error_mid_stream_keeps_and_speaks_the_partial_answer() -> 
     assert turn.outcome == "failed" and turn.failed_service == "llm"
     assert assistant.tts.texts[0] == "The first part."  # type: ignore[attr-defined]
     assert speaker.written[-1] == EARCON
+    # what the user heard is the reply, in the report and in the history
+    assert turn.reply == "The first part. And then"
+    assert assistant.conversation.messages_for("next", 0.0)[-2].content == "The first part. And then…"
 
 
 async def test_one_bad_sentence_is_skipped_not_fatal() -> None:

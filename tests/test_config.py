@@ -30,9 +30,9 @@ def problems_of(raw: dict, env: dict | None = None) -> list[str]:
 def test_defaults_work_against_the_stand_ins() -> None:
     s = settings_from_dict({}, {})
     assert s == Settings()
-    assert s.asr.url == "ws://127.0.0.1:10095" and s.asr.flavour == "cpp-2pass"
+    assert s.asr.url == ("ws://127.0.0.1:10095",) and s.asr.flavour == "cpp-2pass"
     assert s.asr.frame_bytes == 1920
-    assert s.llm.url == "http://127.0.0.1:8000/v1" and s.llm.model == "moss"
+    assert s.llm.url == ("http://127.0.0.1:8000/v1",) and s.llm.model == "moss"
     assert s.llm.stop == ("<|end_of_assistant|>",) and s.llm.max_tokens == 512
     assert s.llm.system_prompt == MOSS_SYSTEM_PROMPT
     assert s.tts.protocol == "http"
@@ -60,6 +60,24 @@ def test_the_documented_keys_load() -> None:
     assert s.tts.protocol == "websocket"
     assert s.tts.samplerate_url == "http://gpu:8092/paddlespeech/tts/streaming/samplerate"
     assert s.audio.output_rate == 48000
+
+
+def test_a_service_url_may_be_a_list_of_replicas() -> None:
+    s = settings_from_dict(
+        {"llm": {"url": ["http://gpu1:8000/v1", "http://gpu2:8000/v1"]}, "tts": {"url": "ws://t:1"}}, {}
+    )
+    assert s.llm.urls == ("http://gpu1:8000/v1", "http://gpu2:8000/v1") and s.llm.endpoint == "http://gpu1:8000/v1"
+    assert s.llm.at("http://gpu2:8000/v1").urls == ("http://gpu2:8000/v1",)
+    assert s.tts.urls == ("ws://t:1",) and s.tts.protocol == "websocket"
+    assert LlmSettings(url="http://x/v1").url == ("http://x/v1",)  # one string from code is a list of one
+    found = problems_of(
+        {"asr": {"url": ["ws://a:1", "http://b:2"]}, "llm": {"url": []}, "tts": {"url": ["ws://t:1"] * 2}}
+    )
+    assert found == [
+        "asr.url: must be a ws:// or wss:// URL, got 'http://b:2'",
+        "llm.url: must name at least one URL",
+        "tts.url: lists 'ws://t:1' twice",
+    ]
 
 
 def test_stop_may_be_a_single_string() -> None:
@@ -355,3 +373,16 @@ def test_the_hotword_model_files_are_checked_before_the_daemon_starts(tmp_path: 
     assert problems_of({"wake": {"hotword": {"engine": "sherpa-onnx", "model_dir": nowhere}}}) == [
         f"wake.hotword.model_dir: no such directory {nowhere!r}"
     ]
+
+
+def test_once_without_on_start_is_rejected_before_it_can_wait_forever(tmp_path: Path) -> None:
+    path = tmp_path / "robot.toml"
+    path.write_text("[wake]\non_start = false\n")
+    checked = subprocess.run(
+        [sys.executable, "-m", "daemon", "config", "check", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0  # a daemon that waits for a wake word is fine
+    for command in (["config", "check", "--once", str(path)], ["run", "--once", "--config", str(path)]):
+        res = subprocess.run([sys.executable, "-m", "daemon", *command], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 2, command
+        assert "wake.on_start: must be true with --once" in res.stderr

@@ -107,6 +107,17 @@ async def test_each_service_fails_naming_its_url_when_nothing_listens(tmp_path: 
     assert "checks:" in table.splitlines()[-1]
 
 
+async def test_each_endpoint_of_a_service_is_checked(stub_urls: tuple[str, str, str]) -> None:
+    from daemon.config import LlmSettings
+    from daemon.doctor.services import check_llm
+
+    dead = f"http://127.0.0.1:{dead_port()}/v1"
+    settings = Settings(llm=LlmSettings(url=(dead, stub_urls[1]), connect_timeout_s=0.5))
+    findings = await check_llm(settings, max_wait_s=0.5)
+    assert [(f.check, f.result) for f in findings] == [("llm", "FAIL"), ("llm", "ok")]
+    assert dead in findings[0].detail and stub_urls[1] in findings[1].detail
+
+
 async def test_json_form_lists_every_check(stub_urls: tuple[str, str, str], tmp_path: Path) -> None:
     args = argparse.Namespace(config=str(config_file(tmp_path, *stub_urls)), json=True, play=False, user=None)
     out = io.StringIO()

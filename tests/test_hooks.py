@@ -252,7 +252,9 @@ async def test_runs_are_concurrent_and_bounded_per_hook(
 ) -> None:
     out = tmp_path / "idle.jsonl"
     wait = (sys.executable, "-c", WAIT, gate.path, str(tmp_path / "pid"))
-    hooks = Hooks(HooksSettings(on_wake=wait, on_idle=(sys.executable, str(record), str(out))), max_running=2)
+    # A generous timeout: on a loaded machine the default 5 s could kill the waiting runs first.
+    settings = HooksSettings(on_wake=wait, on_idle=(sys.executable, str(record), str(out)), timeout_s=60)
+    hooks = Hooks(settings, max_running=2)
     for seq in range(1, 6):
         hooks.fire(event("wake", seq, turn_id=seq, source="button", word=None))
     await gate.connected()

@@ -103,7 +103,7 @@ async def test_tts_http_trickle_endless_and_flood() -> None:
         assert received > 3 * len(base64.b64encode(PCM_0_1_S))
 
 
-async def test_tts_websocket_trickle_sends_one_sample_at_a_time() -> None:
+async def test_tts_websocket_trickle_sends_three_bytes_at_a_time() -> None:
     # Not faster: uvicorn's websocket answers a close late when a send follows it within a millisecond.
     behaviour = PaddleSpeechBehaviour(misbehave="trickle", trickle_interval_s=0.05)
     async with PaddleSpeechStub(behaviour=behaviour, protocol="websocket") as stub, connect(stub.url) as ws:
@@ -111,38 +111,35 @@ async def test_tts_websocket_trickle_sends_one_sample_at_a_time() -> None:
         assert json.loads(await ws.recv())["status"] == 0
         await ws.send(json.dumps({"text": "Hello.", "spk_id": 0}))
         messages = [json.loads(await ws.recv()) for _ in range(5)]
-    assert all(m["status"] == 1 and len(base64.b64decode(m["audio"])) == 2 for m in messages)
+    assert all(m["status"] == 1 and len(base64.b64decode(m["audio"])) == 3 for m in messages)
 
 
-async def _asr_results(stub: FunAsrStub, count: int | None) -> list[dict[str, Any]]:
-    """Configuration, a little audio, the end marker; then ``count`` results (None: until the final)."""
+async def _asr_results(stub: FunAsrStub, count: int, *, frames: int = 3) -> list[dict[str, Any]]:
+    """Configuration, ``frames`` of audio, the end marker; then the first ``count`` results."""
     settings = AsrSettings(url=stub.url)
     results: list[dict[str, Any]] = []
     async with connect(stub.url, subprotocols=["binary"], max_size=2**24) as ws:  # type: ignore[list-item]
         await ws.send(json.dumps(build_config_message(settings)))
-        for _ in range(3):
+        for _ in range(frames):
             await ws.send(bytes(settings.frame_bytes))
         await ws.send(json.dumps({"is_speaking": False}))
-        while count is None or len(results) < count:
-            result = json.loads(await asyncio.wait_for(ws.recv(), 10))
-            results.append(result)
-            if count is None and result.get("mode") == "2pass-offline":
-                break
+        while len(results) < count:
+            results.append(json.loads(await asyncio.wait_for(ws.recv(), 10)))
     return results
 
 
 async def test_asr_trickle_and_flood() -> None:
-    async with FunAsrStub(behaviour=FunAsrBehaviour(transcript_override="hi", misbehave="trickle")) as stub:
-        stub.behaviour = FunAsrBehaviour(transcript_override="hi", misbehave="trickle", trickle_interval_s=0.001)
+    behaviour = FunAsrBehaviour(transcript_override="hi", misbehave="trickle", trickle_interval_s=0.001)
+    async with FunAsrStub(behaviour=behaviour) as stub:
         trickle = await _asr_results(stub, 5)
         assert [r["text"] for r in trickle] == ["a"] * 5
         assert not any(r["mode"] == "2pass-offline" for r in trickle)
 
-        stub.behaviour = FunAsrBehaviour(transcript_override="hi", misbehave="flood", flood_results=100)
-        flood = await _asr_results(stub, None)
-    lengths = [len(r["text"]) for r in flood[:-1]]
-    assert len(lengths) == 100 and lengths == sorted(lengths)  # ever longer
-    assert flood[-1]["is_final"] is True and len(flood[-1]["text"]) == len("flood ") * 5050 - 1
+        stub.behaviour = FunAsrBehaviour(transcript_override="hi", misbehave="flood")
+        flood = await _asr_results(stub, 50, frames=6)
+    lengths = [len(r["text"]) for r in flood]
+    assert lengths == sorted(lengths) and lengths[-1] > lengths[0]  # ever longer
+    assert not any(r["is_final"] for r in flood)
 
 
 def _refused(url: str) -> bool:

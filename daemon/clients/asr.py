@@ -31,9 +31,12 @@ from websockets.exceptions import (
     InvalidStatus,
     InvalidURI,
 )
+from websockets.frames import Close
 
 from daemon.clients.asr_text import TranscriptAssembler
 from daemon.clients.json_frame import json_object
+from daemon.clients.tidying import Tidying
+from daemon.clients.tls import untrusted_certificate_message
 from daemon.config import AsrSettings
 from daemon.errors import AsrError, AsrTimeout
 from states.events import Transcript
@@ -47,8 +50,8 @@ END_MARKER: dict[str, Any] = {"is_speaking": False, "is_end": True}
 """End of speech. ``is_end`` asks Python >= 2026-07-29 servers for an acknowledgement; others ignore it."""
 
 BYTES_PER_SECOND = MIC_RATE * 2
-MAX_MESSAGE_BYTES = 16 * 2**20
-"""Results are small; this only guards against a runaway server."""
+MAX_MESSAGE_BYTES = 2**20
+"""Results are small (a few hundred bytes); this only guards against a runaway server."""
 CLOSE_TIMEOUT_S = 2.0
 """How long our close frame waits for the server's (the C++ server answers at once)."""
 SEND_SLACK_S = 5.0
@@ -93,20 +96,36 @@ def _ssl_context(settings: AsrSettings) -> ssl.SSLContext:
 class FunAsrClient:
     """Implements ``states.ports.AsrClient`` for a FunASR websocket server."""
 
-    def __init__(self, settings: AsrSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        settings: AsrSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tidying: Tidying | None = None,
+    ) -> None:
+        """``tidying``: where sessions leave their close handshakes, so that closing never delays
+        the caller (the daemon waits for them at shutdown); None: each close is awaited."""
         self._settings = settings
         self._clock = clock
-        self._url = settings.url
+        self._url = settings.endpoint
+        self._tidying = tidying
+        self._tls: ssl.SSLContext | None = None
 
     @property
     def url(self) -> str:
         return self._url
 
+    def _tls_context(self) -> ssl.SSLContext:
+        """Built at the first wss:// session (the start-up probe) and kept: each costs ~25 ms."""
+        if self._tls is None:
+            self._tls = _ssl_context(self._settings)
+        return self._tls
+
     async def open_session(self) -> FunAsrSession:
         """Connect, send the configuration message and return a session ready for audio."""
         settings, url = self._settings, self._url
         # AsrSettings accepts only ws:// and wss:// (checked when it is built).
-        ssl_arg = _ssl_context(settings) if urlsplit(url).scheme == "wss" else None
+        ssl_arg = self._tls_context() if urlsplit(url).scheme == "wss" else None
         started = self._clock()
         ws = await self._connect(ssl_arg)
         connected_ms = round((self._clock() - started) * 1000)
@@ -121,7 +140,7 @@ class FunAsrClient:
             if isinstance(exc, TimeoutError):
                 raise AsrTimeout(f"could not send the configuration message to {url}") from exc
             raise
-        return FunAsrSession(ws, settings, clock=self._clock)
+        return FunAsrSession(ws, settings, clock=self._clock, tidying=self._tidying)
 
     async def _connect(self, ssl_arg: ssl.SSLContext | None) -> ClientConnection:
         settings, url = self._settings, self._url
@@ -149,10 +168,9 @@ class FunAsrClient:
                 + ("" if secure else "; if the server uses TLS, use wss://")
             ) from exc
         except ssl.SSLCertVerificationError as exc:
-            raise AsrError(
-                f"TLS certificate of ASR server {url} not trusted ({exc.verify_message}); "
-                "set tls_verify = false for FunASR's self-signed certificate, or pin it with ca_file"
-            ) from exc
+            untrusted = untrusted_certificate_message("asr", url, exc) or f"TLS certificate of {url} not trusted"
+            hint = "FunASR's images ship a self-signed runtime/ssl_key/server.crt: pin it"
+            raise AsrError(f"{untrusted}; {hint}") from exc
         except ssl.SSLError as exc:
             raise AsrError(
                 f"TLS handshake with ASR server {url} failed ({exc.reason or exc}); "
@@ -181,14 +199,20 @@ class FunAsrSession:
     """One utterance on one connection. Implements ``states.ports.AsrSession``."""
 
     def __init__(
-        self, ws: ClientConnection, settings: AsrSettings, *, clock: Callable[[], float] = time.monotonic
+        self,
+        ws: ClientConnection,
+        settings: AsrSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tidying: Tidying | None = None,
     ) -> None:
         self._ws = ws
+        self._tidying = tidying
         self._settings = settings
-        self._url = settings.url
+        self._url = settings.endpoint
         self._clock = clock
         self._loop = asyncio.get_running_loop()
-        self._assembler = TranscriptAssembler(settings.flavour)
+        self._assembler = TranscriptAssembler(settings.flavour, max_chars=settings.max_transcript_chars)
         self._frame_bytes = settings.frame_bytes
         self._frame_s = self._frame_bytes / BYTES_PER_SECOND
         self._pending = bytearray()
@@ -257,13 +281,22 @@ class FunAsrSession:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop both tasks and close the connection with a normal close frame. Idempotent."""
+        """Stop both tasks and close the connection with a normal close frame. Idempotent.
+
+        With a ``tidying``, the close handshake runs in the background: nothing that only tidies
+        up sits between the user and the answer."""
         if self._closed:
             return
         self._closed = True
         for task in (self._sender, self._receiver):
             task.cancel()
         await asyncio.gather(self._sender, self._receiver, return_exceptions=True)
+        if self._tidying is not None:
+            self._tidying.run(self._close_handshake(), name="asr-close")
+        else:
+            await self._close_handshake()
+
+    async def _close_handshake(self) -> None:
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT_S + 1.0):
                 await self._ws.close()
@@ -363,6 +396,7 @@ class FunAsrSession:
                     self._final = True
                     return
                 log.debug("asr_partial", url=self._url, text=self._assembler.text)
+                await asyncio.sleep(0)  # a server flooding results must not starve the loop (the speaker)
             self._fail(self._closed_error(None))
         except ConnectionClosed as exc:
             self._fail(self._closed_error(exc))
@@ -378,13 +412,26 @@ class FunAsrSession:
             raise AsrError(f"ASR server {self._url} sent {exc}") from exc
 
     def _closed_error(self, exc: ConnectionClosed | None) -> AsrError:
-        """Any close before the final result is an error, even code 1000.
-
-        See docs/protocols.md "FunASR: observed quirks".
-        """
-        close = self._ws.protocol.close_rcvd if exc is None else (exc.rcvd or exc.sent)
-        how = f"code {close.code}" + (f" {close.reason!r}" if close.reason else "") if close else "no close frame"
-        error = AsrError(f"ASR server {self._url} closed the connection ({how}) before the final result")
+        """Any close before the final result is an error, even code 1000. The error keeps the
+        close code and reason, and says who closed: when the client closed first (1007: the server
+        sent a text frame that is not UTF-8; 1009: a message too big), the server broke the
+        protocol, but the close was ours. See docs/protocols.md "FunASR: observed quirks"."""
+        protocol = self._ws.protocol
+        rcvd, sent = (protocol.close_rcvd, protocol.close_sent) if exc is None else (exc.rcvd, exc.sent)
+        ours_first = sent is not None and (rcvd is None or not protocol.close_rcvd_then_sent)
+        if ours_first:
+            assert sent is not None
+            error = AsrError(
+                f"moss-voice closed the connection to ASR server {self._url} ({_close_text(sent)}) before the "
+                "final result: what the server sent broke the websocket protocol"
+            )
+        else:
+            how = _close_text(rcvd) if rcvd is not None else "no close frame"
+            error = AsrError(f"ASR server {self._url} closed the connection ({how}) before the final result")
         if exc is not None:
             error.__cause__ = exc
         return error
+
+
+def _close_text(close: Close) -> str:
+    return f"code {close.code}" + (f" {close.reason!r}" if close.reason else "")

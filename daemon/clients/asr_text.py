@@ -10,6 +10,9 @@ result. The rules are those of docs/protocols.md, sections "FunASR: results",
   model moves a segment's final mark to the start of the next segment, so a leading mark is
   glued to the previous segment.
 * What "final" means depends on the server flavour (``is_final`` is not an end of sentence).
+* The text is capped (``asr.max_transcript_chars``): past it the utterance fails instead of
+  growing. A server that floods results must not send half a megabyte to the LLM and the logs,
+  and a truncated flood is no question worth answering.
 """
 
 from __future__ import annotations
@@ -69,10 +72,12 @@ class TranscriptAssembler:
     by an offline result (which is all there is when no offline text came).
     """
 
-    def __init__(self, flavour: str) -> None:
+    def __init__(self, flavour: str, *, max_chars: int | None = None) -> None:
         if flavour not in ASR_FLAVOURS:
             raise ValueError(f"unknown FunASR flavour {flavour!r}; expected one of {', '.join(ASR_FLAVOURS)}")
         self.flavour = flavour
+        self.max_chars = max_chars
+        """None: no cap."""
         self._committed = ""
         self._online = ""
         self.messages = 0
@@ -106,6 +111,7 @@ class TranscriptAssembler:
             raise AsrError(f"server reported an error: {text:.200}")
 
         if text.strip():
+            self._check_length(text, mode)
             if mode in ONLINE_MODES:
                 self._online += text
             elif mode in OFFLINE_MODES or mode is None:
@@ -128,3 +134,15 @@ class TranscriptAssembler:
             # after our end marker still says true, and more may follow it.
             return mode in OFFLINE_MODES and is_final is not True
         return False  # python-2026: only is_end (or the quiet timeout) ends the utterance
+
+    def _check_length(self, text: str, mode: str | None) -> None:
+        """AsrError when ``text`` would make the transcript longer than ``max_chars``: checked
+        before it is added, so a flood never grows the text past the cap."""
+        if self.max_chars is None:
+            return
+        kept = self._committed if mode not in ONLINE_MODES else self._committed + self._online
+        if len(kept) + len(text) > self.max_chars:  # the join's space aside
+            raise AsrError(
+                f"transcript longer than {self.max_chars} characters (asr.max_transcript_chars) "
+                f"after {self.messages} results: more than one utterance can hold"
+            )

@@ -31,7 +31,13 @@ How a stretch of speech travels (all of it driven by ``process``, one microphone
 ``process`` never blocks and never raises for the network: a server that is down or fails
 mid-segment is logged as ``asr_wake_unavailable`` (at most once per ``log_every_s``, with a
 count of what was left out) and is tried again on the first speech after a back-off that doubles
-from ``retry_min_s`` to ``retry_max_s``.
+from ``retry_min_s`` to ``retry_max_s``, +-``retry_jitter`` (the daemon's one policy:
+``daemon.clients.backoff.Backoff``).
+
+With several ASR endpoints (``asr.url`` a list), a segment connects to the endpoint that served
+the last one and, when that fails, to the next in the list, round the list once; only when every
+endpoint failed does the back-off start. (Not always the first of the list: a wake session opens
+on every stretch of speech, and a dead first endpoint would cost each one a connect timeout.)
 """
 
 from __future__ import annotations
@@ -45,7 +51,8 @@ from typing import Protocol
 
 import structlog
 
-from daemon.clients.asr import BYTES_PER_SECOND, FunAsrClient
+from daemon.clients.asr import BYTES_PER_SECOND, FunAsrClient, FunAsrSession
+from daemon.clients.backoff import Backoff
 from daemon.clients.wake_phrases import PhraseMatcher
 from daemon.config import AsrSettings
 from daemon.errors import AsrError
@@ -98,10 +105,10 @@ class _Segment:
 class _Backoff:
     """When the next connection may be tried after failures, and when a failure may be logged."""
 
-    def __init__(self, clock: Callable[[], float], minimum_s: float, maximum_s: float, log_every_s: float) -> None:
+    def __init__(self, clock: Callable[[], float], policy: Backoff, log_every_s: float) -> None:
         self._clock = clock
-        self._min = minimum_s
-        self._max = maximum_s
+        self._policy = policy
+        self._delays = policy.delays()
         self._log_every = log_every_s
         self.delay_s = 0.0
         self._not_before = float("-inf")
@@ -114,7 +121,7 @@ class _Backoff:
     def failed(self) -> tuple[bool, float]:
         """Record a failure; (log it now?, seconds until the next try)."""
         now = self._clock()
-        self.delay_s = self._min if self.delay_s == 0 else min(self.delay_s * 2, self._max)
+        self.delay_s = next(self._delays)
         self._not_before = now + self.delay_s
         if now - self._logged_at >= self._log_every:
             self._logged_at = now
@@ -124,6 +131,7 @@ class _Backoff:
 
     def succeeded(self) -> None:
         self.delay_s = 0.0
+        self._delays = self._policy.delays()
         self._not_before = float("-inf")
 
 
@@ -152,6 +160,7 @@ class AsrWakeSpotter:
         max_segment_s: float = 20.0,
         retry_min_s: float = 1.0,
         retry_max_s: float = 30.0,
+        retry_jitter: float = 0.2,
         log_every_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -162,15 +171,18 @@ class AsrWakeSpotter:
         if not 0 < pad_after_ms <= close_after_ms:
             raise ValueError(f"pad_after_ms must be > 0 and <= close_after_ms, got {pad_after_ms} and {close_after_ms}")
         self._settings = replace(settings, mode="online", burst_ms=max(settings.burst_ms, UNPACED_MS))
-        self.url = self._settings.url
-        self._connect: Connect = connect if connect is not None else FunAsrClient(self._settings).open_session
+        self.url = self._settings.endpoint
+        """The endpoint of the last session (the first of ``asr.url`` before any)."""
+        self._clients = [FunAsrClient(self._settings.at(url)) for url in self._settings.urls]
+        self._preferred = 0
+        self._connect: Connect = connect if connect is not None else self._connect_any
         self._preroll_bytes = _bytes_for_ms(preroll_ms)
         self._pad_after_bytes = _bytes_for_ms(pad_after_ms)
         self._close_after_bytes = _bytes_for_ms(close_after_ms)
         self._tail_pad = bytes(_bytes_for_ms(tail_pad_ms))
         self._max_segment_bytes = _bytes_for_ms(max_segment_s * 1000)
         self._clock = clock
-        self._backoff = _Backoff(clock, retry_min_s, retry_max_s, log_every_s)
+        self._backoff = _Backoff(clock, Backoff(retry_min_s, retry_max_s, jitter=retry_jitter), log_every_s)
         self._preroll = bytearray()
         self._gap = bytearray()
         self._padded = False
@@ -234,6 +246,21 @@ class AsrWakeSpotter:
         tasks += self._stopping
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _connect_any(self) -> FunAsrSession:
+        """A session on the endpoint that served the last one, else on the next that answers."""
+        error: AsrError | None = None
+        for step in range(len(self._clients)):
+            i = (self._preferred + step) % len(self._clients)
+            try:
+                session = await self._clients[i].open_session()
+            except AsrError as exc:
+                error = exc
+                continue
+            self._preferred, self.url = i, self._clients[i].url
+            return session
+        assert error is not None
+        raise error
 
     # -- audio -----------------------------------------------------------------------------
 

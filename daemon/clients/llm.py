@@ -33,6 +33,7 @@ import structlog
 
 from daemon.clients.http_pool import send_retrying_stale, warm_up_connection
 from daemon.clients.llm_stream import LlmStream, error_message
+from daemon.clients.tls import untrusted_certificate_message
 from daemon.config import LlmSettings
 from daemon.errors import LlmAuthError, LlmError, LlmNotFoundError, LlmTimeout
 from states.events import ChatMessage
@@ -73,7 +74,7 @@ class OpenAiCompatibleLlm:
         self._settings = settings
         self._http = http
         self._clock = clock
-        base = settings.url.rstrip("/")
+        base = settings.endpoint.rstrip("/")
         self._chat_url = f"{base}/chat/completions"
         self._models_url = f"{base}/models"
         self._health_url = f"{_root_url(base)}/health"
@@ -122,7 +123,8 @@ class OpenAiCompatibleLlm:
         body = self.build_request(messages)
         loop = asyncio.get_running_loop()
         started_at = self._clock()
-        deadline = loop.time() + s.first_token_timeout_s
+        reply_deadline = loop.time() + s.reply_timeout_s
+        deadline = min(loop.time() + s.first_token_timeout_s, reply_deadline)
         log.info("llm_request", model=s.model, messages=len(body["messages"]), url=self._chat_url)
         request = self._http.build_request(
             "POST",
@@ -141,6 +143,7 @@ class OpenAiCompatibleLlm:
             clock=self._clock,
             started_at=started_at,
             first_token_deadline=deadline,
+            reply_deadline=reply_deadline,
         )
         try:
             yield stream
@@ -155,11 +158,16 @@ class OpenAiCompatibleLlm:
                 async with asyncio.timeout_at(deadline):
                     response = await send_retrying_stale(self._http, request)
             except TimeoutError as exc:
-                raise LlmTimeout(f"no response from {url} within {self._settings.first_token_timeout_s:g} s") from exc
+                s = self._settings
+                limit, key = min((s.first_token_timeout_s, "first_token"), (s.reply_timeout_s, "reply"))
+                raise LlmTimeout(
+                    f"LLM {key.replace('_', ' ')}: no response from {url} within {limit:g} s (llm.{key}_timeout_s)"
+                ) from exc
             except httpx.TimeoutException as exc:
                 raise LlmTimeout(f"timed out connecting to {url} ({type(exc).__name__})") from exc
             except httpx.ConnectError as exc:
-                raise LlmError(f"cannot connect to {url}: {exc}") from exc
+                untrusted = untrusted_certificate_message("llm", url, exc)
+                raise LlmError(untrusted or f"cannot connect to {url}: {exc}") from exc
             except httpx.HTTPError as exc:
                 raise LlmError(f"request to {url} failed: {type(exc).__name__}: {exc}") from exc
             if response.status_code != 200:
@@ -240,7 +248,7 @@ class OpenAiCompatibleLlm:
                 return self._pick_model(served, has_health, ms=round((loop.time() - started) * 1000))
             remaining = deadline - loop.time()
             if remaining <= 0:
-                error = LlmTimeout(f"LLM at {self._settings.url} not ready after {max_wait_s:g} s: {last_problem}")
+                error = LlmTimeout(f"LLM at {self._settings.endpoint} not ready after {max_wait_s:g} s: {last_problem}")
                 log.warning("llm_error", error=str(error), kind="LlmTimeout", attempts=attempts)
                 raise error
             await asyncio.sleep(min(delay, remaining))
@@ -262,10 +270,10 @@ class OpenAiCompatibleLlm:
         model = self._settings.model
         if model not in served:
             if not has_health:
-                log.warning("llm_model_not_listed", model=model, served=served, url=self._settings.url)
+                log.warning("llm_model_not_listed", model=model, served=served, url=self._settings.endpoint)
                 return model
             error = LlmNotFoundError(
-                f"model {model!r} is not served at {self._settings.url}; served: {', '.join(served) or 'none'}",
+                f"model {model!r} is not served at {self._settings.endpoint}; served: {', '.join(served) or 'none'}",
                 status=404,
             )
             log.warning("llm_error", error=str(error), kind="LlmNotFoundError")
@@ -280,6 +288,9 @@ class OpenAiCompatibleLlm:
         try:
             response = await self._http.get(url, headers=self._headers(), timeout=httpx.Timeout(timeout))
         except (httpx.ConnectError, httpx.TimeoutException, httpx.RemoteProtocolError) as exc:
+            untrusted = untrusted_certificate_message("llm", url, exc)
+            if untrusted is not None:  # waiting will not change the certificate
+                raise LlmError(untrusted) from exc
             raise _NotYet(f"{url}: {type(exc).__name__}: {exc}") from exc
         except httpx.HTTPError as exc:
             raise LlmError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc

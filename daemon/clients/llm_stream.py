@@ -2,8 +2,10 @@
 
 The wire format is in docs/protocols.md, sections "OpenAI: SSE framing", "OpenAI: chunks" and
 "OpenAI: errors"; ``daemon.clients.llm`` sends the request and hands the 200 response here.
-Every network read has its own deadline (the first-token deadline until text came, then
-``read_timeout_s``), so a stalled stream fails instead of hanging.
+Three deadlines bound a stream, each named in the :class:`LlmTimeout` it raises: the first text
+by ``first_token_timeout_s``, each later event within ``read_timeout_s`` of the one before, and
+the whole stream by ``reply_timeout_s``. They count from events, not bytes: keep-alive comments
+(``: ping``, llama.cpp) or a server dripping one byte a second extend none of them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ __all__ = ["LlmStream", "error_message"]
 
 log = structlog.get_logger()
 
+_CHARS_PER_TOKEN_LIMIT = 64
+"""The text of one stream may not exceed this many characters per ``max_tokens``: a token is a
+few characters, so more means a server that ignores ``max_tokens`` (the reply is cut at
+``reply.max_reply_chars`` anyway; this bounds what is kept when nothing speakable comes)."""
 _DRAIN_LIMIT = 64 * 1024
 _DRAIN_TIMEOUT_S = 0.5
 """After ``[DONE]``, how long to wait for the end of the body so the connection can be reused."""
@@ -71,6 +77,7 @@ class LlmStream:
         clock: Callable[[], float],
         started_at: float,
         first_token_deadline: float,
+        reply_deadline: float | None = None,
     ) -> None:
         self.result: LlmResult | None = None
         self.started_at = started_at
@@ -86,6 +93,8 @@ class LlmStream:
         self._url = url
         self._clock = clock
         self._deadline = first_token_deadline  # loop time
+        self._reply_deadline = reply_deadline if reply_deadline is not None else float("inf")
+        self._last_event_at = 0.0  # loop time of the last complete event, once text flows
         self._parser = SseParser()
         self._pending: deque[str] = deque()
         self._done = False  # no more reading: [DONE], EOF or an error
@@ -134,14 +143,9 @@ class LlmStream:
     async def _pump(self) -> None:
         """Read one network chunk and turn it into pending text, a result or an error."""
         loop = asyncio.get_running_loop()
-        if self.first_token_at is None:
-            timeout = max(0.0, self._deadline - loop.time())
-            what = f"no text from {self._url} within {self._settings.first_token_timeout_s:g} s"
-        else:
-            timeout = self._settings.read_timeout_s
-            what = f"stream from {self._url} stalled: nothing for {self._settings.read_timeout_s:g} s"
+        deadline, what = self._next_deadline()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout_at(deadline):
                 chunk = await anext(self._chunks, None)
         except TimeoutError:
             self._fail(LlmTimeout(what))
@@ -160,12 +164,33 @@ class LlmStream:
         except SseError as exc:
             self._fail(LlmError(f"bad SSE from {self._url}: {exc}"), exc)
             return
+        if events:
+            self._last_event_at = loop.time()
         for data in events:
             if self._done:
                 break
             self._event(data)
         if chunk is None and not self._done:
             self._end()
+        await asyncio.sleep(0)  # a server flooding the stream must not starve the loop (the speaker)
+
+    def _next_deadline(self) -> tuple[float, str]:
+        """The loop time by which the next event must have come, and the error text if it does not."""
+        s = self._settings
+        if self.first_token_at is None:
+            deadline = self._deadline
+            what = f"LLM first token: no text from {self._url} within {s.first_token_timeout_s:g} s"
+            what += " (llm.first_token_timeout_s)"
+        else:
+            deadline = self._last_event_at + s.read_timeout_s
+            what = f"LLM stream stalled: no event from {self._url} for {s.read_timeout_s:g} s (llm.read_timeout_s)"
+        if self._reply_deadline <= deadline:
+            deadline = self._reply_deadline
+            what = (
+                f"LLM reply: not finished within {s.reply_timeout_s:g} s (llm.reply_timeout_s); "
+                f"{len(self.text)} chars came from {self._url}"
+            )
+        return deadline, what
 
     def _event(self, data: str) -> None:
         if data.strip() == "[DONE]":
@@ -202,6 +227,12 @@ class LlmStream:
             self._fail(LlmError(f"malformed stream chunk from {self._url}: content is {content!r:.100}"))
             return
         if content:
+            limit = _CHARS_PER_TOKEN_LIMIT * self._settings.max_tokens
+            if len(self.text) + len(content) > limit:
+                self._fail(
+                    LlmError(f"answer from {self._url} longer than {limit} characters: the server ignores max_tokens")
+                )
+                return
             if self.first_token_at is None:
                 self.first_token_at = self._clock()
                 log.info("llm_first_token", ms=self._ms(self.started_at, self.first_token_at))

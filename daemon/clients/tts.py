@@ -13,6 +13,8 @@ this module picks one from the URL and re-exports the public names.
 
 from __future__ import annotations
 
+import ssl
+
 import httpx
 
 from daemon.clients.tts_common import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, TtsAudioStream
@@ -33,8 +35,10 @@ __all__ = [
 ]
 
 
-def make_tts(settings: TtsSettings, http: httpx.AsyncClient) -> TtsClient:
-    """The client for ``settings.url``: ws(s):// gives the websocket protocol, http(s):// HTTP."""
+def make_tts(settings: TtsSettings, http: httpx.AsyncClient, *, tls: ssl.SSLContext | None = None) -> TtsClient:
+    """The client for ``settings.endpoint``: ws(s):// gives the websocket protocol, http(s):// HTTP.
+    ``tls``: the TTS's context (``http`` was built with it), for the websocket; None: built from
+    ``settings`` when a wss:// connection needs it."""
     if settings.protocol == "websocket":
-        return PaddleSpeechWsTts(settings, http=http)
+        return PaddleSpeechWsTts(settings, http=http, tls=tls)
     return PaddleSpeechHttpTts(settings, http)

@@ -3,19 +3,26 @@
 ``TtsAudioStream`` turns the base64 pieces a protocol delivers into whole 16-bit samples and
 decides whether the sentence was spoken (docs/protocols.md "PaddleSpeech: base64 in pieces",
 "PaddleSpeech: audio to the speaker"); ``tts_http`` and ``tts_websocket`` supply the pieces.
+
+Two bounds hold for every clause whatever the server does: a :class:`ClauseBudget` of time spent
+waiting on the server (``tts.clause_timeout_s``; a server that drips bytes runs it out), and an
+audio cap (:func:`audio_cap_bytes`) past which the clause is cut and logged
+``tts_clause_too_long`` (a server that streams audio for ever).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import structlog
 
 from daemon.clients.b64stream import Base64StreamDecoder
+from daemon.clients.tls import make_tls_context, untrusted_certificate_message
 from daemon.config import TtsSettings
 from daemon.errors import TtsError, TtsTimeout
 
@@ -24,9 +31,11 @@ log = structlog.get_logger()
 __all__ = [
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLE_RATE",
+    "ClauseBudget",
     "Clock",
     "SampleRate",
     "TtsAudioStream",
+    "audio_cap_bytes",
     "body_excerpt",
     "describe",
     "error_detail",
@@ -53,6 +62,11 @@ class SampleRate:
         self._rate: int | None = None
         self._lock = asyncio.Lock()
 
+    @property
+    def known(self) -> int | None:
+        """The rate if it was fetched already; never asks the server."""
+        return self._rate
+
     async def get(self) -> int:
         if self._rate is not None:
             return self._rate
@@ -61,7 +75,8 @@ class SampleRate:
                 if self._http is not None:
                     self._rate = await self._fetch(self._http)
                 else:
-                    async with httpx.AsyncClient() as http:
+                    tls = make_tls_context(verify=self._settings.tls_verify, ca_file=self._settings.ca_file)
+                    async with httpx.AsyncClient(verify=tls) as http:
                         self._rate = await self._fetch(http)
                 log.info("tts_sample_rate", url=self._settings.samplerate_url, sample_rate=self._rate)
         return self._rate
@@ -73,7 +88,8 @@ class SampleRate:
         except httpx.TimeoutException as exc:
             raise TtsTimeout(f"TTS sample rate request to {url} timed out: {describe(exc)}") from exc
         except httpx.HTTPError as exc:
-            raise TtsError(f"cannot reach TTS server {url}: {describe(exc)}") from exc
+            untrusted = untrusted_certificate_message("tts", url, exc)
+            raise TtsError(untrusted or f"cannot reach TTS server {url}: {describe(exc)}") from exc
         if response.status_code != 200:
             excerpt = error_detail(response.content)
             raise TtsError(f"TTS sample rate request to {url} got HTTP {response.status_code}: {excerpt}")
@@ -90,6 +106,47 @@ class SampleRate:
         return rate
 
 
+def audio_cap_bytes(settings: TtsSettings, text: str, sample_rate: int | None) -> int:
+    """The most PCM one clause may bring: max(audio_cap_min_s, audio_cap_s_per_char per character)
+    of 16-bit mono. An unknown rate counts as the highest accepted one, so a clause is never cut
+    early because the rate was not asked yet."""
+    seconds = max(settings.audio_cap_min_s, settings.audio_cap_s_per_char * len(text))
+    return 2 * round(seconds * (sample_rate or MAX_SAMPLE_RATE))
+
+
+class ClauseBudget:
+    """The time one clause may spend waiting on the TTS server (``tts.clause_timeout_s``).
+
+    Every wait (the request, the handshake, each chunk) goes through :meth:`waiting`, which
+    charges its duration; time between waits (the caller playing audio) is free. When the budget
+    runs out, :class:`TtsTimeout` names the stage, the limit and the clause.
+    """
+
+    def __init__(self, settings: TtsSettings, text: str) -> None:
+        self.limit_s = settings.clause_timeout_s
+        self.left_s = settings.clause_timeout_s
+        self._text = text
+
+    @asynccontextmanager
+    async def waiting(self, url: str, received: int = 0) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        timeout = asyncio.timeout(max(0.0, self.left_s))
+        try:
+            async with timeout:
+                yield
+        except TimeoutError as exc:
+            if not timeout.expired():
+                raise
+            message = (
+                f"TTS clause: {url} took more than {self.limit_s:g} s (tts.clause_timeout_s) "
+                f"for {quote(self._text)}, {received} bytes of audio by then"
+            )
+            raise TtsTimeout(message) from exc
+        finally:
+            self.left_s -= loop.time() - started
+
+
 class TtsAudioStream:
     """The PCM of one ``synthesize`` call, as an async iterator of whole-sample chunks.
 
@@ -98,7 +155,15 @@ class TtsAudioStream:
     base64 piece, or None at the proper end of the stream.
     """
 
-    def __init__(self, text: str, url: str, clock: Clock) -> None:
+    def __init__(
+        self,
+        text: str,
+        url: str,
+        clock: Clock,
+        *,
+        budget: ClauseBudget | None = None,
+        max_pcm_bytes: int | None = None,
+    ) -> None:
         self.text = text
         self.url = url
         self.first_audio_at: float | None = None
@@ -108,6 +173,10 @@ class TtsAudioStream:
         self._clock = clock
         self.started_at = clock()
         self._decoder = Base64StreamDecoder(frame_bytes=2)  # whole 16-bit samples only
+        self._budget = budget
+        self._max_pcm_bytes = max_pcm_bytes
+        self.cut = False
+        """True when the audio cap ended the clause (the server was still sending)."""
 
     def __aiter__(self) -> TtsAudioStream:
         return self
@@ -115,8 +184,13 @@ class TtsAudioStream:
     async def __anext__(self) -> bytes:
         while not self.finished:
             try:
-                piece = await self._receive()
+                if self._budget is None:
+                    piece = await self._receive()
+                else:
+                    async with self._budget.waiting(self.url, self.pcm_bytes):
+                        piece = await self._receive()
                 if piece is None:
+                    await self._after_last_piece()  # not charged to the budget: the audio is all here
                     self._end()
                     break
                 pcm = self._decode(piece)
@@ -124,6 +198,9 @@ class TtsAudioStream:
                 self.finished = True
                 log.warning("tts_error", url=self.url, error=str(exc), bytes=self.pcm_bytes, ms=self._ms())
                 raise
+            if pcm and self._max_pcm_bytes is not None and self.pcm_bytes + len(pcm) > self._max_pcm_bytes:
+                pcm = pcm[: self._max_pcm_bytes - self.pcm_bytes]
+                self._cut_at_cap()
             if pcm:
                 if self.first_audio_at is None:
                     self.first_audio_at = self._clock()
@@ -132,8 +209,24 @@ class TtsAudioStream:
                 return pcm
         raise StopAsyncIteration
 
+    def _cut_at_cap(self) -> None:
+        """The clause brought as much audio as it may: end it here (closing the connection)."""
+        self.finished = True
+        self.cut = True
+        log.warning(
+            "tts_clause_too_long",
+            url=self.url,
+            chars=len(self.text),
+            clause=quote(self.text),
+            cap_bytes=self._max_pcm_bytes,
+            ms=self._ms(),
+        )
+
     async def _receive(self) -> bytes | str | None:
         raise NotImplementedError
+
+    async def _after_last_piece(self) -> None:
+        """The protocol's goodbye once the last piece came (best effort, never raises TtsError)."""
 
     async def _close(self) -> None:
         """Release the connection; called when the ``synthesize`` context exits."""

@@ -15,10 +15,13 @@ import httpx
 import structlog
 
 from daemon.clients.http_pool import send_retrying_stale, warm_up_connection
+from daemon.clients.tls import untrusted_certificate_message
 from daemon.clients.tts_common import (
+    ClauseBudget,
     Clock,
     SampleRate,
     TtsAudioStream,
+    audio_cap_bytes,
     describe,
     error_detail,
     http_timeout,
@@ -68,26 +71,36 @@ class PaddleSpeechHttpTts:
 
     @asynccontextmanager
     async def _synthesize(self, text: str) -> AsyncIterator[TtsAudioStream]:
-        url = self._settings.url
+        url = self._settings.endpoint
         body = build_http_request(text, self._settings.spk_id)
         log.info("tts_request", protocol="http", chars=len(text))
         request = self._http.build_request("POST", url, json=body, timeout=http_timeout(self._settings))
         started = self._clock()
+        budget = ClauseBudget(self._settings, text)
         try:
-            response = await send_retrying_stale(self._http, request)
+            async with budget.waiting(url):
+                response = await send_retrying_stale(self._http, request)
+        except TtsTimeout as timeout:  # the clause's budget ran out before the headers
+            log.warning("tts_error", url=url, error=str(timeout))
+            raise
         except httpx.TimeoutException as exc:
             error: TtsError = TtsTimeout(f"TTS request to {url} timed out: {describe(exc)}")
             log.warning("tts_error", url=url, error=str(error))
             raise error from exc
         except httpx.HTTPError as exc:
-            error = TtsError(f"TTS request to {url} failed: {describe(exc)}")
+            untrusted = untrusted_certificate_message("tts", url, exc)
+            error = TtsError(untrusted or f"TTS request to {url} failed: {describe(exc)}")
             log.warning("tts_error", url=url, error=str(error))
             raise error from exc
-        stream = _HttpAudioStream(text, self._settings, self._clock, response, started)
+        cap = audio_cap_bytes(self._settings, text, self._rate.known)
+        stream = _HttpAudioStream(
+            text, self._settings, self._clock, response, started, budget=budget, max_pcm_bytes=cap
+        )
         try:
             if response.status_code != 200:
                 excerpt = await read_excerpt(response)
-                error = TtsError(f"TTS server {url} answered HTTP {response.status_code}: {error_detail(excerpt)}")
+                status = response.status_code
+                error = TtsError(f"TTS server {url} answered HTTP {status}: {error_detail(excerpt)}", status=status)
                 log.warning("tts_error", url=url, status=response.status_code, error=str(error))
                 stream.finished = True
                 raise error
@@ -98,9 +111,17 @@ class PaddleSpeechHttpTts:
 
 class _HttpAudioStream(TtsAudioStream):
     def __init__(
-        self, text: str, settings: TtsSettings, clock: Clock, response: httpx.Response, started: float
+        self,
+        text: str,
+        settings: TtsSettings,
+        clock: Clock,
+        response: httpx.Response,
+        started: float,
+        *,
+        budget: ClauseBudget,
+        max_pcm_bytes: int,
     ) -> None:
-        super().__init__(text, settings.url, clock)
+        super().__init__(text, settings.endpoint, clock, budget=budget, max_pcm_bytes=max_pcm_bytes)
         self.started_at = started
         self._read_timeout_s = settings.read_timeout_s
         self._response = response

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,10 +20,13 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from daemon.clients.json_frame import json_object
+from daemon.clients.tls import make_tls_context, untrusted_certificate_message
 from daemon.clients.tts_common import (
+    ClauseBudget,
     Clock,
     SampleRate,
     TtsAudioStream,
+    audio_cap_bytes,
     body_excerpt,
     describe,
     excerpt,
@@ -41,7 +45,9 @@ WS_CLOSE_TIMEOUT_S = 1.0
 """Closing handshake after a complete exchange."""
 WS_ABORT_CLOSE_TIMEOUT_S = 0.1
 """Closing handshake when the caller leaves early (barge-in): do not wait for a busy server."""
-WS_MAX_MESSAGE_BYTES = 16 * 2**20
+WS_MAX_MESSAGE_BYTES = 4 * 2**20
+"""About 65 s of 24 kHz audio in one message, more than the audio cap of the longest clause
+(reply.max_clause_chars 120 x tts.audio_cap_s_per_char 0.4 s); PaddleSpeech sends a block of about 0.5 s per message."""
 
 
 def build_ws_text_message(text: str, spk_id: int) -> dict[str, Any]:
@@ -53,6 +59,8 @@ class PaddleSpeechWsTts:
     """The websocket protocol: one connection per ``synthesize`` call (docs/protocols.md "PaddleSpeech: websocket").
 
     ``http`` is only used for GET .../samplerate; without it a short-lived client is made.
+    ``tls``: the context of wss:// connections (the one ``http`` was built with); None: built
+    from ``settings.tls_verify`` and ``settings.ca_file`` at the first wss:// connection.
     """
 
     def __init__(
@@ -60,11 +68,13 @@ class PaddleSpeechWsTts:
         settings: TtsSettings,
         http: httpx.AsyncClient | None = None,
         *,
+        tls: ssl.SSLContext | None = None,
         clock: Clock = time.monotonic,
     ) -> None:
         self._settings = settings
         self._clock = clock
         self._rate = SampleRate(settings, http)
+        self._tls = tls
 
     async def sample_rate(self) -> int:
         return await self._rate.get()
@@ -81,25 +91,38 @@ class PaddleSpeechWsTts:
         message = build_ws_text_message(text, settings.spk_id)
         log.info("tts_request", protocol="websocket", chars=len(text))
         started = self._clock()
-        ws = await self._connect()
-        stream = _WsAudioStream(text, settings, self._clock, ws, started)
+        budget = ClauseBudget(settings, text)
+        ws = await self._connect(budget)
+        cap = audio_cap_bytes(settings, text, self._rate.known)
+        stream = _WsAudioStream(text, settings, self._clock, ws, started, budget=budget, max_pcm_bytes=cap)
         try:
             await stream.handshake(message)
             yield stream
         finally:
             await stream.aclose()
 
-    async def _connect(self) -> ClientConnection:
-        url = self._settings.url
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = make_tls_context(verify=self._settings.tls_verify, ca_file=self._settings.ca_file)
+        return self._tls
+
+    async def _connect(self, budget: ClauseBudget) -> ClientConnection:
+        url = self._settings.endpoint
+        secure: dict[str, Any] = {"ssl": self._tls_context()} if url.startswith("wss:") else {}
         try:
-            return await connect(
-                url,
-                open_timeout=self._settings.connect_timeout_s,
-                close_timeout=WS_CLOSE_TIMEOUT_S,
-                ping_interval=None,  # the server blocks its loop while synthesizing ("PaddleSpeech: websocket")
-                max_size=WS_MAX_MESSAGE_BYTES,
-                proxy=None,
-            )
+            async with budget.waiting(url):
+                return await connect(
+                    url,
+                    open_timeout=self._settings.connect_timeout_s,
+                    close_timeout=WS_CLOSE_TIMEOUT_S,
+                    ping_interval=None,  # the server blocks its loop while synthesizing ("PaddleSpeech: websocket")
+                    max_size=WS_MAX_MESSAGE_BYTES,
+                    proxy=None,
+                    **secure,
+                )
+        except TtsTimeout as exc:  # the clause's budget ran out before the handshake
+            log.warning("tts_error", url=url, error=str(exc))
+            raise
         except TimeoutError as exc:
             timeout = self._settings.connect_timeout_s
             error: TtsError = TtsTimeout(f"TTS websocket {url}: no handshake within {timeout} s")
@@ -107,17 +130,31 @@ class PaddleSpeechWsTts:
         except InvalidStatus as exc:
             status = exc.response.status_code
             body = body_excerpt(bytes(exc.response.body or b""))
-            error, cause = TtsError(f"TTS websocket {url} refused the handshake with HTTP {status}: {body}"), exc
+            message = f"TTS websocket {url} refused the handshake with HTTP {status}: {body}"
+            error, cause = TtsError(message, status=status), exc
         except (OSError, WebSocketException) as exc:
-            error, cause = TtsError(f"cannot connect to TTS websocket {url}: {describe(exc)}"), exc
+            untrusted = untrusted_certificate_message("tts", url, exc)
+            error = TtsError(untrusted or f"cannot connect to TTS websocket {url}: {describe(exc)}")
+            cause = exc
         log.warning("tts_error", url=url, error=str(error))
         raise error from cause
 
 
 class _WsAudioStream(TtsAudioStream):
-    def __init__(self, text: str, settings: TtsSettings, clock: Clock, ws: ClientConnection, started: float) -> None:
-        super().__init__(text, settings.url, clock)
+    def __init__(
+        self,
+        text: str,
+        settings: TtsSettings,
+        clock: Clock,
+        ws: ClientConnection,
+        started: float,
+        *,
+        budget: ClauseBudget,
+        max_pcm_bytes: int,
+    ) -> None:
+        super().__init__(text, settings.endpoint, clock, budget=budget, max_pcm_bytes=max_pcm_bytes)
         self.started_at = started
+        self._handshake_budget = budget
         self._settings = settings
         self._ws = ws
         self._session: str | None = None
@@ -127,8 +164,9 @@ class _WsAudioStream(TtsAudioStream):
     async def handshake(self, message: dict[str, Any]) -> None:
         """start -> "server ready" with a session, then the text request."""
         try:
-            await self._send({"task": "tts", "signal": "start"})
-            reply = await self._recv_json("the 'server ready' reply to start")
+            async with self._handshake_budget.waiting(self.url):
+                await self._send({"task": "tts", "signal": "start"})
+                reply = await self._recv_json("the 'server ready' reply to start")
             session = reply.get("session")
             if reply.get("status") != 0 or reply.get("signal") != "server ready" or not isinstance(session, str):
                 raise TtsError(f"TTS websocket {self.url} answered start with {excerpt(reply)}")
@@ -149,12 +187,14 @@ class _WsAudioStream(TtsAudioStream):
             return audio
         if status == 2 and not isinstance(status, bool):
             self._completed = True
-            await self._end_session()
-            return None
+            return None  # _after_last_piece says goodbye
         if status == -1:
             await self._end_session()
             raise TtsError(self._no_audio_or(f"TTS server {self.url} reported a synthesis error (status -1)"))
         raise TtsError(f"TTS websocket {self.url} sent an unexpected message: {excerpt(reply)}")
+
+    async def _after_last_piece(self) -> None:
+        await self._end_session()
 
     async def _end_session(self) -> None:
         """Send the end signal and wait briefly for "connection will be closed".

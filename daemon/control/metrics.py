@@ -25,6 +25,8 @@ STATES = ("idle", "listening", "listening_held", "thinking", "speaking")
 OUTCOMES = ("answered", "no_speech", "failed", "interrupted", "stop_word", "stopped", "listened", "said")
 WAKE_SOURCES = ("hotword", "button", "control", "always", "on_start", "follow_up", "listen")
 SERVICES = ("asr", "llm", "tts", "audio", "daemon")
+GUARDED = ("asr", "llm", "tts")
+"""The services that can be marked down (daemon/clients/guarded.py)."""
 """Known label values, created at zero so that a rate() over them works from the first scrape."""
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0)
@@ -62,6 +64,24 @@ class Metrics:
         self.failures = Counter(
             "moss_voice_failures", "Failed turns by the service that failed.", ["service"], registry=self.registry
         )
+        self.service_up = Gauge(
+            "moss_voice_service_up",
+            "1 while a service has an endpoint up, 0 while it is marked down (every endpoint failed).",
+            ["service"],
+            registry=self.registry,
+        )
+        self.service_downs = Counter(
+            "moss_voice_service_downs",
+            "Times a service was marked down: every endpoint failed before answering.",
+            ["service"],
+            registry=self.registry,
+        )
+        self.endpoint_up = Gauge(
+            "moss_voice_endpoint_up",
+            "1 while an endpoint of a service with several is up, 0 while it is marked down.",
+            ["service", "url"],
+            registry=self.registry,
+        )
         self.state = Gauge(
             "moss_voice_state", "1 for the conversation's current state, 0 for the others.", ["state"],
             registry=self.registry,
@@ -76,6 +96,9 @@ class Metrics:
             self.wakes.labels(source=source)
         for service in SERVICES:
             self.failures.labels(service=service)
+        for service in GUARDED:
+            self.service_up.labels(service=service).set(1)  # until one is marked down
+            self.service_downs.labels(service=service)
         self._states = set(STATES)
         self._set_state("idle")
 
@@ -95,6 +118,14 @@ class Metrics:
             self.failures.labels(service=str(fields.get("service"))).inc()
         elif event.name == "state_changed":
             self._set_state(str(fields.get("dst")))
+        elif event.name == "service_down":
+            self.service_up.labels(service=str(fields.get("service"))).set(0)
+            self.service_downs.labels(service=str(fields.get("service"))).inc()
+        elif event.name == "service_up":
+            self.service_up.labels(service=str(fields.get("service"))).set(1)
+        elif event.name in ("endpoint_down", "endpoint_up"):
+            labels = {"service": str(fields.get("service")), "url": str(fields.get("url"))}
+            self.endpoint_up.labels(**labels).set(1 if event.name == "endpoint_up" else 0)
 
     def render(self) -> bytes:
         """The Prometheus text format (``CONTENT_TYPE``)."""

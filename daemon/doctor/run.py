@@ -11,7 +11,7 @@ from daemon.config import Settings
 from daemon.config_load import load_settings
 from daemon.doctor import Check, Finding, run_checks
 from daemon.doctor.audio import check_device_list, check_microphone, check_speaker
-from daemon.doctor.services import check_asr, check_hotword, check_llm, check_tts
+from daemon.doctor.services import check_asr, check_hotword, check_llm, check_transport, check_tts
 from daemon.doctor.system import User, system_findings
 from daemon.errors import ConfigError
 
@@ -62,6 +62,9 @@ def checks_for(s: Settings, options: DoctorOptions) -> list[Check]:
     async def hotword() -> list[Finding]:
         return await check_hotword(s)
 
+    async def transport() -> list[Finding]:
+        return await check_transport(s)
+
     async def devices() -> list[Finding]:
         return await check_device_list(s.audio)
 
@@ -75,10 +78,11 @@ def checks_for(s: Settings, options: DoctorOptions) -> list[Check]:
         Check("audio devices", devices, AUDIO_TIMEOUT_S),
         Check("microphone", microphone, AUDIO_TIMEOUT_S, s.audio.input),
         Check("speaker", speaker, AUDIO_TIMEOUT_S, s.audio.output),
-        Check("asr", asr, s.asr.connect_timeout_s + s.asr.final_timeout_s + SLACK_S, s.asr.url),
-        Check("llm", llm, 2 * s.llm.connect_timeout_s + SLACK_S, s.llm.url),
-        Check("tts", tts, 2 * s.tts.connect_timeout_s + SLACK_S, s.tts.url),
+        Check("asr", asr, s.asr.connect_timeout_s + s.asr.final_timeout_s + SLACK_S, ", ".join(s.asr.urls)),
+        Check("llm", llm, 2 * s.llm.connect_timeout_s + SLACK_S, ", ".join(s.llm.urls)),
+        Check("tts", tts, 2 * s.tts.connect_timeout_s + SLACK_S, ", ".join(s.tts.urls)),
         Check("hotword", hotword, LOCAL_TIMEOUT_S),
+        Check("transport", transport, LOCAL_TIMEOUT_S),
         *system_checks(options, s),
     ]
 

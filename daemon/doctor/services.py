@@ -4,13 +4,14 @@ daemon's own clients (daemon/clients/), once, with the config's connect timeout.
 from __future__ import annotations
 
 import asyncio
-
-import httpx
+from collections.abc import Awaitable, Callable
 
 from daemon.clients.asr import FunAsrClient
+from daemon.clients.http_pool import make_http_client
 from daemon.clients.llm import OpenAiCompatibleLlm
+from daemon.clients.tls import make_tls_context, transport_risks
 from daemon.clients.tts import make_tts
-from daemon.config import Settings
+from daemon.config import AsrSettings, LlmSettings, Settings, TtsSettings
 from daemon.doctor import Finding
 from daemon.errors import HardwareError, ServiceError
 
@@ -24,11 +25,20 @@ def _named(url: str, exc: BaseException) -> str:
     return text if url in text else f"{url}: {text}"
 
 
+async def _each(urls: tuple[str, ...], check: Callable[[str], Awaitable[list[Finding]]]) -> list[Finding]:
+    """Every endpoint of a service (``url`` may be a list), checked at once."""
+    return [finding for found in await asyncio.gather(*(check(url) for url in urls)) for finding in found]
+
+
 async def check_asr(s: Settings) -> list[Finding]:
     """Handshake, 0.5 s of silence, the end marker: a final answer (empty text is fine)."""
-    url = s.asr.url
+    return await _each(s.asr.urls, lambda url: _check_asr(s.asr.at(url)))
+
+
+async def _check_asr(settings: AsrSettings) -> list[Finding]:
+    url = settings.endpoint
     try:
-        session = await FunAsrClient(s.asr).open_session()
+        session = await FunAsrClient(settings).open_session()
         await session.send_audio(bytes(int(16000 * SILENCE_S) * 2))
         transcript = await session.finish()
     except (ServiceError, OSError) as exc:
@@ -38,26 +48,35 @@ async def check_asr(s: Settings) -> list[Finding]:
 
 async def check_llm(s: Settings, *, max_wait_s: float) -> list[Finding]:
     """``/health`` and ``/v1/models`` once (the daemon's readiness check): the model is served."""
-    url = s.llm.url
-    async with httpx.AsyncClient() as http:
+    return await _each(s.llm.urls, lambda url: _check_llm(s.llm.at(url), max_wait_s=max_wait_s))
+
+
+async def _check_llm(settings: LlmSettings, *, max_wait_s: float) -> list[Finding]:
+    url = settings.endpoint
+    async with make_http_client(make_tls_context(verify=settings.tls_verify, ca_file=settings.ca_file)) as http:
         try:
-            model = await OpenAiCompatibleLlm(s.llm, http).wait_ready(max_wait_s=max_wait_s)
+            model = await OpenAiCompatibleLlm(settings, http).wait_ready(max_wait_s=max_wait_s)
         except ServiceError as exc:
-            fix = f"start the LLM server, or fix llm.url ({url}) / llm.model ({s.llm.model!r}) / the API key"
+            fix = f"start the LLM server, or fix llm.url ({url}) / llm.model ({settings.model!r}) / the API key"
             return [Finding("llm", "FAIL", _named(url, exc), fix)]
     return [Finding("llm", "ok", f"{url}: serves {model!r}")]
 
 
 async def check_tts(s: Settings) -> list[Finding]:
     """The sample-rate endpoint, then one short synthesis that must bring audio."""
-    url = s.tts.url
+    return await _each(s.tts.urls, lambda url: _check_tts(s.tts.at(url)))
+
+
+async def _check_tts(settings: TtsSettings) -> list[Finding]:
+    url = settings.endpoint
     fix = f"start the PaddleSpeech server or fix tts.url ({url})"
-    async with httpx.AsyncClient() as http:
-        tts = make_tts(s.tts, http)
+    tls = make_tls_context(verify=settings.tls_verify, ca_file=settings.ca_file)
+    async with make_http_client(tls) as http:
+        tts = make_tts(settings, http, tls=tls)
         try:
             rate = await tts.sample_rate()
         except ServiceError as exc:
-            return [Finding("tts", "FAIL", _named(s.tts.samplerate_url, exc), fix)]
+            return [Finding("tts", "FAIL", _named(settings.samplerate_url, exc), fix)]
         try:
             size = 0
             async with tts.synthesize(SYNTHESIS_TEXT) as stream:
@@ -67,6 +86,14 @@ async def check_tts(s: Settings) -> list[Finding]:
             return [Finding("tts", "FAIL", _named(url, exc), fix)]
     seconds = size / 2 / rate
     return [Finding("tts", "ok", f"{url}: {rate} Hz; {SYNTHESIS_TEXT!r} synthesised into {seconds:.2f} s of audio")]
+
+
+async def check_transport(s: Settings) -> list[Finding]:
+    """Whether whoever is on the path to a service could read or forge its traffic (no network)."""
+    risks = transport_risks(s)
+    if not risks:
+        return [Finding("transport", "ok", "every TLS certificate is checked; no secret crosses the network in clear")]
+    return [Finding("transport", "warn", f"{service}: {risk}", "see the README, Security") for service, risk in risks]
 
 
 async def check_hotword(s: Settings) -> list[Finding]:

@@ -37,6 +37,7 @@ from daemon.config import (
     AudioSettings,
     HotwordSettings,
     LlmSettings,
+    ReplySettings,
     Settings,
     TtsSettings,
     VadSettings,
@@ -53,7 +54,6 @@ from hardware.wav_speaker import WavSpeaker
 from states.barge_in import BargeInSettings
 from states.machine import State
 from states.model import Turn
-from states.speech_text import SpeechTextSettings
 
 SERVICES = ("asr", "llm", "tts")
 FAULTS = ("refused", "hang", "error", "malformed", "cut", "trickle", "flood")
@@ -202,11 +202,11 @@ def cell_settings(urls: tuple[str, str, str], mic: Path, out: Path) -> Settings:
     return Settings(
         asr=AsrSettings(url=urls[0], connect_timeout_s=t, final_timeout_s=1.0),
         llm=LlmSettings(url=urls[1], connect_timeout_s=t, first_token_timeout_s=t, read_timeout_s=t),
-        tts=TtsSettings(url=urls[2], connect_timeout_s=t, read_timeout_s=t),
+        tts=TtsSettings(url=urls[2], connect_timeout_s=t, read_timeout_s=t, clause_timeout_s=2 * t),
         audio=AudioSettings(input=f"wav:{mic}", output=f"wav:{out}"),
         aec=AecSettings(engine="off"),
         vad=VadSettings(end_silence_ms=500, no_speech_timeout_s=2 * QUESTION_EVERY_S),
-        reply=SpeechTextSettings(max_clause_chars=REPLY_CHARS, max_reply_chars=REPLY_CHARS),
+        reply=ReplySettings(max_clause_chars=REPLY_CHARS, max_reply_chars=REPLY_CHARS),
         barge_in=BargeInSettings(enabled=False),  # the next question on the file must not cut the answer
         # Woken by the cell alone: the hotword engine can take the file's questions for its word.
         wake=WakeSettings(on_start=False, follow_up_s=0, hotword=HotwordSettings(engine="off")),
@@ -388,6 +388,9 @@ async def _act(
         await _first(assistant.speaker.drain(), running, GIVE_UP_S)
         result.sound_after_failure = _sound_between(assistant.speaker, woke, failed[0]["_at"], time.monotonic())
     await switch.set(result.service, None)
+    if timeline.after(woke, "service_down", service=result.service):
+        # Marked down: the next turn would fail at once until the background probe finds it back.
+        await _first(timeline.wait_for("service_up", since=woke, service=result.service), running, GIVE_UP_S)
     await assistant.wake()
     got = await _first(ended.get(), running, GIVE_UP_S)
     if got is not None:

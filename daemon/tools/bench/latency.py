@@ -30,6 +30,7 @@ from daemon.config import (
     AecSettings,
     AsrSettings,
     AudioSettings,
+    EarconSettings,
     LlmSettings,
     Settings,
     TtsSettings,
@@ -84,6 +85,7 @@ def _settings(urls: StubUrls, scenario: Scenario, qwav: Path, out: Path, block_m
         audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}", block_ms=block_ms),
         vad=VadSettings(end_silence_ms=scenario.end_silence_ms),
         aec=AecSettings(engine="off"),  # WAV devices: no echo path
+        earcons=EarconSettings(thinking="off"),  # the output's first sound after the question is the answer's
     )
 
 

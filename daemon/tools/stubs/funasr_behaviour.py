@@ -9,7 +9,7 @@ from typing import Any
 
 from daemon.config import ASR_FLAVOURS
 
-MISBEHAVIOURS = ("refuse", "hang", "mute", "close_mid_utterance", "garbage", "error", "trickle", "flood")
+MISBEHAVIOURS = ("refuse", "hang", "mute", "close_mid_utterance", "garbage", "error", "flood", "trickle")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class ScriptStep:
     after_frames: int | None = None
     after_end: bool = False
     delay_s: float = 0.0
+    as_text: bool = False
+    """bytes sent in a text frame as they are, unchecked (a server that sends invalid UTF-8)."""
 
 
 @dataclass
@@ -53,9 +55,9 @@ class FunAsrBehaviour:
     python-2026: an ``error`` acknowledgement; python-classic: close 1000 without a result).
     trickle: answer the end marker with a one-character online result every
     ``trickle_interval_s``, for ever, and never the final (the connection stays alive).
-    flood: answer the end marker with ``flood_results`` online results sent as fast as
-    possible, each longer than the last, then the final of their whole text (hundreds of
-    thousands of characters)."""
+    flood: after ``misbehave_after_frames`` frames, online results as fast as the socket takes
+    them, each text longer than the last, until the client goes away (not kept in ``sent``);
+    the end marker gets no final result."""
     partial_every_frames: int = 10
     """An online partial every this many audio frames (10 = one 600 ms chunk at [5,10,5]/10)."""
     misbehave_after_frames: int = 5
@@ -67,6 +69,9 @@ class FunAsrBehaviour:
     final_delay_s: float = 0.0
     """Wait this long after the end marker before the final result (the offline pass of a busy
     server); benchmarks inject ASR latency with it. Not applied to ``script``."""
+    busy_after_final_s: float = 0.0
+    """After the final result, read nothing for this long (a classic Python server decoding the
+    next request): a client's close frame waits that long for its answer."""
 
     trickle_interval_s: float = 1.0
     """misbehave="trickle": the pause between two one-character results."""
@@ -74,10 +79,10 @@ class FunAsrBehaviour:
     """misbehave="flood": how many results; result ``i`` adds ``i`` words (300: about 270 000 characters)."""
 
     def __post_init__(self) -> None:
-        if self.trickle_interval_s <= 0 or self.flood_results < 1:
-            raise ValueError("trickle_interval_s must be > 0 and flood_results >= 1")
-        if self.final_delay_s < 0:
-            raise ValueError(f"final_delay_s must be >= 0, got {self.final_delay_s}")
+        if self.trickle_interval_s <= 0:
+            raise ValueError("trickle_interval_s must be > 0")
+        if self.final_delay_s < 0 or self.busy_after_final_s < 0:
+            raise ValueError("final_delay_s and busy_after_final_s must be >= 0")
         if self.flavour not in ASR_FLAVOURS:
             raise ValueError(f"unknown flavour {self.flavour!r}; expected one of {', '.join(ASR_FLAVOURS)}")
         if self.misbehave is not None and self.misbehave not in MISBEHAVIOURS:

@@ -4,11 +4,13 @@ the flush, with each flavour's replies and the checks a real server makes of its
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from typing import Any
 
 import structlog
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour, SessionAborted, StubSession
 from daemon.tools.stubs.questions import SAMPLE_RATE, Recogniser
@@ -44,17 +46,33 @@ class Utterance:
         self.wav_name = "microphone"
         self.online_tokens: list[str] = []  # what the partials have said so far
         self.ended = False
+        self.flood: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
-        await self._read_config()
-        await self._script(lambda step: step.after_frames == 0)
-        if self.recogniser is not None:
-            await asyncio.to_thread(self.recogniser.start)
-        async for message in self.ws:
-            if isinstance(message, bytes):
-                await self._on_audio(message)
-            else:
-                await self._on_text(message)
+        try:
+            await self._read_config()
+            await self._script(lambda step: step.after_frames == 0)
+            if self.recogniser is not None:
+                await asyncio.to_thread(self.recogniser.start)
+            async for message in self.ws:
+                if isinstance(message, bytes):
+                    await self._on_audio(message)
+                else:
+                    await self._on_text(message)
+        finally:
+            if self.flood is not None:
+                self.flood.cancel()
+                await asyncio.gather(self.flood, return_exceptions=True)
+
+    async def _flood(self) -> None:
+        """misbehave="flood": ever longer online results, as fast as possible, until the client leaves."""
+        n = 0
+        with contextlib.suppress(ConnectionClosed):
+            while True:
+                n += 1
+                await self.ws.send(json.dumps(self._result(self._online_mode(), "洪水" * n, is_final=False)))
+                if n % 64 == 0:
+                    await asyncio.sleep(0)  # bursts: the stand-in shares the test's loop, let the client read
 
     # -- configuration ---------------------------------------------------------------------
 
@@ -128,6 +146,8 @@ class Utterance:
             raise SessionAborted
         if self.b.misbehave == "garbage" and count == self.b.misbehave_after_frames:
             await self._send("this is not JSON {")
+        if self.b.misbehave == "flood" and count == self.b.misbehave_after_frames:
+            self.flood = asyncio.create_task(self._flood(), name="funasr-stub-flood")
         await self._script(lambda step: step.after_frames == count)
         if self.b.script is None and count % self.b.partial_every_frames == 0:
             await self._partial()
@@ -208,11 +228,17 @@ class Utterance:
                 await self._error_reply()
             elif b.misbehave == "trickle":
                 await self._trickle()
-            elif b.misbehave == "flood":
-                await self._flood()
-            elif b.misbehave != "mute":
+            elif b.misbehave not in ("mute", "flood"):  # a flooding server never gets to its final
                 await self._flush_reply(text, wants_ack=wants_ack)
+                if b.busy_after_final_s > 0:
+                    self._busy(b.busy_after_final_s)
         log.debug("funasr_stub_flushed", text=self.session.recognised, frames=self.session.frames_received)
+
+    def _busy(self, seconds: float) -> None:
+        """Stop reading the socket for ``seconds``: a close frame from the client is answered late."""
+        transport = self.ws.transport
+        transport.pause_reading()
+        asyncio.get_running_loop().call_later(seconds, _resume_reading, transport)
 
     async def _final_text(self) -> str:
         if self.b.transcript_override is not None:
@@ -248,16 +274,6 @@ class Utterance:
         while True:
             await self._send(self._result(self._online_mode(), "a", is_final=False))
             await asyncio.sleep(self.b.trickle_interval_s)
-
-    async def _flood(self) -> None:
-        """Results as fast as the socket takes them, each longer than the last, then the final
-        of everything they said. Not recorded in ``session.sent``: it would hold it all twice."""
-        words: list[str] = []
-        for i in range(1, self.b.flood_results + 1):
-            delta = ["flood"] * i
-            words += delta
-            await self.ws.send(json.dumps(self._result(self._online_mode(), " " + " ".join(delta), is_final=False)))
-        await self.ws.send(json.dumps(self._result(self._offline_mode(), " ".join(words), is_final=True)))
 
     async def _error_reply(self) -> None:
         flavour = self.b.flavour
@@ -304,12 +320,12 @@ class Utterance:
             if due(step):
                 if step.delay_s > 0:
                     await asyncio.sleep(step.delay_s)
-                await self._send(step.message)
+                await self._send(step.message, text=step.as_text or None)
 
-    async def _send(self, message: dict[str, Any] | str | bytes) -> None:
+    async def _send(self, message: dict[str, Any] | str | bytes, *, text: bool | None = None) -> None:
         self.session.sent.append(message)
         # ensure_ascii like the classic Python server: \\uXXXX escapes for Chinese.
-        await self.ws.send(json.dumps(message) if isinstance(message, dict) else message)
+        await self.ws.send(json.dumps(message) if isinstance(message, dict) else message, text=text)
 
     def _violation(self, what: str) -> None:
         self.session.violations.append(what)
@@ -320,3 +336,8 @@ class Utterance:
         self._violation(what)
         await self.ws.close(1000)
         raise SessionAborted
+
+
+def _resume_reading(transport: asyncio.Transport) -> None:
+    if not transport.is_closing():
+        transport.resume_reading()

@@ -48,10 +48,10 @@ from daemon.tools.stubs.openai_stream import (
     Plan,
     StubCut,
     llama_events,
-    ping_events,
+    ping_only_events,
     plan_for,
     raw_events,
-    trickle_events,
+    trickled,
     vllm_events,
 )
 from daemon.tools.stubs.serving import InLoopServer, bind_socket, serve, wait_http_disconnect
@@ -355,7 +355,7 @@ class OpenAiStub(StartStop):
         if not body.get("stream", False):
             return await self._complete(b, plan, ctl)
         if b.misbehave == "ping_only":
-            events: AsyncGenerator[bytes, None] = ping_events(b, ctl)
+            events: AsyncGenerator[bytes, None] = ping_only_events(b, ctl)
         elif b.raw_chunks is not None:
             events = raw_events(b, ctl)
         elif b.style == "llama_cpp":
@@ -363,7 +363,7 @@ class OpenAiStub(StartStop):
         else:
             events = vllm_events(b, plan, ctl)
         if b.misbehave == "trickle":
-            events = trickle_events(b, ctl, events)
+            events = trickled(b, events, ctl)
         return ClosingStreamingResponse(self._observed(events, ctl, b), media_type="text/event-stream")
 
     # -- helpers ------------------------------------------------------------------------

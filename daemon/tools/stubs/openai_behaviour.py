@@ -18,8 +18,8 @@ MISBEHAVIOURS = (
     "truncate",  # 200, a few content chunks, then [DONE] without a finish chunk (llama.cpp preempted)
     "health_503",  # GET /health answers 503: the engine is dead
     "starting",  # not listening for starting_s after start(), then up (the model is loading)
-    "trickle",  # 200, then the normal stream one byte every trickle_interval_s (the connection stays alive)
-    "ping_only",  # 200, then only ": ping" comments every ping_interval_s, for ever (llama.cpp's keep-alive)
+    "ping_only",  # 200 and event-stream headers, then only ``: ping`` comments every ping_interval_s
+    "trickle",  # the normal stream, one byte every trickle_interval_s (a keep-alive that never ends)
     "flood",  # 200, an enormous answer (flood_chars, max_tokens ignored) as fast as possible
 )
 
@@ -59,9 +59,9 @@ class OpenAiBehaviour:
     """misbehave="starting": how long the port refuses connections (model loading)."""
     ping_interval_s: float = 15.0
     """llama_cpp style: a ``: ping - <time>`` comment whenever the stream was quiet this long
-    (and misbehave="ping_only": the pause between two pings, in either style)."""
+    (misbehave="ping_only": the pace of its pings, in either style)."""
     trickle_interval_s: float = 1.0
-    """misbehave="trickle": the pause between two bytes of the stream."""
+    """misbehave="trickle": the pause before each byte of the stream."""
     flood_chars: int = 200_000
     """misbehave="flood": the answer's length (the scripted answer repeated)."""
 

@@ -217,29 +217,6 @@ async def llama_events(b: OpenAiBehaviour, plan: Plan, ctl: Ctl) -> AsyncGenerat
     yield b"data: [DONE]\r\n\r\n"
 
 
-async def trickle_events(
-    b: OpenAiBehaviour, ctl: Ctl, events: AsyncGenerator[bytes, None]
-) -> AsyncGenerator[bytes, None]:
-    """misbehave="trickle": ``events``' bytes, one at a time, ``trickle_interval_s`` apart."""
-    loop = asyncio.get_running_loop()
-    async with contextlib.aclosing(events) as chunks:
-        async for chunk in chunks:
-            for i in range(len(chunk)):
-                yield chunk[i : i + 1]
-                if not await ctl.sleep_until(loop.time() + b.trickle_interval_s):
-                    return
-
-
-async def ping_events(b: OpenAiBehaviour, ctl: Ctl) -> AsyncGenerator[bytes, None]:
-    """misbehave="ping_only": nothing but keep-alive comments, for ever (until the client goes)."""
-    loop = asyncio.get_running_loop()
-    end = b"\r\n\r\n" if b.style == "llama_cpp" else b"\n\n"
-    while True:
-        yield f": ping - {time.strftime('%Y-%m-%d %H:%M:%S')}.000000".encode() + end
-        if not await ctl.sleep_until(loop.time() + b.ping_interval_s):
-            return
-
-
 def strike_at(b: OpenAiBehaviour, n_tokens: int) -> int | None:
     """Index of the token before which a mid-stream misbehaviour strikes (None: it does not)."""
     if b.misbehave in ("error_midstream", "cut", "garbage", "truncate"):
@@ -264,3 +241,22 @@ async def misbehave_midstream(b: OpenAiBehaviour, ctl: Ctl, *, crlf: bool = Fals
         # Let the chunks already written leave before the connection drops.
         await ctl.sleep_until(asyncio.get_running_loop().time() + 0.02)
         raise StubCut("misbehave=cut: dropping the connection mid-stream")
+
+
+async def ping_only_events(b: OpenAiBehaviour, ctl: Ctl) -> AsyncGenerator[bytes, None]:
+    """misbehave="ping_only": keep the connection alive with comments and never send an event."""
+    loop = asyncio.get_running_loop()
+    end = b"\r\n\r\n" if b.style == "llama_cpp" else b"\n\n"
+    while await ctl.sleep_until(loop.time() + b.ping_interval_s):
+        yield b": ping - " + time.strftime("%Y-%m-%d %H:%M:%S").encode() + end
+
+
+async def trickled(b: OpenAiBehaviour, events: AsyncGenerator[bytes, None], ctl: Ctl) -> AsyncGenerator[bytes, None]:
+    """misbehave="trickle": the bytes of ``events``, one at a time, ``trickle_interval_s`` apart."""
+    loop = asyncio.get_running_loop()
+    async with contextlib.aclosing(events) as chunks:
+        async for chunk in chunks:
+            for i in range(len(chunk)):
+                if not await ctl.sleep_until(loop.time() + b.trickle_interval_s):
+                    return
+                yield chunk[i : i + 1]

@@ -246,15 +246,14 @@ class PaddleSpeechStub(StartStop):
                 yield _GARBAGE
                 yield _GARBAGE
                 return
-            if behaviour.misbehave == "trickle":
-                async for piece in self._pieces(behaviour, text):
+            async for piece in self._pieces(behaviour, text):
+                if behaviour.misbehave == "trickle":
                     for i in range(len(piece)):
-                        yield piece[i : i + 1]
                         if not await self._pause(behaviour.trickle_interval_s):
                             return
-                return
-            async for piece in self._pieces(behaviour, text):
-                yield piece
+                        yield piece[i : i + 1]
+                else:
+                    yield piece
                 sent += 1
                 if behaviour.misbehave == "truncate":
                     raise _StubAbort("truncate: one chunk, then the connection is dropped")
@@ -344,11 +343,11 @@ class PaddleSpeechStub(StartStop):
                 await websocket.send_json({"status": 2, "audio": ""})
                 return
             if behaviour.misbehave == "trickle":
-                sample = base64.b64encode(bytes(2)).decode("ascii")
                 while await self._pause(behaviour.trickle_interval_s):
                     if websocket.scope.get(_CLOSED_AT):
                         raise WebSocketDisconnect()  # a send would not notice before the close times out
-                    await websocket.send_json({"status": 1, "audio": sample})
+                    await websocket.send_json({"status": 1, "audio": "AAAA"})  # three zero bytes
+                    sent += 1
                 return
             async for piece in self._pieces(behaviour, text if isinstance(text, str) else str(text)):
                 await websocket.send_json({"status": 1, "audio": piece.decode("ascii")})
@@ -377,16 +376,19 @@ class PaddleSpeechStub(StartStop):
             else:
                 seconds = len(pcm) / 2 / behaviour.sample_rate
                 delay = behaviour.chunk_delay_s + behaviour.realtime_factor * seconds
-                if behaviour.misbehave == "endless":
-                    delay = max(delay, seconds)  # a voice that never stops, not a flood
             if not await self._pause(delay):
                 return
             first = False
             yield raw
+        if behaviour.misbehave == "endless":  # the sentence never ends: silence for ever
+            silence = base64.b64encode(bytes(CHUNK_SAMPLES * 2))
+            while await self._pause(behaviour.chunk_delay_s):
+                yield silence
+                await asyncio.sleep(0)  # unpaced, still let the client and the stub's own loop run
 
     async def _chunks(self, behaviour: PaddleSpeechBehaviour, text: str) -> AsyncIterator[tuple[bytes, bytes]]:
-        """(pcm, base64) per chunk; endless and flood repeat the clause's chunks."""
-        if behaviour.misbehave not in ("endless", "flood"):
+        """(pcm, base64) per chunk; flood repeats the clause's chunks."""
+        if behaviour.misbehave != "flood":
             async for chunk in self._clause_chunks(behaviour, text):
                 yield chunk
             return
@@ -398,7 +400,7 @@ class PaddleSpeechStub(StartStop):
             for pcm, raw in chunks:
                 yield pcm, raw
                 sent_s += max(len(pcm), len(raw) * 3 // 4) / 2 / behaviour.sample_rate
-                if behaviour.misbehave == "flood" and sent_s >= behaviour.flood_audio_s:
+                if sent_s >= behaviour.flood_audio_s:
                     return
 
     async def _clause_chunks(self, behaviour: PaddleSpeechBehaviour, text: str) -> AsyncIterator[tuple[bytes, bytes]]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Misbehaviour = Literal[
-    "refuse", "hang", "error_500", "truncate", "empty", "garbage", "ws_error", "trickle", "endless", "flood"
+    "refuse", "hang", "error_500", "truncate", "empty", "garbage", "ws_error", "endless", "trickle", "flood"
 ]
 MISBEHAVIOURS: tuple[str, ...] = Misbehaviour.__args__  # type: ignore[attr-defined]
 
@@ -36,11 +36,13 @@ class PaddleSpeechBehaviour:
     (websocket: handshake rejected with 500). truncate: one chunk, then drop the connection
     without the end of the stream. empty: 200 (websocket: nothing) and an abrupt close.
     garbage: a body (websocket: an ``audio`` value) that is not base64. ws_error: websocket
-    status -1 (over HTTP: like empty). trickle: the audio one byte (websocket: one sample) every
-    ``trickle_interval_s``, the connection kept alive. endless: the clause's audio over and over,
-    for ever, paced like the audio. flood: the clause's audio over and over until
-    ``flood_audio_s`` of it went out, as fast as possible, then a normal end."""
+    status -1 (over HTTP: like empty). endless: after the sentence, silence chunks for ever (at
+    ``chunk_delay_s``). trickle: HTTP: the body one byte every ``trickle_interval_s``;
+    websocket: one 3-byte ``audio`` message every ``trickle_interval_s``, for ever. flood: the
+    clause's audio over and over until ``flood_audio_s`` of it went out, as fast as possible, then
+    a normal end."""
     trickle_interval_s: float = 1.0
+    """misbehave="trickle": the pause before each byte (websocket: each message)."""
     flood_audio_s: float = 600.0
     """misbehave="flood": seconds of audio for one clause (ten minutes)."""
 
