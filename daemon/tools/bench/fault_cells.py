@@ -76,7 +76,7 @@ MATRIX: dict[tuple[str, str], str] = {
     ("asr", "trickle"): "trickle",
     ("llm", "trickle"): "trickle",
     ("tts", "trickle"): "trickle",
-    ("asr", "flood"): "flood",  # a transcript of ~270 000 characters
+    ("asr", "flood"): "flood",  # ever longer results, as fast as possible, no final
     ("llm", "flood"): "flood",  # an answer of 200 000 characters
     ("tts", "flood"): "flood",  # ten minutes of audio for one clause
 }
