@@ -10,6 +10,9 @@ class Transcript:
     """What the ASR heard in one utterance. ``text`` is "" when nothing was recognised."""
 
     text: str
+    answered: bool = True
+    """The server said the utterance was done (its final result). False: ``text`` is only what
+    came before the quiet period ran out, from a server that normally answers: silent, or slow."""
 
 
 @dataclass(frozen=True)

@@ -25,8 +25,9 @@ log = structlog.get_logger()
 
 
 class NoTranscript(Exception):
-    """The VAD heard the user speak long enough to be a question, and the ASR gave no text (its
-    server stayed silent, or sent only empty results): a failure of the ASR, not "nobody spoke"."""
+    """The VAD heard the user speak, and the ASR gave no text: its server stayed silent (however
+    short the speech), or sent only empty results for speech long enough to be a question. A
+    failure of the ASR, not "nobody spoke"."""
 
     service = "asr"
 
@@ -65,10 +66,10 @@ async def listen_for_utterance(
     called as soon as the end of the utterance is decided, before the ASR's final result (the
     replying services can get ready meanwhile).
 
-    ``min_voiced_ms``: when the VAD heard at least this much speech (the frames it called speech,
-    from the onset of the utterance) and the transcript has no words, raise NoTranscript instead
-    of returning it; shorter speech with no words (a cough, a door) is returned as it is. None:
-    never raise.
+    ``min_voiced_ms``: when the transcript has no words and the server stayed silent, or the VAD
+    heard at least this much speech (the frames it called speech, from the onset of the
+    utterance), raise NoTranscript instead of returning it; shorter speech the server answered
+    with no words (a cough, a door) is returned as it is. None: never raise.
     """
     vad.reset()
     endpointer = Endpointer(settings, vad.frame_bytes, mic.sample_rate, gate=loudness)
@@ -124,7 +125,10 @@ async def listen_for_utterance(
                     transcript = await session.finish()
                     times.asr_final = clock()
                     voiced_ms = round(voiced_frames * frame_ms)
-                    if min_voiced_ms is not None and voiced_ms >= min_voiced_ms and not has_words(transcript.text):
+                    # A server that stayed silent failed, however short the speech; one that
+                    # answered "nothing" to a short noise (a cough) is right: nobody asked.
+                    silent_or_long = not transcript.answered or (min_voiced_ms or 0) <= voiced_ms
+                    if min_voiced_ms is not None and not has_words(transcript.text) and silent_or_long:
                         raise NoTranscript(voiced_ms)
                     return transcript
     finally:

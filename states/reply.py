@@ -157,9 +157,9 @@ async def speak_reply(
                 failed += 1
                 in_a_row += 1
                 last_error = exc
-                log.warning("tts_clause_failed", clause=clause, error=str(exc), error_type=type(exc).__name__)
                 if in_a_row >= MAX_FAILED_CLAUSES_IN_A_ROW:
-                    raise
+                    raise  # the reply is abandoned: turn_failed names the error (one line, not two)
+                log.warning("tts_clause_failed", clause=clause, error=str(exc), error_type=type(exc).__name__)
             else:
                 in_a_row = 0
             if got_audio:  # a sentence cut short by the TTS was still partly heard

@@ -218,7 +218,7 @@ async def test_silent_flush_finishes_within_the_quiet_timeout(stub: FunAsrStub) 
         text = await run_utterance(
             settings_for(stub.url, flavour="python-classic", final_timeout_s=0.5), bytes(FRAME * 4)
         )
-    assert text == Transcript("打开灯。")
+    assert text == Transcript("打开灯。", answered=False)  # no final: the text is what came
     assert time.monotonic() - started < 3.0
     assert any(e["event"] == "asr_no_final" and e["reason"] == "quiet_timeout" for e in logs)
 
@@ -227,7 +227,7 @@ async def test_silent_flush_of_the_automatic_classic_stub(stub: FunAsrStub) -> N
     stub.behaviour = FunAsrBehaviour(flavour="python-classic", transcript_override="打开灯", silent_flush=True)
     started = time.monotonic()
     text = await run_utterance(settings_for(stub.url, flavour="python-classic", final_timeout_s=0.5), bytes(FRAME * 30))
-    assert text == Transcript("打开灯")  # from the online deltas
+    assert text == Transcript("打开灯", answered=False)  # from the online deltas
     assert time.monotonic() - started < 3.0
 
 
@@ -425,7 +425,7 @@ async def test_server_reported_errors_are_asr_errors(stub: FunAsrStub, flavour: 
 async def test_mute_server_gives_an_empty_transcript_after_the_quiet_timeout(stub: FunAsrStub) -> None:
     stub.behaviour = FunAsrBehaviour(flavour="cpp-2pass", transcript_override="x", misbehave="mute")
     started = time.monotonic()
-    assert await run_utterance(settings_for(stub.url, final_timeout_s=0.3)) == Transcript("")
+    assert await run_utterance(settings_for(stub.url, final_timeout_s=0.3)) == Transcript("", answered=False)
     assert time.monotonic() - started < 3.0
 
 

@@ -10,8 +10,7 @@ DEGRADED_BOUND_S (12 s: the timeout and at most 60 characters of answer spoken).
 
 Each cell runs once; two tests read its record: the turn (it ended within the bound, failed naming
 the service and the user heard it, or was answered within the caps; the machine went back to idle;
-the daemon lived; the next turn was answered) and the log (the fault named once). Cells that need
-another part of issue 11 are strict xfails, so they turn into failures to remove once it is merged.
+the daemon lived; the next turn was answered) and the log (the fault named once).
 """
 
 from __future__ import annotations
@@ -56,21 +55,6 @@ pytestmark = pytest.mark.slow
 MAX_TRANSCRIPT_CHARS = 10_000
 """Whatever cap part A1 chooses for a transcript, a flood must not get past this."""
 
-TURN_XFAIL = {
-    ("asr", "mute"): (
-        "runtime bug: an ASR that takes 0.8 s of speech and never answers still ends the turn no_speech "
-        "(part A2 merged: its threshold for 'speech heard' or the quiet final path misses this case)"
-    ),
-}
-TTS_TWICE = (
-    "runtime bug: a TTS failure is logged twice, tts_error (daemon/clients/tts_*.py) and tts_clause_failed "
-    "(states/reply.py); and once per clause (part B counts repeats)"
-)
-LOG_XFAIL = {
-    **{("tts", fault): TTS_TWICE for fault in ("refused", "hang", "error", "malformed", "cut")},
-    **{("tts", "ws-" + fault): TTS_TWICE for fault in ("refused", "hang", "error", "malformed", "cut")},
-    ("tts", "trickle"): TTS_TWICE,
-}
 DEGRADING = ("trickle", "flood", "ping_only", "endless")
 """Faults a client may survive by cutting them short: the turn may then be answered."""
 PARTLY_HEARD = {("tts", "cut"), ("tts", "ws-cut")}
@@ -92,21 +76,10 @@ async def cell(service: str, fault: str, workdir: Path) -> CellResult:
     return _results[(service, fault)]
 
 
-def _params(xfails: dict[tuple[str, str], str]) -> list[object]:
-    return [
-        pytest.param(
-            service,
-            fault,
-            id=f"{service}-{fault}",
-            marks=[pytest.mark.xfail(strict=True, reason=xfails[(service, fault)])]
-            if (service, fault) in xfails
-            else [],
-        )
-        for service, fault in (*CELLS, *EXTRA)
-    ]
+CELL_PARAMS = [pytest.param(service, fault, id=f"{service}-{fault}") for service, fault in (*CELLS, *EXTRA)]
 
 
-@pytest.mark.parametrize(("service", "fault"), _params(TURN_XFAIL))
+@pytest.mark.parametrize(("service", "fault"), CELL_PARAMS)
 async def test_the_faulty_turn_ends_and_the_next_is_answered(service: str, fault: str, workdir: Path) -> None:
     r = await cell(service, fault, workdir)
     assert r.crashed is None, r.crashed
@@ -128,7 +101,7 @@ async def test_the_faulty_turn_ends_and_the_next_is_answered(service: str, fault
     assert (r.next_outcome, r.next_reply) == ("answered", ANSWER)
 
 
-@pytest.mark.parametrize(("service", "fault"), _params(LOG_XFAIL))
+@pytest.mark.parametrize(("service", "fault"), CELL_PARAMS)
 async def test_the_fault_is_logged_once(service: str, fault: str, workdir: Path) -> None:
     r = await cell(service, fault, workdir)
     assert r.outcome is not None, "the faulty turn never ended"
@@ -141,11 +114,6 @@ async def test_the_fault_is_logged_once(service: str, fault: str, workdir: Path)
 # --------------------------------------------------------------------------- a fault that repeats
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runtime bug: llm_error is logged on every turn an LLM answering 500 fails (part B merged: "
-    "an HTTP 500 does not mark the service down, and nothing else counts the repeats)",
-)
 async def test_a_fault_that_repeats_is_counted_not_logged_every_time(workdir: Path) -> None:
     r = await run_cell("llm", "error", workdir, repeats=3)
     assert r.outcome == "failed" and r.repeat_outcomes == ["failed", "failed"]

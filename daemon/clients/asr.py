@@ -275,7 +275,7 @@ class FunAsrSession:
             end_clock = self._end_sent_clock if self._end_sent_clock is not None else self._clock()
             ms = round((self._clock() - end_clock) * 1000)
             log.info("asr_final", url=self._url, text=text, ms=ms, explicit=self._final)
-            self._transcript = Transcript(text)
+            self._transcript = Transcript(text, answered=self._final or self._quiet_is_protocol())
             return self._transcript
         finally:
             await self.aclose()
@@ -326,7 +326,7 @@ class FunAsrSession:
         # silent, so the text is what came. In online mode the classic server never answers the end
         # marker: there, the quiet period is the protocol, not an anomaly.
         waited = self._loop.time() - self._end_sent_at
-        expected = settings.flavour == "python-classic" and settings.mode == "online"
+        expected = self._quiet_is_protocol()
         (log.debug if expected else log.warning)(
             "asr_no_final",
             url=self._url,
@@ -334,6 +334,11 @@ class FunAsrSession:
             reason="hard_cap" if self._loop.time() >= hard_deadline else "quiet_timeout",
             waited_s=round(waited, 2),
         )
+
+    def _quiet_is_protocol(self) -> bool:
+        """In online mode the classic server never answers the end marker: a quiet period is its
+        way of being done, not a silence."""
+        return self._settings.flavour == "python-classic" and self._settings.mode == "online"
 
     async def _wait(self, done: Callable[[], bool], *, deadline: float) -> bool:
         """Wait until ``done()`` (True) or the loop-time deadline (False); raise the session error if one occurs."""

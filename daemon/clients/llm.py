@@ -37,6 +37,7 @@ from daemon.clients.tls import untrusted_certificate_message
 from daemon.config import LlmSettings
 from daemon.errors import LlmAuthError, LlmError, LlmNotFoundError, LlmTimeout
 from states.events import ChatMessage
+from states.repeats import RepeatedFault
 
 __all__ = ["LlmStream", "OpenAiCompatibleLlm", "error_message"]
 
@@ -74,6 +75,9 @@ class OpenAiCompatibleLlm:
         self._settings = settings
         self._http = http
         self._clock = clock
+        self._faults = RepeatedFault("llm_error")
+        """A failing request or stream is logged the first time, then counted: once a minute a
+        line with ``repeats``, and ``llm_recovered`` once a stream ends well."""
         base = settings.endpoint.rstrip("/")
         self._chat_url = f"{base}/chat/completions"
         self._models_url = f"{base}/models"
@@ -144,11 +148,14 @@ class OpenAiCompatibleLlm:
             started_at=started_at,
             first_token_deadline=deadline,
             reply_deadline=reply_deadline,
+            faults=self._faults,
         )
         try:
             yield stream
         finally:
             await stream.aclose()
+        if stream.result is not None and not stream.failed:
+            self._faults.recovered("llm_recovered", url=self._chat_url)
 
     async def _send(self, request: httpx.Request, deadline: float) -> httpx.Response:
         """Send and wait for the headers; any non-200 or transport failure becomes an LlmError."""
@@ -183,7 +190,7 @@ class OpenAiCompatibleLlm:
                     await response.aclose()
                 raise LlmError(f"{url} answered {content_type or 'no content-type'}, not an event stream: {detail!r}")
         except LlmError as exc:
-            log.warning("llm_error", error=str(exc), kind=type(exc).__name__, status=exc.status, url=url)
+            self._faults.failed(error=str(exc), kind=type(exc).__name__, status=exc.status, url=url)
             raise
         return response
 

@@ -22,6 +22,7 @@ from daemon.clients.sse import SseError, SseParser
 from daemon.config import LlmSettings
 from daemon.errors import LlmError, LlmTimeout
 from states.events import LlmResult
+from states.repeats import RepeatedFault
 
 __all__ = ["LlmStream", "error_message"]
 
@@ -78,8 +79,14 @@ class LlmStream:
         started_at: float,
         first_token_deadline: float,
         reply_deadline: float | None = None,
+        faults: RepeatedFault | None = None,
     ) -> None:
+        """``faults``: where a failure is logged, so that one that recurs turn after turn is
+        counted, not logged every time (the client's, shared by its requests)."""
         self.result: LlmResult | None = None
+        self.failed = False
+        """The stream ended in an error (its text so far kept)."""
+        self._faults = faults if faults is not None else RepeatedFault("llm_error", every_s=0)
         self.started_at = started_at
         """Clock time at which the request was sent."""
         self.first_token_at: float | None = None
@@ -270,12 +277,9 @@ class LlmStream:
         self._error = error
         if self.result is None:
             self.result = LlmResult(finish_reason=self._finish_reason, usage=self._usage)
-        log.warning(
-            "llm_error",
-            error=str(error),
-            kind=type(error).__name__,
-            chars=len(self.text),
-            ms=self._ms_since_start(),
+        self.failed = True
+        self._faults.failed(
+            error=str(error), kind=type(error).__name__, chars=len(self.text), ms=self._ms_since_start()
         )
 
     async def _drain(self) -> None:

@@ -196,7 +196,7 @@ class TtsAudioStream:
                 pcm = self._decode(piece)
             except TtsError as exc:
                 self.finished = True
-                log.warning("tts_error", url=self.url, error=str(exc), bytes=self.pcm_bytes, ms=self._ms())
+                log.debug("tts_error", url=self.url, error=str(exc), bytes=self.pcm_bytes, ms=self._ms())
                 raise
             if pcm and self._max_pcm_bytes is not None and self.pcm_bytes + len(pcm) > self._max_pcm_bytes:
                 pcm = pcm[: self._max_pcm_bytes - self.pcm_bytes]

@@ -81,16 +81,16 @@ class PaddleSpeechHttpTts:
             async with budget.waiting(url):
                 response = await send_retrying_stale(self._http, request)
         except TtsTimeout as timeout:  # the clause's budget ran out before the headers
-            log.warning("tts_error", url=url, error=str(timeout))
+            log.debug("tts_error", url=url, error=str(timeout))
             raise
         except httpx.TimeoutException as exc:
             error: TtsError = TtsTimeout(f"TTS request to {url} timed out: {describe(exc)}")
-            log.warning("tts_error", url=url, error=str(error))
+            log.debug("tts_error", url=url, error=str(error))
             raise error from exc
         except httpx.HTTPError as exc:
             untrusted = untrusted_certificate_message("tts", url, exc)
             error = TtsError(untrusted or f"TTS request to {url} failed: {describe(exc)}")
-            log.warning("tts_error", url=url, error=str(error))
+            log.debug("tts_error", url=url, error=str(error))
             raise error from exc
         cap = audio_cap_bytes(self._settings, text, self._rate.known)
         stream = _HttpAudioStream(
@@ -101,7 +101,7 @@ class PaddleSpeechHttpTts:
                 excerpt = await read_excerpt(response)
                 status = response.status_code
                 error = TtsError(f"TTS server {url} answered HTTP {status}: {error_detail(excerpt)}", status=status)
-                log.warning("tts_error", url=url, status=response.status_code, error=str(error))
+                log.debug("tts_error", url=url, status=response.status_code, error=str(error))
                 stream.finished = True
                 raise error
             yield stream

@@ -121,7 +121,7 @@ class PaddleSpeechWsTts:
                     **secure,
                 )
         except TtsTimeout as exc:  # the clause's budget ran out before the handshake
-            log.warning("tts_error", url=url, error=str(exc))
+            log.debug("tts_error", url=url, error=str(exc))
             raise
         except TimeoutError as exc:
             timeout = self._settings.connect_timeout_s
@@ -136,7 +136,7 @@ class PaddleSpeechWsTts:
             untrusted = untrusted_certificate_message("tts", url, exc)
             error = TtsError(untrusted or f"cannot connect to TTS websocket {url}: {describe(exc)}")
             cause = exc
-        log.warning("tts_error", url=url, error=str(error))
+        log.debug("tts_error", url=url, error=str(error))
         raise error from cause
 
 
@@ -174,7 +174,7 @@ class _WsAudioStream(TtsAudioStream):
             await self._send(message)
         except TtsError as exc:
             self.finished = True
-            log.warning("tts_error", url=self.url, error=str(exc))
+            log.debug("tts_error", url=self.url, error=str(exc))
             raise
 
     async def _receive(self) -> str | None:
