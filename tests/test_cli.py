@@ -34,6 +34,7 @@ COMMANDS = (
     ("bench", "hotword"),
     ("bench", "wake"),
     ("bench", "asr-wake"),
+    ("bench", "soak"),
     ("doctor",),
 )
 
