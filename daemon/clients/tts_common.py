@@ -79,7 +79,7 @@ class SampleRate:
             raise TtsError(f"TTS sample rate request to {url} got HTTP {response.status_code}: {excerpt}")
         try:
             body = response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json can follow
             raise TtsError(f"TTS sample rate from {url} is not JSON: {body_excerpt(response.content)}") from exc
         rate = body.get("sample_rate") if isinstance(body, dict) else None
         if not isinstance(rate, int) or isinstance(rate, bool):
@@ -206,7 +206,7 @@ def error_detail(body: bytes) -> str:
     """A 422's ``detail`` as "body.text: field required"; anything else as an excerpt."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body_excerpt(body)
     if isinstance(parsed, dict) and isinstance(parsed.get("detail"), list):
         parts = []

@@ -389,6 +389,8 @@ async def _json_object(request: web.Request, route: str) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise RequestError(400, f"{route}: the body is JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"{route}: the body is not JSON ({exc})") from exc
     if not isinstance(body, dict):
