@@ -212,7 +212,9 @@ def error_detail(body: bytes) -> str:
         parts = []
         for item in parsed["detail"]:
             if isinstance(item, dict):
-                loc = ".".join(str(p) for p in item.get("loc", []))
+                where = item.get("loc")  # FastAPI's is a list; a server of another kind may send anything
+                path = where if isinstance(where, list) else [] if where is None else [where]
+                loc = ".".join(str(p) for p in path)
                 parts.append(f"{loc}: {item.get('msg', '?')}" if loc else str(item.get("msg", "?")))
         if parts:
             return "; ".join(parts)
