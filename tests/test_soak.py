@@ -23,7 +23,7 @@ async def test_a_short_soak_keeps_every_invariant(tmp_path: Path) -> None:
     print(summary(report))  # the figures, when the test fails
     assert not report.crashed and report.exit_code == 0
     assert [r.finished for r in report.records] == [1] * TURNS
-    assert report.turn_finished_logged == report.turns_started == TURNS + 3  # warm-up, run, final turn
+    assert report.turn_finished_logged == report.turns_started == 2 + TURNS + report.final_tries  # warm-up, run, after
     assert report.duplicate_turn_ids == 0
     assert not any(r.stuck for r in report.records)
     assert {r.status for r in report.records} <= {200, 202, 502}  # 502: GET /listen when the ASR failed
@@ -47,7 +47,7 @@ def test_every_misbehaviour_a_request_can_meet_is_drawn_from() -> None:
 
 
 def _clean_report() -> SoakReport:
-    report = SoakReport(turns=2, seed=1, fault_rate=0.5, exit_code=0, final_outcome="answered")
+    report = SoakReport(turns=2, seed=1, fault_rate=0.5, exit_code=0, final_outcome="answered", final_tries=1)
     report.records = [
         TurnRecord(0, "wake", "llm:cut", 202, finished=1, outcome="failed"),
         TurnRecord(1, "say", None, 202, finished=1, outcome="said"),
@@ -79,7 +79,7 @@ def test_each_broken_invariant_is_named() -> None:
         "exactly one turn_finished: [1]",
         "control API answers",
         "1 tracebacks",
-        "ended 'failed'",
+        "1 clean turns after the run: the last ended 'failed'",
         "file descriptors grew from 11 to 20",
         "tasks grew from 9 to 30",
         "RSS grew 19.5 MB",

@@ -63,6 +63,7 @@ TURN_TIMEOUT_S = 30.0
 """A turn that has not ended after this is stuck: reported, then stopped with ``POST /stop``."""
 IDLE_POLL_S = 0.02
 WARMUP_TURNS = 5
+FINAL_TRIES = 5
 FAULT_RATE = 0.3
 ACTIONS = {"wake": 0.7, "listen": 0.15, "say": 0.15}
 """How turns are started, and how often."""
@@ -133,16 +134,19 @@ class SoakReport:
     end: Sample | None = None
     samples: list[Sample] = field(default_factory=list)
     final_outcome: str | None = None
-    """The clean turn after the run: the daemon still answers once the services behave."""
+    """The clean turns after the run: the daemon still answers once the services behave."""
+    final_tries: int = 0
+    """Clean turns it took to be answered again (a daemon that marks a failing service down
+    may refuse at once until its probe sees the service back; at most ``FINAL_TRIES``)."""
     tracebacks: int = 0
     """Log lines with an exception attached."""
     crashed: bool = False
     """The daemon exited before it was told to stop."""
     exit_code: int | None = None
     turn_finished_logged: int = 0
-    """Every ``turn_finished`` of the run, warm-up and final turn included."""
+    """Every ``turn_finished`` of the run, warm-up and final turns included."""
     turns_started: int = 0
-    """Every turn the bench started, warm-up and final turn included."""
+    """Every turn the bench started, warm-up and final turns included."""
     duplicate_turn_ids: int = 0
 
     @property
@@ -189,7 +193,7 @@ class SoakReport:
         if self.tracebacks:
             out.append(f"{self.tracebacks} tracebacks in the log")
         if self.final_outcome != "answered":
-            out.append(f"the clean turn after the run ended {self.final_outcome!r}, not answered")
+            out.append(f"{self.final_tries} clean turns after the run: the last ended {self.final_outcome!r}")
         if self.start and self.end:
             if self.end.fds > self.start.fds + fd_slack:
                 out.append(f"open file descriptors grew from {self.start.fds} to {self.end.fds}")
@@ -450,8 +454,9 @@ async def soak(
                     report.samples.append(await run.sample(i + 1))
                     if progress:
                         print(f"soak: {i + 1}/{turns} turns, {report.samples[-1]}", flush=True)
-            final = await run.turn("wake", None, turns)
-            report.final_outcome = final.outcome
+            while report.final_outcome != "answered" and report.final_tries < FINAL_TRIES:
+                report.final_tries += 1
+                report.final_outcome = (await run.turn("wake", None, turns)).outcome
             report.end = await run.sample(turns)
         except BenchError:
             report.crashed = daemon.proc.returncode is not None
@@ -476,7 +481,8 @@ def summary(report: SoakReport) -> str:
         f"  crashed: {report.crashed}, exit status after SIGTERM: {report.exit_code}, "
         f"tracebacks in the log: {report.tracebacks}",
         f"  turns started {report.turns_started}, turn_finished logged {report.turn_finished_logged} "
-        f"(warm-up and the final clean turn included); final clean turn: {report.final_outcome}",
+        f"(warm-up and the final clean turns included); after the run: {report.final_outcome} "
+        f"at clean turn {report.final_tries}",
         f"  started by: {dict(report.actions)}; HTTP statuses: {dict(report.statuses)}",
         f"  outcomes: {dict(sorted(report.outcomes.items()))}",
         f"  faults injected ({sum(report.faults.values())}): {dict(sorted(report.faults.items()))}",
