@@ -58,7 +58,8 @@ bodies = st.one_of(
 )
 content_types = st.sampled_from(
     ["application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=zz",
-     "multipart/form-data", "application/json; charset=latin-1", "", "\x7f"]
+     "multipart/form-data", "application/json; charset=latin-1", "application/x-www-form-urlencoded; charset=bogus",
+     "", "\x7f"]
 )  # fmt: skip
 requests = st.builds(
     Request,
@@ -107,6 +108,18 @@ def _header_ok(value: str) -> bool:
     batch=st.lists(requests, min_size=1, max_size=8),
 )
 @example(token=None, fail=None, batch=[Request("POST", "/say", {"Content-Type": "application/json"}, b"[" * 3000)])
+@example(  # a form in a charset Python does not know: was a 500 (LookupError)
+    token=None,
+    fail=None,
+    batch=[
+        Request("POST", "/display", {"Content-Type": "application/x-www-form-urlencoded; charset=bogus"}, b"text=hi")
+    ],
+)
+@example(  # a form that is not UTF-8: was a 500 (UnicodeDecodeError)
+    token=None,
+    fail=None,
+    batch=[Request("POST", "/display", {"Content-Type": "application/x-www-form-urlencoded"}, b"\x80")],
+)
 def test_every_request_gets_an_answer_never_a_500_and_errors_are_json(
     token: str | None, fail: BaseException | None, batch: list[Request]
 ) -> None:

@@ -286,7 +286,10 @@ class ControlServer:
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def _display(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError) as exc:  # not UTF-8, a broken multipart, an unknown charset
+            return json_error(400, f"POST /display: the form cannot be read ({type(exc).__name__})")
         value = form.get("text")
         if isinstance(value, web.FileField):
             try:
