@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
@@ -77,7 +78,7 @@ def _response(pieces: list[bytes]) -> httpx.Response:
     return httpx.Response(200, content=body())
 
 
-async def _read(pieces: list[bytes]) -> tuple[list[str], LlmStream]:
+async def _read(pieces: list[bytes]) -> tuple[list[str], LlmStream, LlmError | None]:
     loop = asyncio.get_running_loop()
     stream = LlmStream(
         _response(pieces),
@@ -88,14 +89,15 @@ async def _read(pieces: list[bytes]) -> tuple[list[str], LlmStream]:
         first_token_deadline=loop.time() + 5,
     )
     deltas: list[str] = []
+    error = None
     try:
         async for delta in stream:
             deltas.append(delta)
-    except LlmError:
-        pass
+    except LlmError as exc:
+        error = exc
     finally:
         await stream.aclose()
-    return deltas, stream
+    return deltas, stream, error
 
 
 @fuzz(200)
@@ -104,7 +106,7 @@ async def _read(pieces: list[bytes]) -> tuple[list[str], LlmStream]:
 @example(data=None, stream=b'data: {"choices": [{"delta": {"content": "x"}, "finish_reason": 1}]}\n\ndata: [DONE]\n\n')
 def test_a_mutated_stream_gives_text_and_at_most_an_llm_error(data: Any, stream: bytes) -> None:
     pieces = [stream] if data is None else data.draw(chunked(stream))
-    deltas, llm = asyncio.run(_read(pieces))
+    deltas, llm, _ = asyncio.run(_read(pieces))
     assert all(isinstance(d, str) and d for d in deltas)
     assert "".join(deltas) == llm.text
     assert llm.finished and llm.result is not None
@@ -117,7 +119,7 @@ events = st.one_of(st.sampled_from(VLLM_EVENTS).flatmap(mutated_object), JSON_VA
 @given(chunks=st.lists(events, max_size=6), done=st.booleans())
 def test_chunks_of_any_shape_give_text_and_at_most_an_llm_error(chunks: list[Any], done: bool) -> None:
     body = b"".join(b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks)
-    deltas, llm = asyncio.run(_read([body + (b"data: [DONE]\n\n" if done else b"")]))
+    deltas, llm, _ = asyncio.run(_read([body + (b"data: [DONE]\n\n" if done else b"")]))
     assert "".join(deltas) == llm.text
 
 
@@ -125,3 +127,19 @@ def test_chunks_of_any_shape_give_text_and_at_most_an_llm_error(chunks: list[Any
 @given(body=JSON_VALUES)
 def test_an_error_body_of_any_shape_becomes_a_message(body: Any) -> None:
     assert isinstance(error_message(body), str)
+
+
+def test_events_before_a_broken_one_in_the_same_read_come_first_then_the_error() -> None:
+    """Found by the fuzzing: the text before a broken event was lost when both came in one read."""
+    parser = SseParser()
+    assert parser.feed(b"data: one\n\ndata: \xff\n\n") == ["one"]
+    assert parser.broken
+    with pytest.raises(SseError, match="not valid UTF-8"):
+        parser.close()
+
+
+def test_the_stream_keeps_the_text_before_a_broken_event_of_the_same_read() -> None:
+    good = b"data: " + json.dumps(_chunk("Hello")).encode() + b"\n\n"
+    deltas, llm, error = asyncio.run(_read([good + b"data: \xff\n\n"]))
+    assert deltas == ["Hello"] and llm.text == "Hello" and llm.finished
+    assert error is not None and "not valid UTF-8" in str(error)
