@@ -122,3 +122,17 @@ def test_a_session_fed_mutated_frames_ends_with_a_transcript_or_an_asr_error(
 
     asyncio.run(run())
     assert ws.closed
+
+
+def test_the_unmutated_frames_give_the_real_transcript() -> None:
+    """The harness itself: real results, the final one after the end marker, give their text."""
+    settings = AsrSettings(url="ws://127.0.0.1:1", flavour="cpp-2pass", final_timeout_s=5.0)
+    ws = FakeFunAsr([REAL_FRAMES[0].decode(), REAL_FRAMES[1].decode()], [REAL_FRAMES[2].decode()], then_close=False)
+
+    async def run() -> str:
+        session = FunAsrSession(cast(Any, ws), settings)
+        await session.send_audio(bytes(settings.frame_bytes))
+        return (await session.finish()).text
+
+    assert asyncio.run(run()) == "what time is it?"
+    assert ws.end_marker.is_set() and ws.closed

@@ -170,3 +170,7 @@ def test_the_real_websocket_exchange_gives_the_samples() -> None:
 @example(body=b"[" * 5000)
 def test_an_error_body_of_any_shape_becomes_text(body: bytes) -> None:
     assert isinstance(error_detail(body), str)
+
+
+def test_the_real_http_body_gives_the_samples() -> None:
+    assert asyncio.run(_drain(_http_stream([BODY[:7], BODY[7:]]))) == PCM
