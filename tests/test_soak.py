@@ -9,8 +9,11 @@ from pathlib import Path
 
 import pytest
 
+from daemon.app import KEPT_TURNS, App
+from daemon.config import Settings
 from daemon.tools.bench.soak import Sample, SoakReport, TurnRecord, fault_modes, soak, summary
 from daemon.tools.stubs import funasr_behaviour
+from states.turn import Turn
 
 TURNS = 20
 SEED = 3
@@ -85,3 +88,11 @@ def test_each_broken_invariant_is_named() -> None:
         "RSS grew 19.5 MB",
     ):
         assert words in problems
+
+
+async def test_the_daemon_keeps_only_its_last_turns() -> None:
+    """Found by the soak: every finished turn stayed in ``App.turns`` (about 1.8 kB a turn)."""
+    app = App(Settings())
+    for i in range(KEPT_TURNS + 50):
+        await app._turn_ended(Turn(id=str(i), outcome="answered"))
+    assert len(app.turns) == KEPT_TURNS and app.turns[-1].id == str(KEPT_TURNS + 49)
