@@ -8,6 +8,7 @@ import dataclasses
 import gc
 import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -66,6 +67,9 @@ def assistant_settings(settings: Settings) -> AssistantSettings:
     )
 
 
+KEPT_TURNS = 16
+
+
 class App:
     """Runs the daemon until ``stop`` is set or, with ``once``, until one turn has finished."""
 
@@ -101,7 +105,9 @@ class App:
         self._freeze_gc = freeze_gc
         self.once = once
         self._on_turn_end = on_turn_end
-        self.turns: list[Turn] = []
+        self.turns: deque[Turn] = deque(maxlen=KEPT_TURNS)
+        """The last finished turns (``--once``'s exit code, the demo, benchmarks), not all of them:
+        a daemon runs for weeks (the 1000-turn soak found the list growing by every turn)."""
         self.assistant: Assistant | None = None
         """The running conversation, while ``run`` runs (other wake sources fire its triggers)."""
         self._turn_done = asyncio.Event()

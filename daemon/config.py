@@ -43,7 +43,7 @@ Capabilities and tools that MOSS can possess.
 
 ASR_FLAVOURS = ("cpp-2pass", "cpp-offline", "python-classic", "python-2026")
 API_KEY_ENV = "MOSS_VOICE_LLM_API_KEY"
-INPUT_SCHEMES = ("pyaudio", "wav", "room")
+INPUT_SCHEMES = ("pyaudio", "wav", "room", "wavloop")
 OUTPUT_SCHEMES = ("pyaudio", "wav")
 
 
@@ -256,7 +256,8 @@ class AudioSettings(Checked):
 
     input: str = setting("wav:question.wav", check=device_spec(*INPUT_SCHEMES))
     """Microphone: ``pyaudio:default``, ``pyaudio:NAME`` or ``pyaudio:INDEX`` (``moss-voice devices``
-    lists them), ``wav:PATH``, or ``room:PATH`` (the file plus the echo of the speaker)."""
+    lists them), ``wav:PATH``, ``wavloop:PATH`` (the file over and over), or ``room:PATH`` (the file
+    plus the echo of the speaker)."""
     output: str = setting("wav:reply.wav", check=device_spec(*OUTPUT_SCHEMES))
     """Speaker: ``pyaudio:default|NAME|INDEX`` or ``wav:PATH``."""
     output_rate: int | None = setting(None, ge=8000, le=192000)

@@ -1,7 +1,8 @@
 """Open the microphone and speaker named in the config, and the echo reference between them.
 
 ``pyaudio:default``, ``pyaudio:NAME``, ``pyaudio:INDEX`` is a sound card (``moss-voice devices``).
-``wav:PATH`` plays or records a file on the wall clock. ``room:PATH`` (input only) is a simulated
+``wav:PATH`` plays or records a file on the wall clock (``wavloop:PATH``, input only: the file
+over and over, for soak runs). ``room:PATH`` (input only) is a simulated
 room: the file's speech plus the echo of what the speaker plays, for echo and barge-in tests and
 benchmarks.
 """
@@ -24,7 +25,7 @@ from hardware.wav_speaker import WavSpeaker
 from states.echo_reference import EchoReference
 from states.ports import EchoCanceller, Microphone, Speaker
 
-INPUT_KINDS = ("pyaudio", "wav", "room")
+INPUT_KINDS = ("pyaudio", "wav", "wavloop", "room")
 OUTPUT_KINDS = ("pyaudio", "wav")
 
 
@@ -44,7 +45,8 @@ async def open_devices(
     out_kind, _, out_target = audio.output.partition(":")
     if in_kind not in INPUT_KINDS:
         raise HardwareError(
-            f"microphone {audio.input!r}: unknown kind {in_kind!r} (supported: pyaudio:DEVICE, wav:PATH, room:PATH)"
+            f"microphone {audio.input!r}: unknown kind {in_kind!r} "
+            "(supported: pyaudio:DEVICE, wav:PATH, wavloop:PATH, room:PATH)"
         )
     if out_kind not in OUTPUT_KINDS:
         raise HardwareError(
@@ -87,7 +89,7 @@ def new_microphone(audio: AudioSettings) -> Microphone:
     kind, _, target = audio.input.partition(":")
     if kind == "pyaudio":
         return PyAudioMicrophone(target, block_ms=audio.block_ms)
-    return WavMicrophone(target, block_ms=audio.block_ms)
+    return WavMicrophone(target, block_ms=audio.block_ms, loop=kind == "wavloop")
 
 
 async def reopen_microphone(audio: AudioSettings) -> Microphone:

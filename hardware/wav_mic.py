@@ -11,6 +11,10 @@ Usage::
     mic = WavMicrophone("question.wav")
     await mic.open()                  # loads, mixes to mono, resamples to 16 kHz; the clock starts
     pcm = await mic.read()            # 20 ms blocks in real time, then silence forever
+
+``WavMicrophone(path, loop=True)`` (``wavloop:PATH`` in the config) plays the file over and over
+instead: a question that is "said" again and again, so a long soak or demo has speech to hear on
+every turn without a file as long as the run.
 """
 
 from __future__ import annotations
@@ -80,7 +84,9 @@ class WavMicrophone(ClockedMicrophone):
     ``await open()`` loads the file (any rate, any channel count, see ``read_wav``) and starts the
     clock. ``read()`` returns block ``n`` once ``t0 + (n+1)*block`` has passed (a real microphone
     delivers a block when it has been recorded); a reader that falls behind gets the missed blocks
-    at once. After the file: silence, forever. Also usable as ``async with WavMicrophone(p) as mic``.
+    at once. After the file: silence, forever; or, with ``loop``, the file again from its start
+    (with no gap: put the pause between repetitions in the file). Also usable as
+    ``async with WavMicrophone(p) as mic``.
     """
 
     def __init__(
@@ -88,16 +94,18 @@ class WavMicrophone(ClockedMicrophone):
         path: str | Path,
         *,
         block_ms: int = 20,
+        loop: bool = False,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         super().__init__(block_ms=block_ms, clock=clock, sleep=sleep)
         self.path = Path(path)
+        self.loop = loop
         self._pcm = b""
 
     @property
     def name(self) -> str:
-        return f"microphone 'wav:{self.path}'"
+        return f"microphone '{'wavloop' if self.loop else 'wav'}:{self.path}'"
 
     async def _open(self) -> None:
         """Load and convert the file (in a worker thread), then start the clock."""
@@ -106,8 +114,13 @@ class WavMicrophone(ClockedMicrophone):
         except WavProblem as exc:
             raise HardwareError(f"{self.name}: {exc}") from exc
         self._pcm = pcm.tobytes()
+        if self.loop and not self._pcm:
+            raise HardwareError(f"{self.name}: the file holds no audio to loop")
         self._t0 = self._clock()
-        log.info("wav_mic_opened", path=str(self.path), seconds=round(self.duration_s, 3), block_ms=self.block_ms)
+        log.info(
+            "wav_mic_opened", path=str(self.path), seconds=round(self.duration_s, 3), block_ms=self.block_ms,
+            loop=self.loop,
+        )  # fmt: skip
 
     async def read_timed(self) -> tuple[bytes, float]:
         """The next block and the clock time of its first sample (its place on the wall clock)."""
@@ -119,12 +132,21 @@ class WavMicrophone(ClockedMicrophone):
         """The next ``block_ms`` of audio (file, then silence), waiting for its end time to pass."""
         n = await self._next_block()
         size = self.block_samples * 2
-        start = n * size
-        block = self._pcm[start : start + size]
+        block = self._looped(n * size, size) if self.loop else self._pcm[n * size : n * size + size]
         if len(block) < size:
             block += bytes(size - len(block))
         self._blocks_read = n + 1
         return block
+
+    def _looped(self, start: int, size: int) -> bytes:
+        """``size`` bytes from offset ``start`` of the file repeated end to end."""
+        out = bytearray()
+        at = start % len(self._pcm)
+        while len(out) < size:
+            piece = self._pcm[at : at + size - len(out)]
+            out += piece
+            at = (at + len(piece)) % len(self._pcm)
+        return bytes(out)
 
     # -- observation, for tests and latency measurements
 
@@ -145,5 +167,5 @@ class WavMicrophone(ClockedMicrophone):
 
     @property
     def finished(self) -> bool:
-        """True once every sample of the file has been returned by ``read()``."""
-        return self._t0 is not None and self._blocks_read * self.block_samples * 2 >= len(self._pcm)
+        """True once every sample of the file has been returned by ``read()`` (never when looping)."""
+        return not self.loop and self._t0 is not None and self._blocks_read * self.block_samples * 2 >= len(self._pcm)

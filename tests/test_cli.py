@@ -35,6 +35,7 @@ COMMANDS = (
     ("bench", "wake"),
     ("bench", "asr-wake"),
     ("bench", "faults"),
+    ("bench", "soak"),
     ("doctor",),
 )
 

@@ -109,7 +109,8 @@ def test_every_problem_is_named_at_once() -> None:
     assert "llm.max_tokens: must be an integer, got string 'many'" in found
     assert "llm.temperature: must be a number, got boolean True" in found
     assert "tts.url: must be a http:// or https:// or ws:// or wss:// URL, got 'ftp://x'" in found
-    assert "audio.input: must look like 'pyaudio:DEVICE' or 'wav:PATH' or 'room:PATH', got 'mic'" in found
+    shapes = "'pyaudio:DEVICE' or 'wav:PATH' or 'room:PATH' or 'wavloop:PATH'"
+    assert f"audio.input: must look like {shapes}, got 'mic'" in found
     assert "vad.engine: must be one of silero, webrtc, got 'energy'" in found
     assert "colour: unknown key" in text
     assert len(found) == 9

@@ -165,6 +165,10 @@ async def test_get_metrics_counts_the_emitted_events(api: Api) -> None:
     assert samples["moss_voice_barge_in_seconds_count"] == 0
     assert samples['moss_voice_state{state="listening"}'] == 1
     assert samples['moss_voice_state{state="idle"}'] == 0
+    # what a soak watches: read at the scrape, on the daemon's loop
+    assert samples["moss_voice_asyncio_tasks"] >= 1  # this request's own task at least
+    assert samples["moss_voice_open_fds"] >= 3
+    assert samples["process_resident_memory_bytes"] > 0
 
 
 def _samples(text: str) -> dict[str, float]:

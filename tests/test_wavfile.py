@@ -208,6 +208,23 @@ async def test_mic_block_waits_for_its_end_time_and_keeps_an_absolute_schedule(t
         assert nxt.done() and nxt.result() == bytes(640)
 
 
+async def test_looping_mic_plays_the_file_again_across_block_edges(tmp_path: Path) -> None:
+    clock = FakeClock()
+    pcm = ramp(800)  # 50 ms: 2.5 blocks, so the repeats straddle block edges
+    path = write_wav(tmp_path / "q.wav", pcm.tobytes(), rate=16000)
+    async with WavMicrophone(path, loop=True, clock=clock, sleep=clock.sleep) as mic:
+        await clock.advance(0.100)  # five blocks are due
+        got = b"".join([await asyncio.wait_for(mic.read(), 1) for _ in range(5)])
+        assert got == (pcm.tobytes() * 2)[: 5 * 640]
+        assert not mic.finished and "wavloop:" in mic.name
+
+
+async def test_looping_mic_refuses_an_empty_file(tmp_path: Path) -> None:
+    path = write_wav(tmp_path / "empty.wav", b"", rate=16000)
+    with pytest.raises(HardwareError, match="no audio to loop"):
+        await WavMicrophone(path, loop=True).open()
+
+
 # --------------------------------------------------------------------------- speaker
 
 

@@ -15,7 +15,7 @@ def json_object(raw: str | bytes) -> dict[str, Any]:
         raise ValueError(f"a binary frame ({len(raw)} bytes) instead of a JSON object")
     try:
         message = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the json module follows
         raise ValueError(f"malformed JSON: {_excerpt(raw)}") from None
     if not isinstance(message, dict):
         raise ValueError(f"a JSON {type(message).__name__} instead of an object: {_excerpt(raw)}")

@@ -212,7 +212,7 @@ class OpenAiCompatibleLlm:
         status = response.status_code
         try:
             message = error_message(json.loads(raw))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):  # RecursionError: nested too deeply
             message = raw.decode("utf-8", "replace").strip()[:300] or response.reason_phrase
         text = f"{message} (HTTP {status} from {url})"
         if status == 401:
@@ -323,7 +323,7 @@ class OpenAiCompatibleLlm:
         try:
             data = response.json()["data"]
             ids = [str(item["id"]) for item in data]
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             raise LlmError(f"unexpected /v1/models answer from {self._models_url}: {response.text[:200]!r}") from exc
         return ids
 

@@ -177,6 +177,12 @@ class LlmStream:
             if self._done:
                 break
             self._event(data)
+        if self._parser.broken and not self._done:
+            try:  # the text before a broken event was taken; now the error, without another read
+                self._parser.close()
+            except SseError as exc:
+                self._fail(LlmError(f"bad SSE from {self._url}: {exc}"), exc)
+            return
         if chunk is None and not self._done:
             self._end()
         await asyncio.sleep(0)  # a server flooding the stream must not starve the loop (the speaker)
@@ -206,7 +212,7 @@ class LlmStream:
             return
         try:
             obj = json.loads(data)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested deeper than json can follow
             self._fail(LlmError(f"malformed stream event from {self._url} (not JSON): {data[:100]!r}"))
             return
         if not isinstance(obj, dict):

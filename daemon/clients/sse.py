@@ -35,19 +35,37 @@ class SseParser:
         self._event_bytes = 0
         self._started = False  # the leading byte-order mark, if any, was handled
         self._closed = False
+        self._broken: SseError | None = None
+        """Found in a ``feed`` that had complete events before it: raised by the next call."""
 
     def feed(self, data: bytes) -> list[str]:
-        """Add bytes; return the data payloads of the events completed by them, in order."""
+        """Add bytes; return the data payloads of the events completed by them, in order.
+
+        A broken event raises SseError; the events completed before it in the same bytes are
+        returned first and the error is raised by the next ``feed`` or ``close``, so what the
+        caller gets does not depend on how the network cut the stream.
+        """
+        if self._broken is not None:
+            raise self._broken
         if self._closed:
             raise SseError("feed() after close()")
+        out: list[str] = []
+        try:
+            self._feed(data, out)
+        except SseError as exc:
+            if not out:
+                raise
+            self._broken = exc
+        return out
+
+    def _feed(self, data: bytes, out: list[str]) -> None:
         self._buf += data
         if not self._started:
             if len(self._buf) < len(_BOM) and _BOM.startswith(bytes(self._buf)):
-                return []  # might still become a byte-order mark
+                return  # might still become a byte-order mark
             if self._buf.startswith(_BOM):
                 del self._buf[: len(_BOM)]
             self._started = True
-        out: list[str] = []
         pos = 0
         while True:
             match = _EOL.search(self._buf, pos)
@@ -60,13 +78,16 @@ class SseParser:
         del self._buf[:pos]
         if self._event_bytes + len(self._buf) > self._max:
             raise SseError(f"SSE event larger than {self._max} bytes without an event separator")
-        return out
 
     def close(self) -> list[str]:
         """End of stream: return the last event if the stream ended without its blank line.
 
         A final line without a line terminator still counts. Calling ``close`` twice returns [].
         """
+        if self._broken is not None:
+            error, self._broken = self._broken, None
+            self._closed = True
+            raise error
         if self._closed:
             return []
         self._closed = True
@@ -77,6 +98,12 @@ class SseParser:
             self._line(line, out)
         self._line(b"", out)
         return out
+
+    @property
+    def broken(self) -> bool:
+        """True when the last ``feed`` returned events but found a broken one after them: the
+        next ``feed`` or ``close`` raises it."""
+        return self._broken is not None
 
     @property
     def pending_bytes(self) -> int:

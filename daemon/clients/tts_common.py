@@ -95,7 +95,7 @@ class SampleRate:
             raise TtsError(f"TTS sample rate request to {url} got HTTP {response.status_code}: {excerpt}")
         try:
             body = response.json()
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested deeper than json can follow
             raise TtsError(f"TTS sample rate from {url} is not JSON: {body_excerpt(response.content)}") from exc
         rate = body.get("sample_rate") if isinstance(body, dict) else None
         if not isinstance(rate, int) or isinstance(rate, bool):
@@ -299,13 +299,15 @@ def error_detail(body: bytes) -> str:
     """A 422's ``detail`` as "body.text: field required"; anything else as an excerpt."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body_excerpt(body)
     if isinstance(parsed, dict) and isinstance(parsed.get("detail"), list):
         parts = []
         for item in parsed["detail"]:
             if isinstance(item, dict):
-                loc = ".".join(str(p) for p in item.get("loc", []))
+                where = item.get("loc")  # FastAPI's is a list; a server of another kind may send anything
+                path = where if isinstance(where, list) else [] if where is None else [where]
+                loc = ".".join(str(p) for p in path)
                 parts.append(f"{loc}: {item.get('msg', '?')}" if loc else str(item.get("msg", "?")))
         if parts:
             return "; ".join(parts)

@@ -7,11 +7,13 @@ two daemons in one test process, or a test next to a running daemon, never share
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client import exposition as _exposition
 
 from daemon.event_bus import Event, EventBus
@@ -101,6 +103,14 @@ class Metrics:
             self.service_downs.labels(service=service)
         self._states = set(STATES)
         self._set_state("idle")
+        # What a long run must not grow (``moss-voice bench soak`` reads them): the event loop's
+        # tasks and the open file descriptors, read when scraped; ProcessCollector adds the
+        # standard process_resident_memory_bytes, process_open_fds and CPU seconds.
+        tasks = Gauge("moss_voice_asyncio_tasks", "Tasks of the daemon's event loop.", registry=self.registry)
+        tasks.set_function(_asyncio_tasks)
+        fds = Gauge("moss_voice_open_fds", "File descriptors the daemon holds open.", registry=self.registry)
+        fds.set_function(_open_fds)
+        ProcessCollector(registry=self.registry)
 
     def run(self, bus: EventBus) -> Coroutine[Any, Any, None]:
         """Observe the bus's events until it closes (subscribed when called: ``EventBus.follow``)."""
@@ -145,3 +155,19 @@ class Metrics:
         self._states.add(current)
         for state in self._states:
             self.state.labels(state=state).set(1 if state == current else 0)
+
+
+def _asyncio_tasks() -> float:
+    """Tasks not yet done on the running loop (0 when scraped outside one, as in a test)."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return 0
+
+
+def _open_fds() -> float:
+    """Entries of /proc/self/fd (0 where there is no /proc)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0

@@ -286,7 +286,10 @@ class ControlServer:
         return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
     async def _display(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        try:
+            form = await request.post()
+        except (ValueError, LookupError) as exc:  # not UTF-8, a broken multipart, an unknown charset
+            return json_error(400, f"POST /display: the form cannot be read ({type(exc).__name__})")
         value = form.get("text")
         if isinstance(value, web.FileField):
             try:
@@ -389,6 +392,8 @@ async def _json_object(request: web.Request, route: str) -> dict[str, Any]:
     raw = await request.read()
     try:
         body = json.loads(raw)
+    except RecursionError:
+        raise RequestError(400, f"{route}: the body is JSON nested too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise RequestError(400, f"{route}: the body is not JSON ({exc})") from exc
     if not isinstance(body, dict):

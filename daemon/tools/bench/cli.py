@@ -37,6 +37,7 @@ def register(subparsers: Any) -> None:
     asr_wake.add_argument("--flavour", action="append", help="repeatable; default: every flavour with partials")
     asr_wake.set_defaults(func=_run_asr_wake)
     _register_faults(sub)
+    _register_soak(sub)
 
 
 def _register_vad(sub: Any) -> None:
@@ -148,6 +149,28 @@ def _run_faults(args: argparse.Namespace) -> int:
     return faults.command(args)
 
 
+def _register_soak(sub: Any) -> None:
+    soak = sub.add_parser(
+        "soak", help="N turns back to back with random faults: crashes, lost turn ends, leaked tasks, fds, memory"
+    )
+    soak.add_argument("--turns", type=_at_least_1, default=1000, help="turns after the warm-up (default 1000)")
+    soak.add_argument("--seed", type=int, default=1, help="seeds the faults and how turns start (default 1)")
+    soak.add_argument(
+        "--fault-rate", type=_fraction, default=0.3, help="share of turns with a misbehaving service (default 0.3)"
+    )
+    soak.add_argument(
+        "--sample-every", type=_at_least_1, default=50, metavar="TURNS", help="RSS/fds/tasks (default 50)"
+    )
+    soak.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
+    soak.set_defaults(func=_run_soak)
+
+
+def _run_soak(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import soak
+
+    return soak.command(args)
+
+
 def _run_vad(args: argparse.Namespace) -> int:
     from daemon.tools.bench import vad
 
@@ -211,5 +234,6 @@ def _checked(kind: type[float] | type[int], ok: Callable[[float], bool], problem
 
 _at_least_1 = _checked(int, lambda v: v >= 1, "must be at least 1")
 _at_least_20 = _checked(float, lambda v: v >= 20, "must be at least 20")
+_fraction = _checked(float, lambda v: 0 <= v <= 1, "must be between 0 and 1")
 _positive = _checked(float, lambda v: v > 0, "must be positive")
 _block_ms = _checked(int, lambda v: v > 0 and RATE * v % 1000 == 0, "must be a positive whole number of 16 kHz samples")
