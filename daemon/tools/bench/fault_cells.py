@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 import wave
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -259,16 +260,36 @@ def _matches(entry: dict[str, Any], name: str, fields: dict[str, Any]) -> bool:
     return entry["event"] == name and all(entry.get(k) == v for k, v in fields.items())
 
 
+_CELL: contextvars.ContextVar[_Timeline | None] = contextvars.ContextVar("fault_cell", default=None)
+"""The timeline of the cell whose task (or a task or thread it started) is logging."""
+_capturing: list[Any] = []
+"""structlog's processors from before the first capture, while any cell captures."""
+
+
+def _route(logger: Any, method_name: str, event_dict: Any) -> Any:
+    timeline = _CELL.get()
+    if timeline is None:
+        raise structlog.DropEvent
+    return timeline(logger, method_name, event_dict)
+
+
 @contextlib.contextmanager
 def _capture() -> Iterator[_Timeline]:
-    """Route every structlog entry to a _Timeline (and nowhere else) for the block."""
+    """Route every structlog entry of this task (and of what it starts) to a _Timeline, and
+    nowhere else, for the block. Cells running at once each get their own entries."""
     timeline = _Timeline()
-    old = structlog.get_config()["processors"]
-    structlog.configure(processors=[structlog.contextvars.merge_contextvars, timeline])
+    if not _capturing:
+        _capturing.append(structlog.get_config()["processors"])
+        structlog.configure(processors=[structlog.contextvars.merge_contextvars, _route])
+    _capturing.append(None)
+    token = _CELL.set(timeline)
     try:
         yield timeline
     finally:
-        structlog.configure(processors=old)
+        _CELL.reset(token)
+        _capturing.pop()
+        if len(_capturing) == 1:
+            structlog.configure(processors=_capturing.pop())
 
 
 def count_earcon(out: Path, earcon: bytes) -> int:
@@ -327,6 +348,23 @@ async def run_cell(
                     result.crashed = result.crashed or repr(running.exception())
     result.error_earcons = await asyncio.to_thread(_error_earcons_in, out)
     return result
+
+
+async def run_cells(
+    cells: Iterable[tuple[str, str]], workdir: Path, *, at_once: int = 1
+) -> dict[tuple[str, str], CellResult]:
+    """Each cell, ``at_once`` of them at a time (each is a daemon that mostly waits on real-time
+    audio; the test suite runs several at once, the benchmark one by one for its figures)."""
+    await asyncio.to_thread(_microphone_in, workdir)  # made once, before the cells share it
+    limit = asyncio.Semaphore(at_once)
+    results: dict[tuple[str, str], CellResult] = {}
+
+    async def one(service: str, fault: str) -> None:
+        async with limit:
+            results[(service, fault)] = await run_cell(service, fault, workdir)
+
+    await asyncio.gather(*(one(service, fault) for service, fault in cells))
+    return results
 
 
 def _error_earcons_in(out: Path) -> int:
