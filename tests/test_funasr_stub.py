@@ -181,7 +181,9 @@ async def test_python_classic_on_the_wire(stub: FunAsrStub, question_wavs: dict[
 async def test_python_classic_flush_with_empty_text_is_silent(stub: FunAsrStub) -> None:
     stub.behaviour = FunAsrBehaviour(flavour="python-classic")
     settings = client_settings(stub.url, flavour="python-classic", final_timeout_s=0.3)
-    assert await recognise_over_websocket(settings, bytes(FRAME * 3)) == Transcript("")  # 180 ms of silence
+    assert await recognise_over_websocket(settings, bytes(FRAME * 3)) == Transcript(
+        "", answered=False
+    )  # 180 ms of silence, no final
     session = await last_session(stub)
     assert session.recognised == "" and session.sent == []
 

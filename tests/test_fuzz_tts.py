@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
 from daemon.clients.b64stream import Base64StreamDecoder
-from daemon.clients.tts_common import TtsAudioStream, error_detail
+from daemon.clients.tts_common import ClauseBudget, TtsAudioStream, audio_cap_bytes, error_detail
 from daemon.clients.tts_http import _HttpAudioStream
 from daemon.clients.tts_websocket import _WsAudioStream
 from daemon.config import TtsSettings
@@ -76,13 +76,18 @@ async def _drain(stream: TtsAudioStream) -> bytes:
     return out
 
 
+def _limits() -> dict[str, Any]:
+    """The clause's time budget and audio cap, as the clients give them (the fuzzed bodies are small)."""
+    return {"budget": ClauseBudget(SETTINGS, "你好。"), "max_pcm_bytes": audio_cap_bytes(SETTINGS, "你好。", None)}
+
+
 def _http_stream(pieces: list[bytes]) -> _HttpAudioStream:
     async def body() -> AsyncIterator[bytes]:
         for piece in pieces:
             yield piece
 
     response = httpx.Response(200, content=body())
-    return _HttpAudioStream("你好。", SETTINGS, time.monotonic, response, time.monotonic())
+    return _HttpAudioStream("你好。", SETTINGS, time.monotonic, response, time.monotonic(), **_limits())
 
 
 @fuzz(200)
@@ -126,7 +131,7 @@ class FakeTtsWebsocket:
 
 async def _ws_session(frames: list[str | bytes]) -> tuple[bytes, FakeTtsWebsocket]:
     ws = FakeTtsWebsocket(frames)
-    stream = _WsAudioStream("你好。", SETTINGS, time.monotonic, cast(Any, ws), time.monotonic())
+    stream = _WsAudioStream("你好。", SETTINGS, time.monotonic, cast(Any, ws), time.monotonic(), **_limits())
     try:
         await stream.handshake({"text": "你好。", "spk_id": 0})
     except TtsError:

@@ -46,7 +46,10 @@ def test_every_misbehaviour_a_request_can_meet_is_drawn_from() -> None:
     modes = fault_modes()
     assert modes["asr"] == funasr_behaviour.MISBEHAVIOURS
     assert "cut" in modes["llm"] and "starting" not in modes["llm"] and None not in modes["llm"]
-    assert set(modes["tts"]) == {"refuse", "hang", "error_500", "truncate", "empty", "garbage", "ws_error"}
+    assert set(modes["tts"]) == {
+        *("refuse", "hang", "error_500", "truncate", "empty", "garbage", "ws_error"),
+        *("endless", "trickle", "flood"),
+    }
 
 
 def _clean_report() -> SoakReport:

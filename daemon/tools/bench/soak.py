@@ -72,10 +72,10 @@ UNSUITED_LLM_FAULTS = ("health_503", "starting")
 
 SOAK_TIMEOUTS = {
     "asr": {"connect_timeout_s": 1.0, "final_timeout_s": 1.0},
-    "llm": {"connect_timeout_s": 1.0, "first_token_timeout_s": 2.0, "read_timeout_s": 2.0},
-    "tts": {"connect_timeout_s": 1.0, "read_timeout_s": 2.0},
+    "llm": {"connect_timeout_s": 1.0, "first_token_timeout_s": 2.0, "read_timeout_s": 2.0, "reply_timeout_s": 4.0},
+    "tts": {"connect_timeout_s": 1.0, "read_timeout_s": 2.0, "clause_timeout_s": 3.0},
 }
-"""Short, so that a hung service costs seconds a turn (the per-stage deadlines are part A1's)."""
+"""Short, so that a hung, trickling or endless service costs seconds a turn."""
 
 
 def fault_modes() -> dict[str, tuple[str, ...]]:
