@@ -39,8 +39,10 @@ SOURCES := pyproject.toml README.md daemon states hardware systemd docs
 demo: $(STAMP)
 	$(BIN)/moss-voice demo
 
+# Two workers, whole files each (a file's tests share module fixtures): most tests wait on
+# real-time audio, so the suite takes some 6 minutes on 2 cores instead of 12.
 test: $(STAMP) | test-packages
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # $(1): the Debian packages needed; installs the missing ones (and python3-venv, python3-dev, a compiler).
 define apt_install
