@@ -144,6 +144,7 @@ class Assistant(Triggers):
         self._warm_ups: set[asyncio.Task[None]] = set()
         self._reply_task: asyncio.Task[None] | None = None
         self._apology = Apology(clock)
+        self._preparing_apology: asyncio.Task[None] | None = None
         self._ducked = False
         """The last barge-in suspicion paused playback (and nothing resumed it since)."""
         self._sorry_until = 0.0
@@ -271,8 +272,10 @@ class Assistant(Triggers):
         # with no engine, it keeps the echo canceller learning
         self._tasks.spawn(self._wait_for_wake(), "wake-watch", None, waits=True)
         apology = self.settings.cues.apology
-        if apology and self._apology.cached(apology) is None:
-            self._tasks.spawn(self._prepare_apology(apology), "apology", None, waits=True)
+        preparing = self._preparing_apology is not None and not self._preparing_apology.done()
+        if apology and self._apology.cached(apology) is None and not preparing:
+            # one at a time: IDLE's wait restarts every second while the microphone is gone
+            self._preparing_apology = self._tasks.spawn(self._prepare_apology(apology), "apology", None, waits=True)
 
     async def start_listening(self, event: EventData) -> None:
         """A new turn listens: after the earcon, or with the audio already heard (a barge-in, a

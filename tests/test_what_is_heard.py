@@ -281,6 +281,20 @@ async def test_the_idle_synthesis_is_dropped_when_a_turn_starts() -> None:
     await assistant.aclose()
 
 
+async def test_one_idle_synthesis_at_a_time_however_often_idle_restarts_its_wait() -> None:
+    """IDLE's wait restarts every second while the microphone is gone (``ready``): with a TTS that
+    does not answer, the apology must not be asked of it again each time."""
+    tts = HangingTts()
+    assistant, _, _ = make(tts=tts, apology_prepare_idle_s=0.01)
+    await assistant.ready()
+    await asyncio.wait_for(tts.asked.wait(), TIMEOUT)
+    for _ in range(3):
+        await assistant.ready()
+    preparing = [t for t in asyncio.all_tasks() if t.get_name().startswith("apology-") and not t.done()]
+    assert len(preparing) == 1 and tts.texts == [APOLOGY]
+    await assistant.aclose()
+
+
 async def test_a_new_turn_cuts_the_rest_of_the_apology() -> None:
     """The user speaks again (a wake) while the apology still plays: it stops, and the listening
     earcon does not wait behind it."""
