@@ -26,8 +26,9 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import fields
+from functools import partial
 from typing import Any
 
 import structlog
@@ -158,12 +159,21 @@ class Hooks:
         task.add_done_callback(lambda t: self._done(hook, t))
 
     def _done(self, hook: str, task: asyncio.Task[None]) -> None:
-        self._running[hook] -= 1
         self._tasks.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("hook_crashed", hook=hook, error=f"{type(exc).__name__}: {exc}")
 
     async def _run(self, hook: str, argv: tuple[str, ...], event: Event) -> None:
+        try:
+            outcome = await self._execute(hook, argv, event)
+        finally:
+            # The slot is free before the outcome is logged: whoever reads ``hook_done`` may fire again.
+            self._running[hook] -= 1
+        if outcome is not None:
+            outcome()
+
+    async def _execute(self, hook: str, argv: tuple[str, ...], event: Event) -> Callable[[], None] | None:
+        """Run one hook to its end; what to log about it (``None``: logged already)."""
         payload = (json.dumps(event.as_dict(), ensure_ascii=False, default=str) + "\n").encode()
         started = time.monotonic()
         try:
@@ -177,7 +187,7 @@ class Hooks:
             )
         except OSError as exc:
             self._cannot_start(hook, argv, exc)
-            return
+            return None
         self._processes.add(process)
         try:
             async with asyncio.timeout(self._timeout_s):
@@ -189,19 +199,28 @@ class Hooks:
                 process.stdin.close()
             self._kill(process)
             await self._reap(hook, process)
-            log.warning("hook_timeout", hook=hook, seq=event.seq, argv=list(argv), timeout_s=self._timeout_s)
-            return
+            return partial(
+                log.warning, "hook_timeout", hook=hook, seq=event.seq, argv=list(argv), timeout_s=self._timeout_s
+            )
         finally:
             self._processes.discard(process)
         ms = round((time.monotonic() - started) * 1000)
         if process in self._killed:
-            log.warning("hook_killed", hook=hook, seq=event.seq, argv=list(argv), ms=ms, reason="daemon stopping")
-        elif code != 0:
-            log.warning(
-                "hook_failed", hook=hook, seq=event.seq, argv=list(argv), code=code, ms=ms, stderr=_text(stderr)
+            return partial(
+                log.warning, "hook_killed", hook=hook, seq=event.seq, argv=list(argv), ms=ms, reason="daemon stopping"
             )
-        else:
-            log.debug("hook_done", hook=hook, seq=event.seq, event_name=event.name, ms=ms)
+        if code != 0:
+            return partial(
+                log.warning,
+                "hook_failed",
+                hook=hook,
+                seq=event.seq,
+                argv=list(argv),
+                code=code,
+                ms=ms,
+                stderr=_text(stderr),
+            )
+        return partial(log.debug, "hook_done", hook=hook, seq=event.seq, event_name=event.name, ms=ms)
 
     def _cannot_start(self, hook: str, argv: tuple[str, ...], exc: OSError) -> None:
         if hook in self._unstartable:

@@ -279,6 +279,18 @@ async def test_runs_are_concurrent_and_bounded_per_hook(
     assert hooks.dropped["on_wake"] == 3
 
 
+async def test_a_hook_is_free_again_once_its_outcome_is_logged(tmp_path: Path, record: Path, logs: LogWatch) -> None:
+    """Whoever reads ``hook_done`` may fire at once: the slot was freed before the line (CI caught the
+    reverse order as a dropped event)."""
+    out = tmp_path / "idle.jsonl"
+    hooks = Hooks(HooksSettings(on_idle=(sys.executable, str(record), str(out))), max_running=1)
+    hooks.fire(state("speaking", "idle"))
+    await logs.wait_for("hook_done", hook="on_idle")
+    hooks.fire(state("speaking", "idle"))  # no await in between
+    assert hooks.dropped["on_idle"] == 0
+    await hooks.aclose()
+
+
 async def test_aclose_waits_for_a_quick_hook(tmp_path: Path, record: Path, logs: LogWatch) -> None:
     out = tmp_path / "wake.jsonl"
     hooks = Hooks(HooksSettings(on_wake=(sys.executable, str(record), str(out))))
