@@ -61,6 +61,13 @@ class EndpointerSettings(Checked):
     end_silence_ms: int = setting(700, gt=0)
     """Consecutive non-speech that ends the utterance. Shorter cuts people off at a comma;
     longer adds directly to the reply latency."""
+    speculate_after_ms: int | None = setting(None, gt=0)
+    """Speculative turn end: after this much silence the ASR is finished and the answer is
+    prepared (LLM and TTS) but not played; it plays the moment the silence reaches
+    ``end_silence_ms``, and is dropped if the user speaks again first. None: off."""
+    end_silence_short_ms: int | None = setting(None, gt=0)
+    """With speculation: a transcript that ends a sentence (。？！.?!) ends the utterance after
+    this much silence instead of ``end_silence_ms``. None: off."""
     pre_roll_ms: int = setting(300, ge=0)
     """Audio kept from before the speech onset and sent first, so the VAD's late reaction
     does not cut off the first syllable (plosives and fricatives read as non-speech)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
@@ -34,6 +35,19 @@ class NoTranscript(Exception):
     def __init__(self, voiced_ms: int) -> None:
         self.voiced_ms = voiced_ms
         super().__init__(f"speech was heard for {voiced_ms / 1000:.1f} s but the ASR gave no transcript")
+
+
+class Speculation(Protocol):
+    """What the listening task tells whoever prepares answers ahead of the end of the utterance
+    (``EndpointerSettings.speculate_after_ms``). Both are called from the listening task and must
+    not block it."""
+
+    def paused(self, transcript: Transcript) -> None:
+        """The user has been quiet for ``speculate_after_ms`` and the ASR has given ``transcript``
+        for everything said so far: an answer to it may be prepared, not played."""
+
+    def resumed(self) -> None:
+        """The user spoke again after ``paused``: whatever was prepared for it is void."""
 
 
 def has_words(text: str) -> bool:
