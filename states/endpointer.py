@@ -10,6 +10,14 @@ Guarantee (audio conservation): the bytes of ``SpeechStarted.audio`` followed by
 ``SpeechAudio.audio`` are exactly the input frames from the start of the pre-roll to the frame
 on which the end was decided, each once and in order.
 
+With ``speculate_after_ms`` set, two more events mark a pause inside the utterance, carrying no
+audio (the guarantee above is unchanged): ``SpeechPaused`` once the silence reaches
+``speculate_after_ms`` (once per pause; not on the frame that ends the utterance) and
+``SpeechResumed`` when the voice comes back after a ``SpeechPaused``. A frame's ``SpeechAudio``
+comes before the pause or resume it caused. ``pause_early`` decides the pause inside a frame still
+being filled, as ``end_early`` does the end; ``end_sooner`` shortens the end of the current pause
+(a transcript that ends a sentence).
+
 The end of an utterance is measured from where the voice stopped, not from where the VAD
 noticed: a neural VAD keeps saying "speech" for a few frames after the voice stops (Silero:
 about 100 ms, and it may flicker back for a frame), and that hangover would add straight to the
@@ -33,7 +41,7 @@ from typing import Literal, TypeAlias
 
 import numpy as np
 
-from states.settings import Checked, setting
+from states.settings import Checked, SettingsError, problems, setting
 
 _EPS = 1e-9
 
@@ -81,6 +89,17 @@ class EndpointerSettings(Checked):
     """Give up when no speech starts within this time of the first frame (woken by mistake).
     None waits forever."""
 
+    def __post_init__(self) -> None:
+        """Each field against its own rule, then the silences against each other: a pause that
+        speculates must come before the end it anticipates, and the short end is an end sooner."""
+        found = list(problems(self))
+        for key in ("speculate_after_ms", "end_silence_short_ms"):
+            value = getattr(self, key)
+            if isinstance(value, int) and value >= self.end_silence_ms and not any(k == key for k, _ in found):
+                found.append((key, f"must be less than end_silence_ms ({self.end_silence_ms}), got {value}"))
+        if found:
+            raise SettingsError(found)
+
 
 @dataclass(frozen=True)
 class SpeechStarted:
@@ -97,6 +116,23 @@ class SpeechAudio:
 
 
 @dataclass(frozen=True)
+class SpeechPaused:
+    """The silence reached ``speculate_after_ms``: the user may be done (the answer can be prepared)."""
+
+    silence_ms: int
+    """The silence counted so far (heard silence and trimmed hangover), in whole ms."""
+
+
+@dataclass(frozen=True)
+class SpeechResumed:
+    """The voice came back after a ``SpeechPaused``: the utterance goes on."""
+
+    silence_ms: int
+    """How long the pause was, from where the voice stopped (in whole ms, at most to the start
+    of the frame that brought the voice back)."""
+
+
+@dataclass(frozen=True)
 class SpeechEnded:
     """The utterance is over: after ``end_silence_ms`` of silence, or cut at ``max_utterance_s``."""
 
@@ -108,7 +144,7 @@ class NoSpeech:
     """Nobody spoke within ``no_speech_timeout_s`` of the first frame."""
 
 
-EndpointerEvent: TypeAlias = SpeechStarted | SpeechAudio | SpeechEnded | NoSpeech
+EndpointerEvent: TypeAlias = SpeechStarted | SpeechAudio | SpeechPaused | SpeechResumed | SpeechEnded | NoSpeech
 
 
 class LoudnessGate:
@@ -185,8 +221,12 @@ class Endpointer:
         """Speech frames needed in that window."""
         self.end_frames = max(1, _frames(settings.end_silence_ms, self.frame_ms))
         """Whole non-speech frames that end the utterance when the VAD is trusted alone."""
+        self.sample_rate = sample_rate
         self.end_samples = max(1, round(settings.end_silence_ms * sample_rate / 1000))
         self.trim_samples = max(0, round(settings.end_trim_ms * sample_rate / 1000))
+        speculate = settings.speculate_after_ms
+        self.pause_samples = None if speculate is None else max(1, round(speculate * sample_rate / 1000))
+        """Silence that makes a pause (``SpeechPaused``); None: no pause events."""
         self.gate = gate if gate is not None else LoudnessGate()
         """The room's noise floor: kept across ``reset()``, and passed in to outlive this
         endpointer (the next utterance may start before any silence was heard, in a barge-in)."""
@@ -209,6 +249,10 @@ class Endpointer:
         """Quiet samples in the frames the VAD called speech since the voice was last heard: its
         hangover, counted as silence."""
         self._last_speech = False
+        self._paused = False
+        """A SpeechPaused was given and the voice has not come back since."""
+        self._end_now = self.end_samples
+        """Silence that ends the utterance now: ``end_samples``, or less after ``end_sooner``."""
 
     @property
     def _silence(self) -> int:
@@ -227,6 +271,18 @@ class Endpointer:
     @property
     def frames_seen(self) -> int:
         return self._frames_seen
+
+    @property
+    def paused(self) -> bool:
+        """True from a SpeechPaused until the voice comes back (or the utterance ends)."""
+        return self._paused
+
+    def end_sooner(self, end_silence_ms: int) -> None:
+        """End the current pause once its silence reaches ``end_silence_ms`` (if less than
+        ``end_silence_ms`` of the settings): what was said so far ends a sentence. Forgotten when
+        the voice comes back; ignored when there is no pause now."""
+        if self._paused:
+            self._end_now = min(self.end_samples, max(1, round(end_silence_ms * self.sample_rate / 1000)))
 
     def push(self, frame: bytes, is_speech: bool) -> list[EndpointerEvent]:
         """One frame and the VAD's verdict on it; returns what that frame caused, in order."""
@@ -269,43 +325,78 @@ class Endpointer:
     def _push_in_speech(self, frame: bytes, is_speech: bool) -> list[EndpointerEvent]:
         self._speech_frames += 1
         samples = np.frombuffer(frame, dtype="<i2")
+        events: list[EndpointerEvent] = [SpeechAudio(frame)]
         if not is_speech:
             self._heard_silence += len(samples)
             self.gate.learn(samples)
         elif not self.trim_samples:
-            self._heard_silence = self._quiet_speech = 0
+            events += self._voice_back(0)
         else:
             tail = self.gate.quiet_tail(samples)
             if tail < len(samples):  # the voice: silence starts after its last loud block
-                self._heard_silence, self._quiet_speech = 0, tail
+                events += self._voice_back(tail)
             else:
                 self._quiet_speech += tail
                 if self._quiet_speech > self.trim_samples:  # too long for a hangover: a soft voice
-                    self._heard_silence = self._quiet_speech = 0
+                    events += self._voice_back(0)
         self._last_speech = is_speech
-        events: list[EndpointerEvent] = [SpeechAudio(frame)]
-        if not is_speech and self._silence >= self.end_samples:
+        if not is_speech and self._silence >= self._end_now:
             events.append(self._end("silence"))
         elif self._speech_frames >= self.max_frames:
             events.append(self._end("max_length"))
+        elif not is_speech:
+            events += self._pause_at(self._silence)
         return events
+
+    def _voice_back(self, quiet_tail: int) -> list[EndpointerEvent]:
+        """The voice was heard: the silence restarts (from the ``quiet_tail`` samples after it)."""
+        before = self._silence
+        self._heard_silence, self._quiet_speech = 0, quiet_tail
+        self._end_now = self.end_samples
+        if not self._paused:
+            return []
+        self._paused = False
+        return [SpeechResumed(self._ms(before))]
+
+    def _pause_at(self, silence: int) -> list[EndpointerEvent]:
+        """SpeechPaused if ``silence`` samples make the pause now (once per pause)."""
+        if self.pause_samples is None or self._paused or silence < self.pause_samples:
+            return []
+        self._paused = True
+        return [SpeechPaused(self._ms(silence))]
+
+    def _ms(self, samples: int) -> int:
+        return round(samples * 1000 / self.sample_rate)
+
+    def pause_early(self, pending: bytes) -> list[EndpointerEvent]:
+        """As ``end_early``, for the pause: ``[SpeechPaused]`` when the quiet samples of a VAD
+        frame still being filled bring the silence to ``speculate_after_ms``, else ``[]``. Call it
+        after ``end_early`` (an utterance that ends has no pause). Off when ``end_trim_ms`` is 0."""
+        if not self._in_speech or self._last_speech or not self.trim_samples or self.pause_samples is None:
+            return []
+        samples = np.frombuffer(pending[: len(pending) // 2 * 2], dtype="<i2")
+        if self._silence + len(samples) < self.pause_samples or self.gate.quiet_tail(samples) < len(samples):
+            return []
+        return self._pause_at(self._silence + len(samples))
 
     def end_early(self, pending: bytes) -> list[EndpointerEvent]:
         """Audio of a VAD frame still being filled (``Framer.pending``): once the VAD has heard
         silence, the utterance may end inside that frame instead of at its end, when these
-        samples are quiet too and bring the silence to ``end_silence_ms``. Returns
+        samples are quiet too and bring the silence to ``end_silence_ms`` (or to what
+        ``end_sooner`` set). Returns
         ``[SpeechEnded]`` or ``[]``. The samples are silence and are not part of the utterance.
         Off when ``end_trim_ms`` is 0."""
         if not self._in_speech or self._last_speech or not self.trim_samples:
             return []
         samples = np.frombuffer(pending[: len(pending) // 2 * 2], dtype="<i2")
-        if self._silence + len(samples) < self.end_samples or self.gate.quiet_tail(samples) < len(samples):
+        if self._silence + len(samples) < self._end_now or self.gate.quiet_tail(samples) < len(samples):
             return []
         return [self._end("silence")]
 
     def _end(self, reason: Literal["silence", "max_length"]) -> SpeechEnded:
         self._in_speech = False
         self._done = True
+        self._paused = False
         return SpeechEnded(reason)
 
 

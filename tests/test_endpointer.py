@@ -15,8 +15,11 @@ from states.endpointer import (
     NoSpeech,
     SpeechAudio,
     SpeechEnded,
+    SpeechPaused,
+    SpeechResumed,
     SpeechStarted,
 )
+from states.settings import SettingsError
 
 FRAME_BYTES = 640  # 20 ms at 16 kHz
 
@@ -315,3 +318,145 @@ def test_a_gate_passed_in_outlives_the_endpointer() -> None:
         first.push(noise(500, seed=i).tobytes(), False)
     second = Endpointer(TRIM, FRAME_BYTES, gate=gate)
     assert second.gate is gate and gate.floor is not None and 400 < gate.floor < 600
+
+
+# Pauses inside an utterance (speculate_after_ms): SpeechPaused / SpeechResumed.
+
+SPECULATE = EndpointerSettings(**{**SETTINGS.__dict__, "speculate_after_ms": 100})  # 5 frames of 10
+
+
+def marks(events: list[tuple[int, object]]) -> list[tuple[int, object]]:
+    """The events that are not audio."""
+    return [(i, e) for i, e in events if not isinstance(e, SpeechAudio)]
+
+
+def test_a_pause_is_told_once_when_the_silence_reaches_speculate_after_ms() -> None:
+    ep = Endpointer(SPECULATE, FRAME_BYTES)
+    events = run(ep, [True] * 5 + [False] * 12)
+    assert marks(events) == [
+        (4, SpeechStarted(b"".join(frame(i) for i in range(5)))),
+        (9, SpeechPaused(100)),
+        (14, SpeechEnded("silence")),
+    ]
+    assert not ep.paused  # over with the utterance
+
+
+def test_the_voice_coming_back_resumes_and_the_next_pause_is_told_again() -> None:
+    ep = Endpointer(SPECULATE, FRAME_BYTES)
+    verdicts = [True] * 5 + [False] * 7 + [True] * 3 + [False] * 3 + [True] + [False] * 10
+    events = run(ep, verdicts)
+    assert [(i, type(e)) for i, e in marks(events)] == [
+        (4, SpeechStarted),
+        (9, SpeechPaused),
+        (12, SpeechResumed),
+        (23, SpeechPaused),  # the 3-frame gap (15..17) was too short to be a pause
+        (28, SpeechEnded),
+    ]
+    assert events[[i for i, _ in events].index(12) + 1][1] == SpeechResumed(140)  # 7 silent frames
+    # The audio of the frame that brought the voice back comes before the resume.
+    kinds_at_12 = [type(e) for i, e in events if i == 12]
+    assert kinds_at_12 == [SpeechAudio, SpeechResumed]
+
+
+def test_pauses_keep_the_audio_conserved() -> None:
+    ep = Endpointer(SPECULATE, FRAME_BYTES)
+    verdicts = [False] * 4 + [True] * 5 + ([False] * 6 + [True] * 4) * 3 + [False] * 10
+    events = run(ep, verdicts)
+    start = events[0][1]
+    assert isinstance(start, SpeechStarted)
+    audio = start.audio + b"".join(e.audio for _, e in events if isinstance(e, SpeechAudio))
+    end_index = events[-1][0]
+    assert audio == b"".join(frame(i) for i in range(1, end_index + 1))  # 3 frames of pre-roll
+    kinds = [type(e) for _, e in marks(events)]
+    assert kinds == [SpeechStarted] + [SpeechPaused, SpeechResumed] * 3 + [SpeechPaused, SpeechEnded]
+
+
+def test_no_pause_events_without_speculate_after_ms() -> None:
+    ep = Endpointer(SETTINGS, FRAME_BYTES)
+    events = run(ep, [True] * 5 + [False] * 7 + [True] * 3 + [False] * 10)
+    assert [type(e) for _, e in marks(events)] == [SpeechStarted, SpeechEnded]
+
+
+def test_no_pause_on_the_frame_that_ends_the_utterance() -> None:
+    settings = EndpointerSettings(**{**SETTINGS.__dict__, "speculate_after_ms": 190})  # 10 frames, as the end
+    events = run(Endpointer(settings, FRAME_BYTES), [True] * 5 + [False] * 10)
+    assert [type(e) for _, e in marks(events)] == [SpeechStarted, SpeechEnded]
+
+
+def test_the_hangover_counts_towards_the_pause_and_a_quiet_flicker_does_not_resume() -> None:
+    settings = EndpointerSettings(**{**TRIM.__dict__, "speculate_after_ms": 100})  # 5 frames
+    silent = np.zeros(SAMPLES, dtype="<i2")
+    frames = [(silent, False)] * 5 + [(voice(), True)] * 10 + [(silent, True)] * 3 + [(silent, False)] * 3
+    frames += [(silent, True)] + [(silent, False)] * 10  # a flicker of the VAD on a quiet frame
+    ep = Endpointer(settings, FRAME_BYTES)
+    found = [(i, e) for i, (pcm, speech) in enumerate(frames) for e in ep.push(pcm.tobytes(), speech)]
+    # The voice stopped after frame 14; the VAD said speech for 3 more frames: 5 frames of silence
+    # are reached on frame 19, the second non-speech frame.
+    assert [(i, e) for i, e in marks(found) if not isinstance(e, SpeechStarted)] == [
+        (19, SpeechPaused(100)),
+        (24, SpeechEnded("silence")),
+    ]
+
+
+def test_pause_early_decides_the_pause_inside_a_frame_being_filled() -> None:
+    settings = EndpointerSettings(**{**TRIM.__dict__, "speculate_after_ms": 90})
+    silent = np.zeros(SAMPLES, dtype="<i2")
+    ep = Endpointer(settings, FRAME_BYTES)
+    for pcm, speech in [(silent, False)] * 5 + [(voice(), True)] * 10:
+        ep.push(pcm.tobytes(), speech)
+    assert ep.pause_early(bytes(FRAME_BYTES)) == []  # the VAD has not heard silence yet
+    for _ in range(4):
+        assert marks([(0, e) for e in ep.push(silent.tobytes(), False)]) == []
+    # 80 ms heard: 5 ms more is not enough, a loud partial frame is not silence, 10 ms is.
+    assert ep.pause_early(bytes(160)) == []
+    assert ep.pause_early(voice().tobytes()) == []
+    assert ep.pause_early(bytes(SAMPLES)) == [SpeechPaused(90)]
+    assert ep.paused
+    assert ep.pause_early(bytes(FRAME_BYTES)) == []  # once per pause
+    assert marks([(0, e) for e in ep.push(silent.tobytes(), False)]) == []  # not told again by the frame
+
+
+def test_end_sooner_ends_the_current_pause_at_the_shorter_silence() -> None:
+    settings = EndpointerSettings(**{**SETTINGS.__dict__, "speculate_after_ms": 60})  # 3 frames; end 10
+    ep = Endpointer(settings, FRAME_BYTES)
+    ep.end_sooner(80)  # no pause yet: ignored
+    events = run(ep, [True] * 5 + [False] * 3)
+    assert isinstance(events[-1][1], SpeechPaused)
+    ep.end_sooner(120)  # 6 frames
+    ends = [i for i in range(8, 20) if any(isinstance(e, SpeechEnded) for e in ep.push(frame(i), False))]
+    assert ends[0] == 10  # frames 5..10: 6 silent frames
+
+
+def test_end_sooner_is_forgotten_when_the_voice_comes_back() -> None:
+    settings = EndpointerSettings(**{**SETTINGS.__dict__, "speculate_after_ms": 60})
+    ep = Endpointer(settings, FRAME_BYTES)
+    run(ep, [True] * 5 + [False] * 3)
+    ep.end_sooner(80)
+    events = [e for i in range(8, 30) for e in ep.push(frame(i), i == 8 or i == 9)]
+    assert [type(e) for e in events if not isinstance(e, SpeechAudio)] == [SpeechResumed, SpeechPaused, SpeechEnded]
+    assert ep.frames_seen == 20  # 10 + 10 silent frames from frame 10: the whole end_silence_ms
+
+
+def test_end_early_honours_end_sooner() -> None:
+    settings = EndpointerSettings(**{**TRIM.__dict__, "speculate_after_ms": 60})
+    silent = np.zeros(SAMPLES, dtype="<i2")
+    ep = Endpointer(settings, FRAME_BYTES)
+    for pcm, speech in [(voice(), True)] * 5 + [(silent, False)] * 3:
+        ep.push(pcm.tobytes(), speech)
+    assert ep.paused
+    assert ep.end_early(bytes(FRAME_BYTES)) == []  # 80 ms of 200
+    ep.end_sooner(70)
+    assert ep.end_early(bytes(SAMPLES)) == [SpeechEnded("silence")]
+
+
+@pytest.mark.parametrize("key", ["speculate_after_ms", "end_silence_short_ms"])
+def test_speculation_silences_must_be_shorter_than_the_end(key: str) -> None:
+    with pytest.raises(SettingsError, match=f"{key}: must be less than end_silence_ms \\(700\\), got 700"):
+        EndpointerSettings(**{key: 700})
+    EndpointerSettings(**{key: 699})
+
+
+def test_the_cross_check_reports_every_problem_of_the_class() -> None:
+    with pytest.raises(SettingsError) as caught:
+        EndpointerSettings(speculate_after_ms=900, pre_roll_ms=-1)
+    assert [key for key, _ in caught.value.problems] == ["pre_roll_ms", "speculate_after_ms"]
