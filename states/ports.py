@@ -89,8 +89,10 @@ class Vad(Protocol):
 class AsrSession(Protocol):
     """One utterance being recognised: audio in, one transcript out."""
 
-    async def send_audio(self, pcm: bytes) -> None:
-        """Any number of bytes (whole samples); the session frames and paces them."""
+    async def send_audio(self, pcm: bytes, *, at_once: bool = False) -> None:
+        """Any number of bytes (whole samples); the session frames and paces them at real time.
+        ``at_once``: audio recorded earlier (an utterance heard again after a pause) goes out
+        unpaced, and the pacing of live audio sent after it starts afresh."""
         ...
 
     async def finish(self) -> Transcript:

@@ -103,9 +103,13 @@ class FakeAsrSession:
     audio: bytearray = field(default_factory=bytearray)
     closed: bool = False
     finished: bool = False
+    at_once: list[bytes] = field(default_factory=list)
+    """What came with ``at_once=True``, one item per call (also in ``audio``, in order)."""
 
-    async def send_audio(self, pcm: bytes) -> None:
+    async def send_audio(self, pcm: bytes, *, at_once: bool = False) -> None:
         self.audio += pcm
+        if at_once:
+            self.at_once.append(pcm)
 
     async def finish(self) -> Transcript:
         self.finished = True

@@ -21,6 +21,7 @@ from daemon.clients.tidying import Tidying
 from daemon.config import AsrSettings
 from daemon.errors import AsrError, AsrTimeout
 from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub, ScriptStep
+from daemon.tools.stubs.questions import make_question_wav, read_wav_pcm
 from states.events import Transcript
 from states.ports import AsrClient, AsrSession
 
@@ -155,6 +156,31 @@ async def test_audio_is_paced_at_real_time_after_the_burst(stub: FunAsrStub) -> 
     assert time.monotonic() - started >= 19 * 0.06 - 0.3 - 0.05
     await session_done(stub)
     assert stub.sessions[-1].frame_sizes == [FRAME] * 20
+
+
+async def test_audio_sent_at_once_is_not_paced_and_live_audio_after_it_is(tmp_path: Path) -> None:
+    """An utterance heard again after a pause: 4 s of kept audio (silence and the first half of a
+    question) go at once, then the rest comes live and is paced from then on; the stand-in
+    recognises the whole question, so every byte arrived in order."""
+    question = read_wav_pcm(make_question_wav("what is the weather like today", tmp_path / "q.wav"))
+    half = len(question) // 4 * 2
+    kept = bytes(4 * 32000) + question[:half]
+    live = question[half:] + bytes(16000)
+    async with FunAsrStub(behaviour=FunAsrBehaviour(flavour="cpp-2pass")) as server:
+        await server.warm_up()
+        session = await asyncio.wait_for(FunAsrClient(settings_for(server.url, burst_ms=1)).open_session(), TIMEOUT)
+        started = time.monotonic()
+        await session.send_audio(kept, at_once=True)
+        await session.send_audio(live)
+        transcript = await asyncio.wait_for(session.finish(), TIMEOUT)
+        elapsed = time.monotonic() - started
+        await session_done(server)
+    live_s = len(live) / 32000
+    assert transcript == Transcript("what is the weather like today")
+    assert server.sessions[-1].audio == kept + live
+    assert server.sessions[-1].violations == []
+    assert elapsed >= live_s - 2 * 0.06, "the live audio after the kept audio is still paced"
+    assert elapsed < live_s + 2.0, "the kept audio (4 s) must not be paced"
 
 
 # -- 3./4. partial accumulation and segments -----------------------------------------------

@@ -430,7 +430,7 @@ class BrokenSession:
     text = ""
     closed = False
 
-    async def send_audio(self, pcm: bytes) -> None:
+    async def send_audio(self, pcm: bytes, *, at_once: bool = False) -> None:
         raise AsrError("ASR server ws://x closed the connection (no close frame) before the final result")
 
     async def finish(self) -> Transcript:

@@ -2,7 +2,8 @@
 
 ``FunAsrClient.open_session()`` connects and sends the configuration message. The session then
 runs two tasks: a sender that re-frames audio into ``settings.frame_bytes`` binary messages and
-paces them at real time (a ``burst_ms`` pre-roll may go at once), and a receiver that reads
+paces them at real time (a ``burst_ms`` pre-roll may go at once; audio sent ``at_once`` is not
+paced), and a receiver that reads
 results from the start and feeds them to a ``TranscriptAssembler``. ``finish()`` sends the end
 marker, waits for the final result the way the configured server flavour signals it, with a
 quiet-period timeout as the safety net, and closes with a normal close frame.
@@ -216,7 +217,8 @@ class FunAsrSession:
         self._frame_bytes = settings.frame_bytes
         self._frame_s = self._frame_bytes / BYTES_PER_SECOND
         self._pending = bytearray()
-        self._frames: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._frames: asyncio.Queue[tuple[bytes, bool] | None] = asyncio.Queue()
+        """(frame, paced) in order; None after the last: the end marker."""
         self._error: AsrError | None = None
         self._wake = asyncio.Event()
         self._final = False
@@ -236,8 +238,10 @@ class FunAsrSession:
         """The utterance text so far (partials included)."""
         return self._assembler.text
 
-    async def send_audio(self, pcm: bytes) -> None:
-        """Queue audio of any length; whole frames go to the sender at once, the rest waits."""
+    async def send_audio(self, pcm: bytes, *, at_once: bool = False) -> None:
+        """Queue audio of any length; whole frames go to the sender at once, the rest waits.
+        ``at_once``: these frames are sent unpaced (audio kept from earlier in the utterance), and
+        the pacing clock restarts at the first paced frame after them."""
         if self._error is not None:
             raise self._error
         if self._closed or self._end_queued:
@@ -246,7 +250,7 @@ class FunAsrSession:
         size = self._frame_bytes
         whole = len(self._pending) - len(self._pending) % size
         for start in range(0, whole, size):
-            self._frames.put_nowait(bytes(self._pending[start : start + size]))
+            self._frames.put_nowait((bytes(self._pending[start : start + size]), not at_once))
         del self._pending[:whole]
 
     async def finish(self) -> Transcript:
@@ -262,7 +266,7 @@ class FunAsrSession:
             tail = bytes(self._pending[: len(self._pending) - len(self._pending) % 2])
             self._pending.clear()
             if tail:
-                self._frames.put_nowait(tail)
+                self._frames.put_nowait((tail, True))
             self._frames.put_nowait(None)
             self._end_queued = True
             backlog_s = self._frames.qsize() * self._frame_s
@@ -363,18 +367,24 @@ class FunAsrSession:
 
     async def _send_loop(self) -> None:
         burst_s = self._settings.burst_ms / 1000
-        started: float | None = None
+        started: float | None = None  # when the paced run began; None: at the next paced frame
+        paced = 0  # frames sent since ``started``
         try:
             while True:
-                frame = await self._frames.get()
-                if frame is None:
+                item = await self._frames.get()
+                if item is None:
                     break
-                now = self._clock()
-                if started is None:
-                    started = now
-                due = started + self.frames_sent * self._frame_s - burst_s
-                if due > now:
-                    await asyncio.sleep(due - now)
+                frame, on_time = item
+                if not on_time:
+                    started = None
+                else:
+                    now = self._clock()
+                    if started is None:
+                        started, paced = now, 0
+                    due = started + paced * self._frame_s - burst_s
+                    if due > now:
+                        await asyncio.sleep(due - now)
+                    paced += 1
                 await self._ws.send(frame)
                 self.frames_sent += 1
             await self._ws.send(json.dumps(END_MARKER))
