@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
 
 import structlog
 
@@ -16,11 +15,19 @@ from states.endpointer import (
     NoSpeech,
     SpeechAudio,
     SpeechEnded,
+    SpeechPaused,
+    SpeechResumed,
     SpeechStarted,
 )
 from states.events import Transcript, TurnTimes
 from states.mic_feed import MicFeed
 from states.ports import AsrClient, AsrSession, Vad
+from states.utterance_asr import Speculation, UtteranceAsr, has_words
+
+__all__ = ["NoTranscript", "Speculation", "ends_sentence", "has_words", "listen_for_utterance"]
+
+SENTENCE_ENDS = "。？！.?!"
+"""A transcript ending in one of these may end the utterance after ``end_silence_short_ms``."""
 
 log = structlog.get_logger()
 
@@ -37,22 +44,10 @@ class NoTranscript(Exception):
         super().__init__(f"speech was heard for {voiced_ms / 1000:.1f} s but the ASR gave no transcript")
 
 
-class Speculation(Protocol):
-    """What the listening task tells whoever prepares answers ahead of the end of the utterance
-    (``EndpointerSettings.speculate_after_ms``). Both are called from the listening task and must
-    not block it."""
-
-    def paused(self, transcript: Transcript) -> None:
-        """The user has been quiet for ``speculate_after_ms`` and the ASR has given ``transcript``
-        for everything said so far: an answer to it may be prepared, not played."""
-
-    def resumed(self) -> None:
-        """The user spoke again after ``paused``: whatever was prepared for it is void."""
-
-
-def has_words(text: str) -> bool:
-    """Anything to answer: a letter or a digit (punctuation or spaces alone are no transcript)."""
-    return any(ch.isalnum() for ch in text)
+def ends_sentence(text: str) -> bool:
+    """The transcript ends a sentence (a full stop, a question or an exclamation mark)."""
+    stripped = text.rstrip()
+    return bool(stripped) and stripped[-1] in SENTENCE_ENDS
 
 
 async def listen_for_utterance(
@@ -68,6 +63,7 @@ async def listen_for_utterance(
     loudness: LoudnessGate | None = None,
     on_speech_end: Callable[[], None] | None = None,
     min_voiced_ms: int | None = None,
+    speculation: Speculation | None = None,
 ) -> Transcript | None:
     """Return what the user said, or None when nobody spoke before the no-speech timeout.
 
@@ -84,14 +80,27 @@ async def listen_for_utterance(
     heard at least this much speech (the frames it called speech, from the onset of the
     utterance), raise NoTranscript instead of returning it; shorter speech the server answered
     with no words (a cough, a door) is returned as it is. None: never raise.
+
+    ``speculation`` (with ``settings.speculate_after_ms``): the speculative turn end. When the
+    user pauses, the ASR is finished in the background and its transcript handed to
+    ``speculation.paused``; if the user speaks again, ``speculation.resumed`` is called and a new
+    ASR session hears the whole utterance again (states/utterance_asr.py). At the end, the
+    transcript ``paused`` got is returned (the same object) when no speech came since, with no new
+    round trip; with ``settings.end_silence_short_ms`` it ends the utterance after that shorter
+    silence when it ends a sentence. ``times.extra["speculated_at"]``: when ``paused`` got it.
+    None (or no ``speculate_after_ms``): no pauses, one session, as without speculation.
     """
     vad.reset()
     endpointer = Endpointer(settings, vad.frame_bytes, mic.sample_rate, gate=loudness)
     frames = Framer(vad.frame_bytes)
     frame_ms = vad.frame_bytes / 2 / mic.sample_rate * 1000
     voiced_frames = 0
+    if settings.speculate_after_ms is None:
+        speculation = None
+    short_end_ms = settings.end_silence_short_ms if speculation is not None else None
     opening = asyncio.create_task(asr.open_session(), name="asr-connect")
     session: AsrSession | None = None
+    utterance: UtteranceAsr | None = None
     try:
         pending = initial_audio
         while True:
@@ -104,13 +113,16 @@ async def listen_for_utterance(
                 block = captured.pcm
             if session is None and opening.done():
                 session = opening.result()  # a dead ASR fails the turn now, not when speech starts
+            speculated = utterance.speculated if utterance is not None else None
+            if short_end_ms is not None and speculated is not None and ends_sentence(speculated.text):
+                endpointer.end_sooner(short_end_ms)  # a question asked: the user is probably done
             events = []
             for frame in frames.push(block):
                 speech = vad.is_speech(frame)
                 if speech and endpointer.in_speech:
                     voiced_frames += 1
                 events.extend(endpointer.push(frame, speech))
-            events.extend(endpointer.end_early(frames.pending))
+            events.extend(endpointer.end_early(frames.pending) or endpointer.pause_early(frames.pending))
             for event in events:
                 if isinstance(event, NoSpeech):
                     log.info("no_speech", waited_s=settings.no_speech_timeout_s)
@@ -121,12 +133,20 @@ async def listen_for_utterance(
                     log.info("speech_started")
                     if session is None:
                         session = await opening
-                    await session.send_audio(event.audio)
+                    utterance = UtteranceAsr(asr, session, speculation=speculation, times=times, clock=clock)
+                    await utterance.send(event.audio)
                 elif isinstance(event, SpeechAudio):
-                    assert session is not None
-                    await session.send_audio(event.audio)
+                    assert utterance is not None
+                    await utterance.send(event.audio)
+                elif isinstance(event, SpeechPaused):
+                    if utterance is not None and speculation is not None:
+                        log.debug("speech_paused", silence_ms=event.silence_ms)
+                        utterance.pause()
+                elif isinstance(event, SpeechResumed):
+                    if utterance is not None and speculation is not None:
+                        await utterance.resume()
                 elif isinstance(event, SpeechEnded):
-                    assert session is not None
+                    assert utterance is not None
                     times.speech_end = clock()
                     if on_speech_end is not None:
                         on_speech_end()
@@ -136,7 +156,7 @@ async def listen_for_utterance(
                         speech_ms=round((times.speech_end - (times.speech_start or times.speech_end)) * 1000),
                         voiced_ms=round(voiced_frames * frame_ms),
                     )
-                    transcript = await session.finish()
+                    transcript = await utterance.end()
                     times.asr_final = clock()
                     voiced_ms = round(voiced_frames * frame_ms)
                     # A server that stayed silent failed, however short the speech; one that
@@ -146,10 +166,13 @@ async def listen_for_utterance(
                         raise NoTranscript(voiced_ms)
                     return transcript
     finally:
-        if session is None:
-            session = _take_result(opening)
-        if session is not None:
-            await session.aclose()
+        if utterance is not None:
+            await utterance.aclose()
+        else:
+            if session is None:
+                session = _take_result(opening)
+            if session is not None:
+                await session.aclose()
 
 
 def _take_result(task: asyncio.Task[AsrSession]) -> AsrSession | None:

@@ -105,6 +105,8 @@ class FakeAsrSession:
     finished: bool = False
     at_once: list[bytes] = field(default_factory=list)
     """What came with ``at_once=True``, one item per call (also in ``audio``, in order)."""
+    gate: asyncio.Event | None = None
+    """When set, ``finish`` waits for it (a slow server)."""
 
     async def send_audio(self, pcm: bytes, *, at_once: bool = False) -> None:
         self.audio += pcm
@@ -113,6 +115,8 @@ class FakeAsrSession:
 
     async def finish(self) -> Transcript:
         self.finished = True
+        if self.gate is not None:
+            await self.gate.wait()
         if isinstance(self.text, Exception):
             raise self.text
         return Transcript(self.text)
@@ -122,15 +126,21 @@ class FakeAsrSession:
 
 
 class FakeAsr:
-    def __init__(self, *texts: str | Exception) -> None:
+    """One session per scripted text; the sessions numbered in ``held`` finish only once
+    ``release`` is set."""
+
+    def __init__(self, *texts: str | Exception, held: Sequence[int] = ()) -> None:
         self._texts = list(texts)
         self.sessions: list[FakeAsrSession] = []
         self.connect_error: Exception | None = None
+        self.held = set(held)
+        self.release = asyncio.Event()
 
     async def open_session(self) -> FakeAsrSession:
         if self.connect_error is not None:
             raise self.connect_error
-        session = FakeAsrSession(self._texts.pop(0) if self._texts else "")
+        gate = self.release if len(self.sessions) in self.held else None
+        session = FakeAsrSession(self._texts.pop(0) if self._texts else "", gate=gate)
         self.sessions.append(session)
         return session
 
