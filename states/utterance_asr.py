@@ -44,7 +44,9 @@ class Speculation(Protocol):
         for everything said so far: an answer to it may be prepared, not played."""
 
     def resumed(self) -> None:
-        """The user spoke again after ``paused``: whatever was prepared for it is void."""
+        """The user spoke again after ``paused``: whatever was prepared for it is void. Also
+        called when listening stops without returning the transcript ``paused`` got (cancelled,
+        or the microphone failed), so that every ``paused`` is either voided or returned."""
 
 
 def has_words(text: str) -> bool:
@@ -78,6 +80,7 @@ class UtteranceAsr:
         self._speculated: Transcript | None = None
         """What ``Speculation.paused`` got, until the voice comes back."""
         self._ending = False
+        self._returned: Transcript | None = None
 
     @property
     def speculated(self) -> Transcript | None:
@@ -133,19 +136,26 @@ class UtteranceAsr:
         self._ending = True
         task, self._finishing = self._finishing, None
         if task is None:
-            return await self._session.finish()
+            self._returned = await self._session.finish()
+            return self._returned
         try:
-            return await task
+            self._returned = await task
+            return self._returned
         finally:
             if not task.done():  # this task was cancelled: so is the finish it waited for
                 task.cancel()
                 await _settle(task)
 
     async def aclose(self) -> None:
-        """Stop a finish still under way and close the session. Idempotent."""
+        """Stop a finish still under way and close the session; void a speculation that was not
+        returned by ``end()``. Idempotent."""
         task, self._finishing = self._finishing, None
         if task is not None:
             task.cancel()
+        speculated, self._speculated = self._speculated, None
+        if speculated is not None and speculated is not self._returned and self._speculation is not None:
+            self._speculation.resumed()
+        if task is not None:
             await _settle(task)
         await self._session.aclose()
 

@@ -85,10 +85,12 @@ class Recorder:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Transcript | None]] = []
         self.paused_transcripts: list[Transcript] = []
+        self.was_paused = asyncio.Event()
 
     def paused(self, transcript: Transcript) -> None:
         self.calls.append(("paused", transcript))
         self.paused_transcripts.append(transcript)
+        self.was_paused.set()
 
     def resumed(self) -> None:
         self.calls.append(("resumed", None))
@@ -272,6 +274,20 @@ async def test_max_utterance_still_cuts_a_paused_utterance() -> None:
     assert transcript is spec.paused_transcripts[0]
     assert feed.delivered == 70  # onset at block 10 + 60 blocks
     assert len(asr.sessions) == 1
+
+
+async def test_listening_stopped_after_a_pause_voids_the_speculation() -> None:
+    feed = ScriptedFeed(SPEECH)
+    asr = FakeAsr("what time is it")
+    spec = Recorder()
+    task = asyncio.create_task(listen(feed, asr, spec))
+    await spec.was_paused.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert spec.calls == [("paused", Transcript("what time is it")), ("resumed", None)]
+    assert asr.sessions[0].closed
+    assert no_tasks_left()
 
 
 async def test_no_speech_is_unchanged() -> None:
