@@ -12,11 +12,17 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from daemon.clients.asr import FunAsrClient
+from daemon.config import AsrSettings
 from daemon.errors import AsrError
+from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
+from daemon.tools.stubs.questions import make_question_wav, read_wav_pcm
+from hardware.vad import SileroVad
 from states.endpointer import EndpointerSettings
 from states.events import Transcript, TurnTimes
 from states.listen import ends_sentence, listen_for_utterance
@@ -302,3 +308,62 @@ async def test_no_speech_is_unchanged() -> None:
 def test_what_ends_a_sentence() -> None:
     assert ends_sentence("现在几点？") and ends_sentence("Turn it on. ") and ends_sentence("wow!")
     assert not ends_sentence("what time is it and") and not ends_sentence("") and not ends_sentence("嗯，")
+
+
+class RecordingFeed(MicFeed):
+    """A recording in 20 ms blocks, then silence, one block per turn of the loop (faster than real time)."""
+
+    def __init__(self, pcm: bytes) -> None:
+        super().__init__(FakeMic([]))
+        self.pcm = pcm
+        self.delivered = 0
+
+    def now(self) -> float:
+        return self.delivered * BLOCK_S
+
+    async def read_block(self) -> Block:
+        await asyncio.sleep(0)
+        start = self.delivered * SAMPLES * 2
+        self.delivered += 1
+        pcm = self.pcm[start : start + SAMPLES * 2]
+        return Block(pcm + bytes(SAMPLES * 2 - len(pcm)), self.now())
+
+
+async def test_a_question_with_a_pause_against_the_funasr_stand_in(tmp_path: Path) -> None:
+    """Real VAD, real client, the stand-in's recogniser: the voice comes back while the first
+    pass is still out (the recording runs faster than real time), so that pass is cancelled on
+    the wire; the second connection hears the whole utterance, kept audio at once."""
+    first = read_wav_pcm(make_question_wav("what is the weather", tmp_path / "a.wav"))
+    second = read_wav_pcm(make_question_wav("like today", tmp_path / "b.wav"))
+    recording = bytes(16000) + first + bytes(3200) + second  # a pause of 400 ms (espeak-ng ends on 300 ms)
+    feed = RecordingFeed(recording)
+    settings = EndpointerSettings(speculate_after_ms=200, end_silence_ms=700)
+    spec = Recorder()
+    async with FunAsrStub(behaviour=FunAsrBehaviour(flavour="cpp-2pass")) as server:
+        await server.warm_up()
+        asr = FunAsrClient(AsrSettings(url=server.url, final_timeout_s=5.0, wav_name="q"))
+        with capture_logs() as logs:
+            transcript = await asyncio.wait_for(
+                listen_for_utterance(
+                    mic=feed,
+                    vad=SileroVad(),
+                    asr=asr,
+                    settings=settings,
+                    times=TurnTimes(),
+                    clock=feed.now,
+                    speculation=spec,
+                ),
+                10.0,
+            )
+        for session in server.sessions:
+            await asyncio.wait_for(session.done.wait(), 10.0)
+    assert transcript is not None and transcript.text == "what is the weather like today"
+    assert [e["event"] for e in logs if e["event"] == "speech_resumed"] == ["speech_resumed"]
+    assert len(server.sessions) == 2
+    heard, again = server.sessions
+    assert heard.violations == [] and again.violations == []
+    # The second connection got the utterance from its first sample: pre-roll, first half,
+    # pause, second half, each once and in order (the first one a prefix of it).
+    assert bytes(again.audio) in recording + bytes(len(again.audio))
+    assert bytes(again.audio).startswith(bytes(heard.audio)) and len(again.audio) > len(first) + len(second)
+    assert no_tasks_left()
