@@ -2,9 +2,9 @@
 
 ``FunAsrClient.open_session()`` connects and sends the configuration message. The session then
 runs two tasks: a sender that re-frames audio into ``settings.frame_bytes`` binary messages and
-paces them at real time (a ``burst_ms`` pre-roll may go at once; audio sent ``at_once`` is not
-paced), and a receiver that reads
-results from the start and feeds them to a ``TranscriptAssembler``. ``finish()`` sends the end
+paces them at real time (a ``burst_ms`` pre-roll may go at once, and so does audio sent
+``at_once``), and a receiver that reads results from the start and feeds them to a
+``TranscriptAssembler``. ``finish()`` sends the end
 marker, waits for the final result the way the configured server flavour signals it, with a
 quiet-period timeout as the safety net, and closes with a normal close frame.
 
