@@ -383,8 +383,8 @@ class Endpointer:
         """Audio of a VAD frame still being filled (``Framer.pending``): once the VAD has heard
         silence, the utterance may end inside that frame instead of at its end, when these
         samples are quiet too and bring the silence to ``end_silence_ms`` (or what ``end_sooner``
-        set). Returns ``[SpeechEnded]`` or ``[]``. The samples are silence and are not part of the utterance.
-        Off when ``end_trim_ms`` is 0."""
+        set). Returns ``[SpeechEnded]`` or ``[]``. The samples are silence and are not part of the
+        utterance. Off when ``end_trim_ms`` is 0."""
         if not self._in_speech or self._last_speech or not self.trim_samples:
             return []
         samples = np.frombuffer(pending[: len(pending) // 2 * 2], dtype="<i2")
