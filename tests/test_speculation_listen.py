@@ -27,7 +27,7 @@ from states.endpointer import EndpointerSettings
 from states.events import Transcript, TurnTimes
 from states.listen import ends_sentence, listen_for_utterance
 from states.mic_feed import Block, MicFeed
-from tests.fakes import FakeAsr, FakeMic
+from tests.fakes import FakeAsr, FakeAsrSession, FakeMic
 
 BLOCK_S = 0.02
 SAMPLES = 320
@@ -121,6 +121,14 @@ async def listen(
     )
 
 
+class OneAtATimeAsr(FakeAsr):
+    """Fails a session opened while another one is still open."""
+
+    async def open_session(self) -> FakeAsrSession:
+        assert all(session.closed for session in self.sessions), "two ASR sessions open at once"
+        return await super().open_session()
+
+
 def no_tasks_left() -> bool:
     return not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
@@ -155,7 +163,7 @@ async def test_a_pause_then_the_end_returns_the_transcript_the_pause_got() -> No
 
 async def test_speech_resumed_hears_the_whole_utterance_again_and_speculates_again() -> None:
     feed = ScriptedFeed([*SPEECH, (8, False), (30, True)])  # a pause of 160 ms at 60..67, speech 68..97
-    asr = FakeAsr("what time", "what time is it in tokyo")
+    asr = OneAtATimeAsr("what time", "what time is it in tokyo")
     spec = Recorder()
     with capture_logs() as logs:
         transcript = await listen(feed, asr, spec)
