@@ -67,6 +67,7 @@ async def test_button_leds_hook_and_control_api_drive_one_conversation(tmp_path:
         button, led, idle_led = factory.pin(BUTTON), factory.pin(LISTENING_LED), factory.pin(IDLE_LED)
 
         button.drive_low()  # a press while idle wakes
+        button.drive_high()  # a tap: released before the hold time, however slow the machine
         await asyncio.wait_for(state(events, "listening"), TIMEOUT)
         assert assistant.turn is not None and assistant.turn.wake_source == "button"
         woke = json.loads(await asyncio.wait_for(hook_input, TIMEOUT))
@@ -78,7 +79,8 @@ async def test_button_leds_hook_and_control_api_drive_one_conversation(tmp_path:
         assert status["state"] == "listening" and status["turn"]["wake_source"] == "button"
         assert led.state and not idle_led.state  # the LED of the state is lit (drive_leds followed it)
 
-        # held: a long press cancels everything, back to idle
+        # held: a long press cancels everything, back to idle (a press while listening does nothing else)
+        button.drive_low()
         await asyncio.wait_for(state(events, "idle"), TIMEOUT)
         button.drive_high()
         assert (await client.get("http://daemon/status")).json()["state"] == "idle"
