@@ -14,7 +14,16 @@ import pytest
 from structlog.testing import capture_logs
 
 from daemon.app import EXIT_ANSWERED, EXIT_FAILED, EXIT_STOPPED, App
-from daemon.config import AsrSettings, AudioSettings, LlmSettings, Settings, TtsSettings, VadSettings, WakeSettings
+from daemon.config import (
+    AsrSettings,
+    AudioSettings,
+    LlmSettings,
+    ReplySettings,
+    Settings,
+    TtsSettings,
+    VadSettings,
+    WakeSettings,
+)
 from daemon.tools.stubs.funasr import FunAsrBehaviour, make_question_wav
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.tools.stubs.runner import demo_llm_behaviour, start_stubs
@@ -165,6 +174,8 @@ async def test_a_dead_or_broken_service_fails_the_turn_with_an_earcon(tmp_path: 
             tts=PaddleSpeechBehaviour(misbehave="refuse" if service == "tts" else None),
         )
         settings = settings_for(stubs, qwav, out)
+        # the apology's synthesis may take a while on a loaded machine: the earcon is not what is tested here
+        settings = Settings(**{**settings.__dict__, "reply": ReplySettings(apology_timeout_s=10)})
         if service == "asr":
             settings = Settings(**{**settings.__dict__, "asr": AsrSettings(url=f"ws://127.0.0.1:{_dead_port()}")})
         code, _, logs = await run_once(settings)
