@@ -11,8 +11,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import httpx
 import pytest
 
+from daemon.clients.llm import OpenAiCompatibleLlm
+from daemon.config import LlmSettings
+from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
 from states.barge_in import BargeInSettings, Interruption
 from states.endpointer import EndpointerSettings
 from states.events import Transcript
@@ -85,7 +89,7 @@ class RecordedEvents:
 class Rig:
     def __init__(
         self,
-        llm: FakeLlm,
+        llm: FakeLlm | OpenAiCompatibleLlm,
         *,
         endpointer: EndpointerSettings = LISTENING,
         barge_in: BargeInSettings | None = None,
@@ -206,6 +210,27 @@ async def test_speaking_again_drops_the_speculation_and_only_the_played_answer_c
     assert last is not None and report_fields(last)["speculations"] == 2  # GET /status's last_turn
     assert "A first guess." not in [fields.get("text") for _, fields in rig.events.emitted]
     await rig.close()
+
+
+async def test_a_dropped_speculation_hangs_up_on_the_llm_server() -> None:
+    behaviour = OpenAiBehaviour(
+        default_answer="从前有座山，山里有座庙。" * 20, first_token_delay_s=0.01, tokens_per_s=20
+    )
+    async with OpenAiStub(behaviour=behaviour) as stub, httpx.AsyncClient(trust_env=False) as http:
+        settings = LlmSettings(url=stub.url, connect_timeout_s=2.0, first_token_timeout_s=5.0, read_timeout_s=5.0)
+        rig = Rig(OpenAiCompatibleLlm(settings, http))
+        with watch_logs() as logs:
+            await rig.wake()
+            rig.listening.pause(Transcript("讲个故事"))
+            await until(logs, "llm_first_token")  # vLLM is generating
+            rig.listening.resume()
+            await until(logs, "speculation_dropped", reason="resumed")
+            assert await stub.wait_for_disconnects(1, timeout=TIMEOUT), "the server never saw the client go away"
+            assert stub.streams_completed == 0 and rig.speaker.written == []
+            rig.listening.end(None)
+            turn = await rig.turn_end()
+        assert turn.outcome == "no_speech" and turn.speculations == 1 and turn.reply == ""
+        await rig.close()
 
 
 async def test_a_final_transcript_that_differs_drops_the_speculation_and_answers_it_afresh() -> None:
