@@ -406,11 +406,9 @@ class Assistant(Triggers):
                 return  # the same words: the answer being prepared still fits
             await self._drop_speculation("replaced")
         turn.speculations += 1
-        n = turn.speculations
-        speaker = HeldSpeaker(self.speaker.sample_rate, on_complete=lambda: self._log_speculation_ready(turn, spec))
-        spec = SpeculativeAnswer(n=n, transcript=transcript, speaker=speaker)
+        spec = SpeculativeAnswer(turn.id, turn.speculations, transcript, self.speaker.sample_rate)
         self._speculation = spec
-        log.info("speculation_started", turn_id=turn.id, n=n, text=transcript.text.strip())
+        log.info("speculation_started", turn_id=turn.id, n=spec.n, text=transcript.text.strip())
         spec.task = self._spawn(self._speculate(turn, spec), "speculation")
 
     async def drop_speculation(self, event: EventData) -> None:
@@ -643,10 +641,7 @@ class Assistant(Triggers):
         await asyncio.wait({spec.task}, timeout=TASK_CANCEL_TIMEOUT_S)
 
     def _log_speculation_dropped(self, spec: SpeculativeAnswer, reason: str) -> None:
-        log.info("speculation_dropped", turn_id=self.turn.id if self.turn else None, n=spec.n, reason=reason)
-
-    def _log_speculation_ready(self, turn: Turn, spec: SpeculativeAnswer) -> None:
-        log.debug("speculation_ready", turn_id=turn.id, n=spec.n, audio_ms=spec.speaker.held_ms)
+        log.info("speculation_dropped", turn_id=spec.turn_id, n=spec.n, reason=reason)
 
     async def _drop_held(self, reason: str) -> None:
         """Cancel a held answer: what was heard goes to history, the rest is dropped."""

@@ -19,10 +19,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import structlog
+
 from states.events import Transcript, TurnTimes
 from states.ports import Speaker
 from states.state_tasks import Trigger
 from states.turn import Turn
+
+log = structlog.get_logger()
 
 
 class HeldSpeaker:
@@ -136,11 +140,14 @@ class HeldSpeaker:
 
 @dataclass
 class SpeculativeAnswer:
-    """One answer started on a pause, for ``transcript``: the ``n``-th of its turn."""
+    """One answer started on a pause, for ``transcript``: the ``n``-th of turn ``turn_id``."""
 
+    turn_id: str
     n: int
     transcript: Transcript
-    speaker: HeldSpeaker
+    sample_rate: int
+    speaker: HeldSpeaker = field(init=False)
+    """Where the answer is written: held until the commit opens it on the real speaker."""
     times: TurnTimes = field(default_factory=TurnTimes)
     """The answer's own timestamps (LLM, TTS, first audio): a dropped one leaves the turn's alone."""
     task: asyncio.Task[None] | None = None
@@ -148,6 +155,12 @@ class SpeculativeAnswer:
     """The answer failed before it was played: it is never played (the commit starts afresh)."""
     trigger: Trigger | None = None
     """What the task returned while released (between the commit's ``before`` and ``after``)."""
+
+    def __post_init__(self) -> None:
+        self.speaker = HeldSpeaker(self.sample_rate, on_complete=self._ready)
+
+    def _ready(self) -> None:
+        log.debug("speculation_ready", turn_id=self.turn_id, n=self.n, audio_ms=self.speaker.held_ms)
 
     def keep(self, trigger: Trigger) -> None:
         self.trigger = trigger
