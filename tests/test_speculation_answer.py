@@ -18,12 +18,13 @@ from daemon.clients.llm import OpenAiCompatibleLlm
 from daemon.config import LlmSettings
 from daemon.tools.stubs.openai import OpenAiBehaviour, OpenAiStub
 from states.barge_in import BargeInSettings, Interruption
+from states.cues import CueSettings
 from states.endpointer import EndpointerSettings
 from states.events import Transcript
 from states.history import Conversation
 from states.listen import Speculation
 from states.machine import State
-from states.model import Assistant, AssistantSettings, Turn
+from states.model import Assistant, AssistantSettings, Earcons, Turn
 from states.speculation import HeldSpeaker
 from states.speech_text import SpeechTextSettings
 from states.turn import report_fields
@@ -93,6 +94,7 @@ class Rig:
         *,
         endpointer: EndpointerSettings = LISTENING,
         barge_in: BargeInSettings | None = None,
+        thinking_cue: bytes | None = None,
     ) -> None:
         self.listening = ScriptedListening()
         self.llm, self.tts, self.speaker = llm, FakeTts(), FakeSpeaker()
@@ -111,7 +113,9 @@ class Rig:
                 endpointer=endpointer,
                 speech_text=SpeechTextSettings(),
                 barge_in=barge_in or BargeInSettings(),
+                cues=CueSettings(thinking_cue_after_s=0.01, thinking_cue_every_s=0, apology=""),
             ),
+            earcons=Earcons(thinking=None if thinking_cue is None else lambda rate: thinking_cue),
             events=self.events,
             on_turn_end=self.ended.put_nowait,
             listen=self.listening,
@@ -280,6 +284,27 @@ async def test_a_speculation_that_failed_is_never_played_and_the_commit_asks_aga
     assert entries(logs, "turn_failed") == [] and len(rig.llm.requests) == 2
     assert turn.outcome == "answered" and turn.reply == "Noon, sharp."
     assert turn.speculation_played_first is None and rig.speaker.audio == audio_of("Noon, sharp.")
+    await rig.close()
+
+
+async def test_the_thinking_cue_waits_for_the_commit_of_a_slow_speculation() -> None:
+    llm = FakeLlm([])
+    llm.gate = asyncio.Event()  # the LLM has not said a word yet
+    cue = b"\x03\x00" * 80
+    rig = Rig(llm, thinking_cue=cue)
+    question = Transcript("what time is it")
+    with watch_logs() as logs:
+        await rig.wake()
+        rig.listening.pause(question)
+        await asyncio.wait_for(llm.at_gate.wait(), TIMEOUT)
+        rig.listening.end(question)
+        await until(logs, "thinking_cue")
+        assert rig.speaker.written == [cue]  # the cue of an answer still thinking, played at the commit
+        llm.gate.set()
+        turn = await rig.turn_end()
+    assert [e["event"] for e in logs if e["event"] in ("speculation_played", "thinking_cue")] == [
+        "speculation_played", "thinking_cue"]  # fmt: skip
+    assert turn.outcome == "answered" and turn.speculation_played_first is True
     await rig.close()
 
 
