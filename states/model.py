@@ -163,6 +163,8 @@ class Assistant(Triggers):
         """The answer being prepared, unplayed, while the user pauses (a task of LISTENING)."""
         self._kept: SpeculativeAnswer | None = None
         """The speculative answer between the commit's ``before`` (kept) and ``after`` (played)."""
+        self._answer_speaker: HeldSpeaker | None = None
+        """The speaker of the answer being played, when it was speculative."""
         self._signals: set[asyncio.Task[bool]] = set()
         """Triggers the listening task's Speculation port fired, still being processed."""
         self.turn: Turn | None = None
@@ -379,6 +381,7 @@ class Assistant(Triggers):
         assert self.turn is not None
         self.turn.kind, self.turn.wake_source = "say", "say"
         self.turn.waiter = event.kwargs.get("waiter")
+        self._answer_speaker = None
         self._reply_task = self._spawn(self._say(self.turn, event.kwargs["text"]), "say")
         self._start_watching()
 
@@ -390,6 +393,7 @@ class Assistant(Triggers):
         assert self.turn is not None
         cue = self._thinking_cue(self.turn)
         self._ducked = False
+        self._answer_speaker = None
         self._reply_task = self._spawn(self._reply(self.turn, transcript.text, cue), "reply")
         if cue is not None:
             cue.task = self._spawn(cue.run(), "thinking-cue")
@@ -427,7 +431,7 @@ class Assistant(Triggers):
             if spec.trigger is not None:
                 await self.trigger(spec.trigger[0], **spec.trigger[1])
             return
-        self._reply_task = spec.task
+        self._reply_task, self._answer_speaker = spec.task, spec.speaker
         turn.times = join_times(turn.times, spec.times)
         turn.speculation_played_first = spec.n == 1
         cue = self._thinking_cue(turn)
@@ -452,6 +456,9 @@ class Assistant(Triggers):
             return
         self._tasks.adopt(held.task)
         self._reply_task = held.task
+        if self._answer_speaker is not None and self._answer_speaker.holds_audio:
+            # a speculative answer cut while its held audio was still being written
+            self._spawn(self._play_held(self._answer_speaker), "speculation-playback")
         self._start_watching()
 
     # -- closing the turn (after) ------------------------------------------------------------

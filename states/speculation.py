@@ -55,6 +55,10 @@ class HeldSpeaker:
         return self._target is not None
 
     @property
+    def holds_audio(self) -> bool:
+        return bool(self._held)
+
+    @property
     def held_ms(self) -> int:
         """How much audio is held, unplayed, in ms."""
         return round(self._held_bytes / 2 / self.sample_rate * 1000)

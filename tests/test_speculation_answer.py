@@ -428,6 +428,36 @@ async def test_a_held_speaker_plays_what_it_held_first_then_the_rest() -> None:
     assert len(target.written) == 2
 
 
+class SlowSpeaker(FakeSpeaker):
+    """Every write waits for the test to let it through (a sound card with a full queue)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writing = asyncio.Event()
+        self.go_on = asyncio.Event()
+
+    async def write(self, pcm: bytes) -> None:
+        self.writing.set()
+        await self.go_on.wait()
+        await super().write(pcm)
+
+
+async def test_a_held_speaker_cut_while_playing_what_it_held_plays_the_rest_next_time() -> None:
+    target = SlowSpeaker()
+    speaker = HeldSpeaker(16000)
+    for part in (b"\x01\x00", b"\x02\x00"):
+        await speaker.write(part)
+    speaker.open(target)
+    playing = asyncio.create_task(speaker.play_held())
+    await asyncio.wait_for(target.writing.wait(), TIMEOUT)
+    playing.cancel()  # a barge-in in pause mode cancels the state's tasks
+    await asyncio.wait({playing})
+    assert speaker.holds_audio and target.written == []
+    target.go_on.set()
+    await asyncio.wait_for(speaker.play_held(), TIMEOUT)  # the resumed answer plays on
+    assert target.written == [b"\x01\x00", b"\x02\x00"] and not speaker.holds_audio
+
+
 @pytest.mark.xfail(strict=True, reason="needs part A1: listen_for_utterance calling the Speculation port")
 async def test_the_real_listening_task_speculates_on_a_pause() -> None:
     ended: asyncio.Queue[Turn] = asyncio.Queue()
