@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+from states.events import TurnTimes
 from states.history import Conversation
 from states.ports import LlmClient, Speaker, TtsClient
 from states.reply import ReplyProgress, speak_reply
@@ -24,10 +25,12 @@ async def answer_question(
     clock: Callable[[], float],
     on_audible: Callable[[], Awaitable[None]],
     on_clause: Callable[[str], None] | None = None,
+    times: TurnTimes | None = None,
 ) -> None:
     """Speak the answer; fill in ``turn.reply`` and the history. Cancelled, or failing part-way (a
     failing service raises after what arrived was spoken), it records only what was played, marked
-    as cut off."""
+    as cut off. ``times``: where the answer's moments are recorded (default ``turn.times``; a
+    speculative answer keeps its own until it is played)."""
     messages = conversation.messages_for(question, clock())
     progress = ReplyProgress()
     played_before = speaker.audio_samples_played
@@ -38,7 +41,7 @@ async def answer_question(
             speaker=speaker,
             text=SpeechText(settings),
             messages=messages,
-            times=turn.times,
+            times=turn.times if times is None else times,
             clock=clock,
             on_audible=on_audible,
             progress=progress,

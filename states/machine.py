@@ -6,7 +6,8 @@ state (leaving it: cancel its tasks, hold or drop an answer), ``after`` once it 
 destination (entering it: start its tasks, then the ``state_changed`` log line, then closing the
 turn the row ended, so ``turn_finished`` comes last; a row into IDLE then starts IDLE's wait for a
 wake, ``start_waiting``). A row without ``cancel_state_tasks`` hands the running tasks over to the
-next state. The callbacks are methods of ``states.model.Assistant``; the conditions too.
+next state. The callbacks are methods of ``states.model.Assistant``; the conditions too (never
+named ``may_<trigger>``: transitions gives the model those).
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ TRANSITIONS: list[dict[str, Any]] = [
     # GET /listen: the text is the caller's; the robot does not answer it
     {"trigger": "heard", "source": LISTENING, "dest": IDLE, "conditions": ["listen_only"],
      "before": ["cancel_state_tasks"], "after": [LOG, "end_turn_listened", "start_waiting"]},
+    # speculative turn end (vad.speculate_after_ms): the user paused, so the answer to what they
+    # said so far starts now, a task of LISTENING, held unplayed; they spoke again: it is void
+    {"trigger": "speculate", "source": LISTENING, "dest": None, "conditions": ["pause_is_a_question"],
+     "after": ["start_speculation"]},
+    {"trigger": "speculation_void", "source": LISTENING, "dest": None, "after": ["drop_speculation"]},
+    # the utterance ended as the held answer guessed: it is kept (released over the cancelling,
+    # adopted again) and plays at once; any other transcript drops it (cancel_state_tasks)
+    {"trigger": "heard", "source": LISTENING, "dest": THINKING, "conditions": ["speculation_matches"],
+     "before": ["keep_speculation", "cancel_state_tasks"], "after": ["play_speculation", LOG]},
     {"trigger": "heard", "source": LISTENING, "dest": THINKING,
      "before": ["cancel_state_tasks"], "after": ["start_answer", LOG]},
     {"trigger": "heard", "source": HELD, "dest": THINKING,
@@ -126,6 +136,12 @@ class Triggers:
         raise NotImplementedError
 
     async def no_speech(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def speculate(self, **kwargs: Any) -> bool:
+        raise NotImplementedError
+
+    async def speculation_void(self, **kwargs: Any) -> bool:
         raise NotImplementedError
 
     async def start_speaking(self, **kwargs: Any) -> bool:

@@ -28,6 +28,7 @@ from states.barge_in import BargeInSettings, EchoTraining, Interruption, is_stop
 from states.barge_in_policy import HeldReply, can_hold, duck_on_suspicion, is_false_interruption
 from states.cues import CueSettings
 from states.endpointer import EndpointerSettings, LoudnessGate
+from states.events import Transcript
 from states.history import Conversation
 from states.listen import NoTranscript, has_words, listen_for_utterance
 from states.machine import State, Triggers, build_machine, state_name
@@ -47,6 +48,7 @@ from states.ports import (
 from states.repeats import RepeatedFault
 from states.reply import speak_reply
 from states.say import FixedText
+from states.speculation import HeldSpeaker, SpeculationSignals, SpeculativeAnswer, join_times
 from states.speech_text import SpeechText, SpeechTextSettings
 from states.state_tasks import NO_TRIGGER, TASK_CANCEL_TIMEOUT_S, StateTasks, Trigger
 from states.thinking_cue import AnswerSpeaker, ThinkingCue
@@ -61,6 +63,10 @@ WAKE_RETRY_S = 1.0
 """After the wait for a wake failed, it starts again this much later."""
 EARCON_ECHO_MARGIN_S = 0.1
 """After the listening earcon: one speaker block of delay and the room's echo."""
+
+Listen = Callable[..., Awaitable[Transcript | None]]
+"""The listening task's work: ``listen_for_utterance`` (states/listen.py) or a stand-in with its
+keyword arguments; ``speculation=`` is passed only when speculation is on."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,7 @@ class Assistant(Triggers):
         on_turn_end: Callable[[Turn], Awaitable[None] | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         new_turn_id: Callable[[], str] = lambda: uuid.uuid4().hex[:12],
+        listen: Listen = listen_for_utterance,
     ) -> None:
         self.feed = mic if isinstance(mic, MicFeed) else MicFeed(mic, clock=clock)
         self.speaker, self.vad = speaker, vad
@@ -151,6 +158,15 @@ class Assistant(Triggers):
         """Clock time until which the last failed turn's apology or earcon plays."""
         self._held: HeldReply | None = None
         """The held answer: set exactly while the state is LISTENING_HELD."""
+        self._listen_for_utterance = listen
+        self._speculation: SpeculativeAnswer | None = None
+        """The answer being prepared, unplayed, while the user pauses (a task of LISTENING)."""
+        self._kept: SpeculativeAnswer | None = None
+        """The speculative answer between the commit's ``before`` (kept) and ``after`` (played)."""
+        self._answer_speaker: HeldSpeaker | None = None
+        """The speaker of the answer being played, when it was speculative."""
+        self._signals: set[asyncio.Task[bool]] = set()
+        """Triggers the listening task's Speculation port fired, still being processed."""
         self.turn: Turn | None = None
         self._event_turn: Turn | None = None
         """The turn current when the event being processed began (the one a row may close)."""
@@ -221,6 +237,38 @@ class Assistant(Triggers):
         """A stop word, as opposed to a stop from the daemon (a control call, shutdown)."""
         return bool(event.kwargs.get("by_user"))
 
+    def pause_is_a_question(self, event: EventData) -> bool:
+        """A pause of this turn's user, in a question (not GET /listen), with words that are not
+        a stop word, speculation on, and the daemon not closing."""
+        transcript: Transcript | None = event.kwargs.get("transcript")
+        turn = self.turn
+        signalled: Turn | None = event.kwargs.get("turn")
+        if turn is None or signalled is not turn:
+            return False  # a late signal of a turn that is over
+        return (
+            turn.kind == "question"
+            and self.settings.endpointer.speculate_after_ms is not None
+            and not self._closing
+            and transcript is not None
+            and has_words(transcript.text)
+            and not is_stop_command(transcript.text.strip(), self.settings.barge_in.stop_words)
+        )
+
+    def speculation_matches(self, event: EventData) -> bool:
+        """The utterance ended with the transcript the held answer was prepared for (and that
+        answer has not failed)."""
+        spec = self._speculation
+        transcript: Transcript | None = event.kwargs.get("transcript")
+        return (
+            spec is not None
+            and spec.failed is None
+            and spec.task is not None
+            and self._tasks.owns(spec.task)
+            and not spec.task.done()
+            and transcript is not None
+            and spec.answers(transcript)
+        )
+
     # -- leaving a state (before) ------------------------------------------------------------
 
     async def cancel_state_tasks(self, event: EventData) -> None:
@@ -230,6 +278,10 @@ class Assistant(Triggers):
             interruption: Interruption | None = event.kwargs.get("interruption")
             at = interruption.detected if interruption is not None else self._clock()
             decide_cancel(self.turn, at, event.event.name)
+        spec, self._speculation = self._speculation, None
+        if spec is not None:  # a task of LISTENING: cancelled with the rest
+            reason = "failed" if spec.failed is not None else event.event.name
+            self._log_speculation_dropped(spec, "mismatch" if reason == "heard" else reason)
         await self._tasks.cancel_all()
 
     def hold_answer(self, event: EventData) -> None:
@@ -257,6 +309,14 @@ class Assistant(Triggers):
 
     async def drop_held_answer(self, event: EventData) -> None:
         await self._drop_held(event.event.name)
+
+    def keep_speculation(self, event: EventData) -> None:
+        """The commit: the held answer's task survives leaving LISTENING (``play_speculation``
+        adopts it again)."""
+        spec, self._speculation = self._speculation, None
+        assert spec is not None and spec.task is not None
+        self._kept = spec
+        self._tasks.release(spec.task, keep=spec.keep)
 
     # -- entering a state (after) ------------------------------------------------------------
 
@@ -321,6 +381,7 @@ class Assistant(Triggers):
         assert self.turn is not None
         self.turn.kind, self.turn.wake_source = "say", "say"
         self.turn.waiter = event.kwargs.get("waiter")
+        self._answer_speaker = None
         self._reply_task = self._spawn(self._say(self.turn, event.kwargs["text"]), "say")
         self._start_watching()
 
@@ -332,9 +393,54 @@ class Assistant(Triggers):
         assert self.turn is not None
         cue = self._thinking_cue(self.turn)
         self._ducked = False
+        self._answer_speaker = None
         self._reply_task = self._spawn(self._reply(self.turn, transcript.text, cue), "reply")
         if cue is not None:
             cue.task = self._spawn(cue.run(), "thinking-cue")
+        self._start_watching()
+
+    async def start_speculation(self, event: EventData) -> None:
+        """LISTENING, the user paused: answer what they said so far, unplayed (LLM and TTS run,
+        the audio is held; no thinking cue, no barge-in watch, no ``reply_clause`` yet)."""
+        transcript: Transcript = event.kwargs["transcript"]
+        turn = self.turn
+        assert turn is not None
+        if self._speculation is not None:
+            if self._speculation.answers(transcript):
+                return  # the same words: the answer being prepared still fits
+            await self._drop_speculation("replaced")
+        turn.speculations += 1
+        spec = SpeculativeAnswer(turn.id, turn.speculations, transcript, self.speaker.sample_rate)
+        self._speculation = spec
+        log.info("speculation_started", turn_id=turn.id, n=spec.n, text=transcript.text.strip())
+        spec.task = self._spawn(self._speculate(turn, spec), "speculation")
+
+    async def drop_speculation(self, event: EventData) -> None:
+        """The user spoke again: the answer prepared for the pause is void."""
+        if event.kwargs.get("turn") is self.turn:
+            await self._drop_speculation("resumed")
+
+    async def play_speculation(self, event: EventData) -> None:
+        """THINKING, at the commit: the kept answer plays at once (its held audio first), with
+        the thinking cue and the barge-in watch as in ``start_answer``."""
+        spec, self._kept = self._kept, None
+        turn = self.turn
+        assert spec is not None and spec.task is not None and turn is not None
+        self._tasks.adopt(spec.task)
+        if spec.task.done():  # it ended while released: act on what it returned
+            if spec.trigger is not None:
+                await self.trigger(spec.trigger[0], **spec.trigger[1])
+            return
+        self._reply_task, self._answer_speaker = spec.task, spec.speaker
+        turn.times = join_times(turn.times, spec.times)
+        turn.speculation_played_first = spec.n == 1
+        cue = self._thinking_cue(turn)
+        self._ducked = False
+        if cue is not None:
+            cue.task = self._spawn(cue.run(), "thinking-cue")
+        log.info("speculation_played", turn_id=turn.id, n=spec.n, ready_ms=spec.speaker.held_ms)
+        spec.speaker.open(self.speaker if cue is None else AnswerSpeaker(self.speaker, cue, self._cue_may_flush))
+        self._spawn(self._play_held(spec.speaker), "speculation-playback")
         self._start_watching()
 
     async def resume_answer(self, event: EventData) -> None:
@@ -350,6 +456,9 @@ class Assistant(Triggers):
             return
         self._tasks.adopt(held.task)
         self._reply_task = held.task
+        if self._answer_speaker is not None and self._answer_speaker.holds_audio:
+            # a speculative answer cut while its held audio was still being written
+            self._spawn(self._play_held(self._answer_speaker), "speculation-playback")
         self._start_watching()
 
     # -- closing the turn (after) ------------------------------------------------------------
@@ -437,8 +546,10 @@ class Assistant(Triggers):
         deaf_until: float | None,
         settings: EndpointerSettings | None = None,
     ) -> Trigger:
+        speculation = self._speculation_port(turn)
+        extra: dict[str, Any] = {} if speculation is None else {"speculation": speculation}
         try:
-            transcript = await listen_for_utterance(
+            transcript = await self._listen_for_utterance(
                 mic=self.feed,
                 vad=self.vad,
                 asr=self.asr,
@@ -450,6 +561,7 @@ class Assistant(Triggers):
                 loudness=self.loudness,
                 on_speech_end=self._warm_up_services,
                 min_voiced_ms=self.settings.no_transcript_fails_ms,
+                **extra,
             )
         except NoTranscript:
             if self.state is State.LISTENING_HELD:  # no words over a held answer: it goes on
@@ -480,6 +592,63 @@ class Assistant(Triggers):
         """pause mode: an interruption still going on after resume_after_ms is real."""
         await asyncio.sleep(self.settings.barge_in.resume_after_ms / 1000)
         return "resume_deadline", {}
+
+    def _speculation_port(self, turn: Turn) -> SpeculationSignals | None:
+        """What the listening task tells of the user's pauses; None when speculation is off or
+        the turn is not a question (GET /listen)."""
+        if self.settings.endpointer.speculate_after_ms is None or turn.kind != "question":
+            return None
+        return SpeculationSignals(turn, self._fire_soon)
+
+    def _fire_soon(self, name: str, **kwargs: Any) -> None:
+        """Fire a trigger without waiting for the machine (the caller is the listening task)."""
+        task = asyncio.create_task(self.trigger(name, **kwargs), name=f"{name}-signal")
+        self._signals.add(task)
+        task.add_done_callback(self._signals.discard)
+
+    async def _speculate(self, turn: Turn, spec: SpeculativeAnswer) -> Trigger:
+        """The speculative answer's task. Failing before it is played, it is only void: it waits
+        to be dropped (the commit does not play it, and answers afresh)."""
+        try:
+            await answer_question(
+                spec.transcript.text,
+                turn=turn,
+                times=spec.times,
+                conversation=self.conversation,
+                llm=self.llm,
+                tts=self.tts,
+                speaker=spec.speaker,
+                settings=self.settings.speech_text,
+                clock=self._clock,
+                on_audible=self._audible,
+                on_clause=spec.speaker.when_open(self._clause_spoken(turn)),
+            )
+        except Exception as exc:
+            if spec.speaker.is_open:
+                raise
+            spec.failed = exc
+            log.info("speculation_failed", turn_id=turn.id, n=spec.n, error=str(exc), error_type=type(exc).__name__)
+            await asyncio.Event().wait()  # until the commit or the user's next words drop it
+            raise
+        return "done", {}
+
+    async def _play_held(self, speaker: HeldSpeaker) -> Trigger:
+        await speaker.play_held()
+        return NO_TRIGGER
+
+    async def _drop_speculation(self, reason: str) -> None:
+        """Cancel the speculative answer now (its LLM stream and TTS connection close)."""
+        spec, self._speculation = self._speculation, None
+        if spec is None or spec.task is None:
+            return
+        self._tasks.release(spec.task, keep=spec.keep)
+        self._tasks.forget(spec.task)  # disowned: whatever it returns goes nowhere
+        spec.task.cancel()
+        self._log_speculation_dropped(spec, reason)
+        await asyncio.wait({spec.task}, timeout=TASK_CANCEL_TIMEOUT_S)
+
+    def _log_speculation_dropped(self, spec: SpeculativeAnswer, reason: str) -> None:
+        log.info("speculation_dropped", turn_id=spec.turn_id, n=spec.n, reason=reason)
 
     async def _drop_held(self, reason: str) -> None:
         """Cancel a held answer: what was heard goes to history, the rest is dropped."""
@@ -635,6 +804,8 @@ class Assistant(Triggers):
             task.cancel()
         if self._warm_ups:
             await asyncio.wait(self._warm_ups)
+        if self._signals:  # triggers the listening task fired: let the machine finish them
+            await asyncio.wait(set(self._signals))
         if self.state is not State.IDLE:
             await self.stop()
         await self._tasks.cancel_all()
@@ -688,5 +859,6 @@ class Assistant(Triggers):
             self.events.emit(name, **fields)
 
     def _new_turn(self) -> None:
+        self._speculation = None  # a last turn's, if any, was cancelled with its state's tasks
         self.turn = Turn(id=self._new_turn_id())
         self.turn.times.woke = self._clock()

@@ -44,6 +44,11 @@ class Turn:
     cancel_reason: str | None = None
     """Why: ``barge_in`` (cancel mode: the interruption was confirmed), ``interruption_real`` or
     ``resume_deadline`` (pause mode: the held answer is dropped), or the trigger that left the state."""
+    speculations: int = 0
+    """Answers started speculatively in this turn, on a pause of the user (states/speculation.py)."""
+    speculation_played_first: bool | None = None
+    """The answer played was speculative: True when it was the turn's first speculation (none was
+    dropped before it). None: the answer played, if any, was not speculative."""
 
     @property
     def ok(self) -> bool:
@@ -111,4 +116,6 @@ def report_fields(turn: Turn) -> dict[str, object]:
         "wake_source": turn.wake_source,
         **turn.times.latencies_ms(),
         "barge_in_ms": turn.barge_in_ms,
+        "speculations": turn.speculations,
+        "speculation_played_first": turn.speculation_played_first,
     }

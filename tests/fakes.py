@@ -146,16 +146,30 @@ class FakeAsr:
 
 
 class FakeLlmStream:
-    def __init__(self, deltas: Sequence[str], error: Exception | None, gate: asyncio.Event | None) -> None:
+    def __init__(
+        self,
+        deltas: Sequence[str],
+        error: Exception | None,
+        gate: asyncio.Event | None,
+        at_any_gate: asyncio.Event | None = None,
+    ) -> None:
         self._deltas, self._error, self._gate = list(deltas), error, gate
+        self._at_any_gate = at_any_gate
         self.result: LlmResult | None = None
         self.closed_early = True
+        self.closed = False
+        """The request's context was left (what closes the connection: the server stops)."""
+        self.at_gate = asyncio.Event()
+        """Every delta was given and the stream waits on its gate (the answer is in flight)."""
 
     async def _iterate(self) -> AsyncIterator[str]:
         for delta in self._deltas:
             await asyncio.sleep(0)
             yield delta
         if self._gate is not None:
+            self.at_gate.set()
+            if self._at_any_gate is not None:
+                self._at_any_gate.set()
             await self._gate.wait()
         if self._error is not None:
             raise self._error
@@ -178,6 +192,8 @@ class FakeLlm:
         self.requests: list[list[ChatMessage]] = []
         self.streams: list[FakeLlmStream] = []
         self.warm_ups = 0
+        self.at_gate = asyncio.Event()
+        """Some stream gave its deltas and waits on the gate (an answer is in flight)."""
 
     async def warm_up(self) -> None:
         self.warm_ups += 1
@@ -185,9 +201,12 @@ class FakeLlm:
     @asynccontextmanager
     async def stream_chat(self, messages: Sequence[ChatMessage]) -> AsyncIterator[FakeLlmStream]:
         self.requests.append(list(messages))
-        stream = FakeLlmStream(self._answers.pop(0) if self._answers else [], self.error, self.gate)
+        stream = FakeLlmStream(self._answers.pop(0) if self._answers else [], self.error, self.gate, self.at_gate)
         self.streams.append(stream)
-        yield stream
+        try:
+            yield stream
+        finally:
+            stream.closed = True
 
 
 class FakeTts:

@@ -27,6 +27,8 @@ GOES: dict[tuple[State, str], State] = {
     (IDLE, "wake"): LISTENING,
     (IDLE, "say"): THINKING,
     (LISTENING, "heard"): THINKING,
+    (LISTENING, "speculate"): LISTENING,  # internal: a speculative answer starts, unplayed
+    (LISTENING, "speculation_void"): LISTENING,  # internal: it is dropped
     (HELD, "heard"): THINKING,
     (LISTENING, "no_speech"): IDLE,
     (HELD, "no_speech"): IDLE,
@@ -41,8 +43,20 @@ GOES: dict[tuple[State, str], State] = {
     **{(state, "fail"): IDLE for state in ACTIVE},
 }
 
-INTERNAL = {(IDLE, "ready")}
-CONDITIONS = {"answer_can_be_held", "said_by_user", "listen_only", "saying", "follow_up_open"}
+INTERNAL = {
+    (IDLE, "ready"): ["start_waiting"],
+    (LISTENING, "speculate"): ["start_speculation"],
+    (LISTENING, "speculation_void"): ["drop_speculation"],
+}
+CONDITIONS = {
+    "answer_can_be_held",
+    "said_by_user",
+    "listen_only",
+    "saying",
+    "follow_up_open",
+    "pause_is_a_question",
+    "speculation_matches",
+}
 TURN_CLOSERS = {
     "end_turn_answered",
     "end_turn_listened",
@@ -90,6 +104,12 @@ class RecordingModel(Triggers):
     def follow_up_open(self, event: EventData) -> bool:
         return self.conditions.get("follow_up_open", False)
 
+    def pause_is_a_question(self, event: EventData) -> bool:
+        return self.conditions.get("pause_is_a_question", True)
+
+    def speculation_matches(self, event: EventData) -> bool:
+        return self.conditions.get("speculation_matches", False)
+
     def remember_turn(self, event: EventData) -> None:
         pass
 
@@ -106,7 +126,8 @@ class RecordingModel(Triggers):
 
 
 async def fire(state: State, trigger: str, **kwargs: Any) -> tuple[RecordingModel, list[dict[str, Any]]]:
-    conditions = {name: kwargs.pop(name) for name in ("listen_only", "saying", "follow_up_open") if name in kwargs}
+    names = ("listen_only", "saying", "follow_up_open", "pause_is_a_question", "speculation_matches")
+    conditions = {name: kwargs.pop(name) for name in names if name in kwargs}
     model = RecordingModel(state, can_hold=kwargs.pop("can_hold", False), **conditions)
     with capture_logs() as logs:
         await model.trigger(trigger, **kwargs)
@@ -120,7 +141,7 @@ async def test_every_trigger_from_every_state_goes_where_the_spec_says_or_is_ign
     model, logs = await fire(state, trigger)
     ignored = [e for e in logs if e["event"] == "trigger_ignored"]
     if (state, trigger) in INTERNAL:
-        assert model.state is state and model.calls == ["start_waiting"]
+        assert model.state is state and model.calls == INTERNAL[state, trigger]
     elif (state, trigger) in GOES:
         assert model.state is GOES[state, trigger]
         assert model.calls.count("log_state_changed") == 1
@@ -167,7 +188,7 @@ async def test_stop_says_whether_the_user_said_it(state: State, by_user: bool, c
     assert "flush_speaker" in model.calls
 
 
-@pytest.mark.parametrize(("state", "trigger"), sorted(set(GOES) - INTERNAL, key=str))
+@pytest.mark.parametrize(("state", "trigger"), sorted(set(GOES) - set(INTERNAL), key=str))
 async def test_every_move_leaves_the_state_cleanly_and_logs_before_it_closes_a_turn(state: State, trigger: str) -> None:
     model, _ = await fire(state, trigger, can_hold=False)
     calls = model.calls
@@ -201,10 +222,34 @@ async def test_a_listen_only_turn_goes_idle_with_what_it_heard_unanswered() -> N
     assert model.calls == ["cancel_state_tasks", "log_state_changed", "end_turn_listened", "start_waiting"]
 
 
+async def test_a_pause_starts_a_speculative_answer_only_when_it_may() -> None:
+    model, _ = await fire(LISTENING, "speculate", pause_is_a_question=False)
+    assert model.state is LISTENING and model.calls == []
+
+
+async def test_a_commit_that_matches_the_speculation_keeps_its_task_and_plays_it() -> None:
+    model, _ = await fire(LISTENING, "heard", speculation_matches=True)
+    assert model.state is THINKING
+    assert model.calls == ["keep_speculation", "cancel_state_tasks", "play_speculation", "log_state_changed"]
+
+
+async def test_a_commit_that_does_not_match_cancels_the_speculation_and_answers_anew() -> None:
+    model, _ = await fire(LISTENING, "heard", speculation_matches=False)
+    assert model.calls == ["cancel_state_tasks", "start_answer", "log_state_changed"]
+
+
 async def test_wake_and_say_cancel_the_idle_states_wake_watch() -> None:
     for trigger, starter in (("wake", "start_listening"), ("say", "start_saying")):
         model, _ = await fire(IDLE, trigger)
         assert model.calls == ["cancel_state_tasks", starter, "log_state_changed"]
+
+
+def test_no_name_in_the_table_is_one_transitions_gives_the_model_itself() -> None:
+    """transitions adds ``may_<trigger>``, ``is_<state>`` and ``to_<state>`` to the model: a
+    condition of that name would call the machine's check, which calls the condition..."""
+    named = CALLBACKS | {name for row in TRANSITIONS for name in _names(row, "conditions")}
+    reserved = {f"may_{t}" for t in TRIGGERS} | {f"{p}_{s.name}" for s in State for p in ("is", "to")}
+    assert named & reserved == set()
 
 
 def test_every_name_in_the_table_is_a_callback_or_condition_of_the_assistant() -> None:
