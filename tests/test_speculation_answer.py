@@ -12,7 +12,6 @@ import asyncio
 from typing import Any
 
 import httpx
-import pytest
 
 from daemon.clients.llm import OpenAiCompatibleLlm
 from daemon.config import LlmSettings
