@@ -92,6 +92,16 @@ def _register_latency(sub: Any) -> None:
         default=BLOCK_MS,
         help=f"the devices' period, audio.block_ms (default {BLOCK_MS}): the output device adds up to one",
     )
+    latency.add_argument(
+        "--speculate-after-ms",
+        type=_ms_list,
+        action="append",
+        metavar="MS[,MS...]",
+        help="also measure with vad.speculate_after_ms = each of these, side by side with speculation off",
+    )
+    latency.add_argument(
+        "--end-silence-ms", type=_at_least_1, metavar="MS", help="vad.end_silence_ms (default: the daemon's, 700)"
+    )
     latency.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
     latency.set_defaults(func=_run_latency)
 
@@ -237,3 +247,14 @@ _at_least_20 = _checked(float, lambda v: v >= 20, "must be at least 20")
 _fraction = _checked(float, lambda v: 0 <= v <= 1, "must be between 0 and 1")
 _positive = _checked(float, lambda v: v > 0, "must be positive")
 _block_ms = _checked(int, lambda v: v > 0 and RATE * v % 1000 == 0, "must be a positive whole number of 16 kHz samples")
+
+
+def _ms_list(text: str) -> list[int]:
+    """An argparse type: ``250`` or ``200,250,300``, each a positive whole number of ms."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole milliseconds separated by commas, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive milliseconds, got {text!r}")
+    return values
