@@ -27,7 +27,7 @@ PAUSED_SPLITS: dict[str, int] = {
     "what is the weather like today": 3,
     "turn on the kitchen light": 2,
     "please move forward two meters": 2,
-    "what time is it": 2,
+    "what time is it": 1,
     "tell me a joke": 2,
     "who are you": 2,
 }
