@@ -86,6 +86,7 @@ def test_one_smoke_turn_gives_plausible_figures(smoke_run: SmokeRun) -> None:
 def test_speculation_is_measured_side_by_side_with_it_off(smoke_run: SmokeRun) -> None:
     smoke = smoke_run.results["scenarios"]["smoke"]
     assert smoke_run.results["speculate_after_ms"] == [250] and smoke_run.results["end_silence_ms"] == [700]
+    assert smoke_run.results["warm_up_turns"] == 1
     (on,) = smoke["speculation"].values()
     (turn,) = on["turns"]
     for key in FIGURES:

@@ -280,7 +280,8 @@ async def measure_scenario(
     speculate: Sequence[int] = (),
 ) -> dict[str, Any]:
     """``n`` turns with speculation off and, side by side (turn by turn, against the same
-    stand-ins), ``n`` with each of ``speculate`` (``vad.speculate_after_ms``)."""
+    stand-ins, after one warm-up turn, the order of the modes rotating), ``n`` with each of
+    ``speculate`` (``vad.speculate_after_ms``)."""
     qwav, speech_end_s = await asyncio.to_thread(make_input, workdir)
     clause, index = first_clause(scenario.answer)
     synths: list[float] = []
@@ -297,19 +298,23 @@ async def measure_scenario(
         ),
         tts=PaddleSpeechBehaviour(first_chunk_delay_s=scenario.tts_first_chunk_s, realtime_factor=scenario.tts_rtf),
     ) as stubs:
+        if speculate:  # compared side by side: the stand-ins' first answers are slower, for nobody
+            out = workdir / f"{scenario.name}-warm-up.wav"
+            await streaming_turn(_settings(stubs.urls, scenario, qwav, out, block_ms), out, speech_end_s, window_s)
+        modes: list[int | None] = [None, *speculate]
         for i in range(n):
-            out = workdir / f"{scenario.name}-stream-{i}.wav"
-            settings = _settings(stubs.urls, scenario, qwav, out, block_ms)
-            turn, synth = await _timed_turn(stubs, settings, out, speech_end_s, window_s, scenario, None)
-            synths.append(synth)
-            turns.append(turn)
-            log.warning("bench_turn", scenario=scenario.name, mode="streaming", turn=i, **turn)
-            for ms in speculate:
-                out = workdir / f"{scenario.name}-speculate{ms}-{i}.wav"
+            shift = i % len(modes)  # each mode takes its turn at going first
+            for ms in modes[shift:] + modes[:shift]:
+                name = "stream" if ms is None else f"speculate{ms}"
+                out = workdir / f"{scenario.name}-{name}-{i}.wav"
                 settings = _settings(stubs.urls, scenario, qwav, out, block_ms, speculate_after_ms=ms)
-                turn, _ = await _timed_turn(stubs, settings, out, speech_end_s, window_s, scenario, ms)
-                spec_turns[ms].append(turn)
-                log.warning("bench_turn", scenario=scenario.name, mode=f"speculate {ms}", turn=i, **turn)
+                turn, synth = await _timed_turn(stubs, settings, out, speech_end_s, window_s, scenario, ms)
+                if ms is None:
+                    synths.append(synth)
+                    turns.append(turn)
+                else:
+                    spec_turns[ms].append(turn)
+                log.warning("bench_turn", scenario=scenario.name, mode=name, turn=i, **turn)
             if sequential:
                 out = workdir / f"{scenario.name}-seq-{i}.wav"
                 reply = await sequential_turn(
@@ -398,6 +403,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "block_ms": args.block_ms,
         "end_silence_ms": sorted({s.end_silence_ms for s in scenarios}),
         "speculate_after_ms": speculate,
+        "warm_up_turns": 1 if speculate else 0,
         "scenarios": {},
     }
     with contextlib.ExitStack() as stack:
