@@ -156,6 +156,21 @@ def test_a_paused_question_through_the_daemon(bench_run: tuple[dict[str, Any], s
 
 
 @pytest.mark.slow
+async def test_a_cut_off_is_seen_when_the_pause_outlasts_the_end_silence() -> None:
+    """Today's daemon, end silence 400 ms, a 600 ms pause: the utterance ends at the pause, the
+    question's turn is the opening's, and the rest of the question interrupts it."""
+    args = parse_args(["--question", "tell me a joke", "--pause-ms", "600", "--end-silence-ms", "400", "--no-cut-offs"])
+    results = await asyncio.wait_for(run(args), 90)
+    cut = only_turn(results, "wasted")
+    assert not cut["whole_question"] and "joke" not in cut["transcript"]
+    assert cut["llm_questions"][0] == cut["transcript"] and cut["llm_requests"] >= 1
+    assert not cut["right_answer"]
+    assert cut["outcome"] != "answered" or cut["reply"] != cut["expected_reply"]
+    (pause,) = results["passes"]["wasted"].values()
+    assert pause["summary"]["cut_off"] == 1 and pause["summary"]["whole_question"] == 0
+
+
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="needs parts A1+A2: a speculation at the pause, dropped when the user goes on")
 def test_the_speculation_at_the_pause_is_dropped_and_the_whole_question_answered(
     bench_run: tuple[dict[str, Any], str],

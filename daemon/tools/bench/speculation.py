@@ -136,7 +136,10 @@ async def paused_turn(stubs: StubProcess, settings: Settings, question: str) -> 
     await asyncio.wait_for(app.run(asyncio.Event()), TURN_TIMEOUT_S)
     requests = (await stubs.llm_requests())[asked:]
     cut = len((await stubs.disconnect_times())[0]) - closed
-    fields: dict[str, Any] = report_fields(app.turns[-1]) if app.turns else {}
+    # The question's own turn is the first: when the utterance was cut at the pause, the rest of
+    # the question interrupts its answer and starts another turn (``once`` then stops that one).
+    fields: dict[str, Any] = report_fields(app.turns[0]) if app.turns else {}
+    later = [report_fields(t) for t in list(app.turns)[1:]]
     transcript = str(fields.get("transcript") or "")
     reply = str(fields.get("reply") or "")
     expected = expected_answer(question)
@@ -160,6 +163,7 @@ async def paused_turn(stubs: StubProcess, settings: Settings, question: str) -> 
         "speculations": speculations,
         "speculation_played_first": played_first,
         "dropped": dropped,
+        "later_turns": [{"outcome": t.get("outcome"), "transcript": t.get("transcript")} for t in later],
     }
 
 
