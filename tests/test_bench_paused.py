@@ -87,3 +87,17 @@ async def test_the_stand_in_punctuates_its_final_when_asked(flavour: str) -> Non
             finally:
                 await session.aclose()
         assert transcript.text == expected, (flavour, punctuated)
+
+
+@pytest.fixture(scope="module")
+def recogniser() -> Recogniser:
+    return Recogniser()
+
+
+@pytest.mark.parametrize("question", list(PAUSED_SPLITS))
+def test_every_paused_question_is_heard_whole_at_the_shortest_and_longest_pause(
+    tmp_path: Path, question: str, recogniser: Recogniser
+) -> None:
+    for pause_ms in (150, 600):
+        path = make_paused_question_wav(question, tmp_path / f"q{pause_ms}.wav", pause_ms)
+        assert recogniser.recognise(read_wav_pcm(path)) == question, pause_ms
