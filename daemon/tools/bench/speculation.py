@@ -59,8 +59,8 @@ from states.turn import report_fields
 log = structlog.get_logger()
 
 PAUSES_MS = (150, 300, 450, 600)
-SPECULATE_AFTER_MS = 250
-END_SILENCE_SHORT_MS = 300
+"""The default pauses: shorter and longer than a speculation point of 200-300 ms, all shorter than
+the default end silence (700 ms)."""
 LEAD_IN_S = 0.5
 TURN_TIMEOUT_S = 60.0
 ASR_FINAL_DELAY_S = 0.05
@@ -103,11 +103,11 @@ class Pass:
 
 def make_input(question: str, pause_ms: int, workdir: Path) -> Path:
     """The question with its pause, after LEAD_IN_S of silence."""
-    raw = make_paused_question_wav(question, workdir / f"raw-{len(question)}-{pause_ms}.wav", pause_ms)
+    slug = "-".join(question.split())
+    raw = make_paused_question_wav(question, workdir / f"{slug}-{pause_ms}.raw.wav", pause_ms)
     pcm, rate = read_pcm(raw)
     raw.unlink()
     samples = np.concatenate([np.zeros(int(LEAD_IN_S * rate), dtype="<i2"), pcm])
-    slug = "-".join(question.split())
     return write_wav(workdir / f"{slug}-{pause_ms}.wav", samples, rate)
 
 
@@ -153,7 +153,7 @@ async def paused_turn(stubs: StubProcess, settings: Settings, question: str) -> 
         "outcome": fields.get("outcome"),
         "transcript": transcript,
         "whole_question": words(transcript) == words(question),
-        "ends_marked": transcript.rstrip()[-1:] in tuple(FINAL_MARKS) if transcript.strip() else False,
+        "ends_marked": bool(transcript.strip()) and transcript.rstrip()[-1] in FINAL_MARKS,
         "reply": reply,
         "expected_reply": expected,
         "right_answer": bool(reply) and words(reply) == words(expected),
