@@ -6,15 +6,18 @@ import argparse
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from daemon.__main__ import build_parser
 from daemon.clients.asr import FunAsrClient
 from daemon.config import AsrSettings
-from daemon.tools.bench.latency import run, write_outputs
-from daemon.tools.bench.scenarios import SCENARIOS, first_clause, limit_for, make_answer
+from daemon.tools.bench.latency import chosen_scenarios, run, speculation_points, speculation_problem, write_outputs
+from daemon.tools.bench.report import render_speculation
+from daemon.tools.bench.scenarios import DEFAULT_SCENARIOS, SCENARIOS, first_clause, limit_for, make_answer, target_ms
 from daemon.tools.bench.timeline import reply_after
 from daemon.tools.stubs.funasr import FunAsrBehaviour, FunAsrStub
 from daemon.tools.stubs.openai import tokenize
@@ -27,15 +30,31 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return build_parser().parse_args(["bench", "latency", *argv])
 
 
-@pytest.mark.slow
-async def test_one_smoke_turn_gives_plausible_figures(tmp_path: Path) -> None:
-    out = tmp_path / "latency.json"
-    png = tmp_path / "latency.png"
-    args = parse_args(["-n", "1", "--scenario", "smoke", "--json", str(out), "--png", str(png)])
+@dataclass(frozen=True)
+class SmokeRun:
+    args: argparse.Namespace
+    results: dict[str, Any]
+    printed: str
+    seconds: float
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> SmokeRun:
+    """One turn of the smoke scenario with speculation off, one at 250 ms, one sequential (run once
+    for the module: a few daemon turns)."""
+    folder = tmp_path_factory.mktemp("smoke")
+    argv = ["-n", "1", "--scenario", "smoke", "--speculate-after-ms", "250"]
+    args = parse_args([*argv, "--json", str(folder / "latency.json"), "--png", str(folder / "latency.png")])
     started = time.monotonic()
-    results = await asyncio.wait_for(run(args), 60)
-    assert time.monotonic() - started < 60
-    printed = write_outputs(results, args)
+    results = asyncio.run(asyncio.wait_for(run(args), 90))
+    seconds = time.monotonic() - started
+    return SmokeRun(args, results, write_outputs(results, args), seconds)
+
+
+@pytest.mark.slow
+def test_one_smoke_turn_gives_plausible_figures(smoke_run: SmokeRun) -> None:
+    printed, out, png = smoke_run.printed, smoke_run.args.json, smoke_run.args.png
+    assert smoke_run.seconds < 90
     assert "smoke" in printed and "first audio" in printed
     assert "where the overhead goes" in printed and "targets:" in printed and "<= 50: " in printed
     assert png.exists() or "matplotlib is not installed" in printed
@@ -44,7 +63,7 @@ async def test_one_smoke_turn_gives_plausible_figures(tmp_path: Path) -> None:
     assert results["n"] == 1
     smoke = results["scenarios"]["smoke"]
     assert set(smoke["limit_ms"]) == {"end_silence", "asr", "ttft", "first_clause", "tts", "total"}
-    assert smoke["limit_ms"]["total"] >= 500 + 50 + 100 + 50  # end silence + ASR + TTFT + TTS at least
+    assert smoke["limit_ms"]["total"] >= 700 + 50 + 100 + 50  # end silence + ASR + TTFT + TTS at least
     (turn,) = smoke["turns"]
     (seq,) = smoke["sequential_turns"]
     for key in FIGURES:
@@ -61,6 +80,110 @@ async def test_one_smoke_turn_gives_plausible_figures(tmp_path: Path) -> None:
     assert summary["ratio_sequential_to_streaming"] > 0
     daemon = turn["daemon"]  # the daemon's own clock agrees that the VAD ended the utterance after the speech
     assert daemon["vad_decided_ms"] is not None and 0 < daemon["vad_decided_ms"] < turn["first_audio_ms"]
+
+
+@pytest.mark.slow
+def test_speculation_is_measured_side_by_side_with_it_off(smoke_run: SmokeRun) -> None:
+    smoke = smoke_run.results["scenarios"]["smoke"]
+    assert smoke_run.results["speculate_after_ms"] == [250] and smoke_run.results["end_silence_ms"] == [700]
+    assert smoke_run.results["warm_up_turns"] == 1
+    (on,) = smoke["speculation"].values()
+    (turn,) = on["turns"]
+    for key in FIGURES:
+        assert turn[key] is not None, key
+    # the speculative limit: the services start 250 ms into the silence, the answer plays at 700 at the earliest
+    assert on["limit_ms"] == pytest.approx(max(700, 250 + smoke["services_ms"]), abs=1)
+    assert on["target_ms"] == pytest.approx(on["limit_ms"] + 60, abs=1)
+    assert smoke["target_ms"] == pytest.approx(smoke["limit_ms"]["total"] + 30, abs=1)
+    assert turn["first_audio_ms"] >= 700 * 0.8  # never before the end silence
+    assert on["sooner_by_ms"] == pytest.approx(smoke["turns"][0]["first_audio_ms"] - turn["first_audio_ms"], abs=0.2)
+    assert turn["llm_requests"] >= 1 and smoke["turns"][0]["llm_requests"] == 1
+    assert set(turn["daemon"]) >= {"speculations", "speculation_played_first"}
+    printed = smoke_run.printed
+    assert "speculation off and on, side by side (vad.end_silence_ms = 700)" in printed
+    assert "250 ms" in printed and "sooner by" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="needs parts A1+A2: speculation, and turn_finished's speculations")
+def test_the_speculative_turn_reports_one_speculation_played(smoke_run: SmokeRun) -> None:
+    (on,) = smoke_run.results["scenarios"]["smoke"]["speculation"].values()
+    (turn,) = on["turns"]
+    assert turn["daemon"]["speculations"] == 1  # no pause inside the question: one speculation, played
+    assert turn["daemon"]["speculation_played_first"] is True
+    assert turn["llm_requests"] == 1
+    assert on["summary"]["daemon"]["speculations"]["median"] == 1
+
+
+def test_speculation_points_are_parsed_and_checked_against_the_end_silence() -> None:
+    args = parse_args(["--speculate-after-ms", "300,200", "--speculate-after-ms", "250", "--speculate-after-ms", "200"])
+    assert speculation_points(args) == [200, 250, 300]
+    assert speculation_problem(args) is None
+    assert speculation_points(parse_args([])) == []
+    assert [s.end_silence_ms for s in chosen_scenarios(parse_args([]))] == [700] * len(DEFAULT_SCENARIOS)
+    late = parse_args(["--speculate-after-ms", "250", "--end-silence-ms", "250"])
+    assert [s.end_silence_ms for s in chosen_scenarios(late)] == [250] * len(DEFAULT_SCENARIOS)
+    assert speculation_problem(late) == "--speculate-after-ms 250 is not shorter than the end silence (250 ms)"
+    for argv in (["--speculate-after-ms", "0"], ["--speculate-after-ms", "x"], ["--speculate-after-ms", ","]):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+
+
+def test_speculation_moves_the_limit_to_the_speculation_point_plus_the_services() -> None:
+    slow = SCENARIOS["slow-services"]
+    limit = limit_for(slow, tts_synth_s=0.05)
+    assert slow.end_silence_ms == 700 and limit.services_s > limit.end_silence_s  # slower than the silence
+    assert limit.with_speculation_s(None) == pytest.approx(limit.total_s)
+    assert limit.with_speculation_s(250) == pytest.approx(0.25 + limit.services_s)
+    assert target_ms(limit, None) == pytest.approx(limit.total_s * 1000 + 30)
+    assert target_ms(limit, 250) == pytest.approx((0.25 + limit.services_s) * 1000 + 60)
+    # the issue's promise: with services slower than the silence, at least 400 ms sooner
+    assert target_ms(limit, None) - target_ms(limit, 250) >= 400
+    quick = limit_for(SCENARIOS["smoke"], tts_synth_s=0.01)
+    assert quick.services_s + 0.25 < 0.7
+    assert quick.with_speculation_s(250) == pytest.approx(0.7)  # quick services: the silence is the limit
+
+
+def test_the_side_by_side_table_says_how_much_sooner_and_whether_targets_are_met() -> None:
+    def stats(median: float | None) -> dict[str, float | None]:
+        return {"median": median, "p90": median, "max": median}
+
+    def mode(first: float, overhead: float, speculations: float | None) -> dict[str, Any]:
+        return {
+            "first_audio_ms": stats(first),
+            "overhead_ms": stats(overhead),
+            "llm_requests": stats(1),
+            "daemon": {"speculations": stats(speculations)},
+        }
+
+    results = {
+        "n": 3,
+        "end_silence_ms": [700],
+        "speculate_after_ms": [250],
+        "scenarios": {
+            "slow-services": {
+                "limit_ms": {"end_silence": 700.0, "total": 1900.0},
+                "services_ms": 1200.0,
+                "target_ms": 1930.0,
+                "summary": mode(1925, 25, None),
+                "speculation": {
+                    "250": {
+                        "limit_ms": 1450.0,
+                        "target_ms": 1510.0,
+                        "summary": mode(1530, 80, 1),
+                        "sooner_by_ms": 395.0,
+                    }
+                },
+            }
+        },
+    }
+    text = render_speculation(results)
+    lines = text.splitlines()
+    off = next(line for line in lines if line.startswith("slow-services"))
+    on = lines[lines.index(off) + 1]
+    assert off.split()[-1] == "met" and "1925 / 1925" in off
+    assert on.split()[:4] == ["250", "ms", "1450", "1510"] and on.endswith("NOT met") and " 395 " in on
+    assert "sooner by 395 >= 400: NOT met" in text
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -81,7 +204,7 @@ def test_the_limit_adds_the_stages_and_counts_first_clause_tokens() -> None:
     assert index >= len(tokenize(clause)) - 1  # the boundary may need the next token
     limit = limit_for(typical, tts_synth_s=0.01)
     assert limit.first_clause_s == pytest.approx(index / 25)
-    assert limit.total_s == pytest.approx(0.5 + 0.2 + 0.35 + index / 25 + 0.15 + 0.01)
+    assert limit.total_s == pytest.approx(0.7 + 0.2 + 0.35 + index / 25 + 0.15 + 0.01)
 
 
 def test_the_reply_is_read_after_the_question_and_its_gaps_found(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ def register(subparsers: Any) -> None:
     _register_idle(sub)
     _register_latency(sub)
     _register_barge_in(sub)
+    _register_speculation(sub)
     _register_hotword(sub)
     wake = sub.add_parser("wake", help="wake word end -> listening, button press -> listening earcon")
     wake.add_argument("-n", type=_at_least_1, default=20, help="recordings and presses (default 20)")
@@ -92,8 +93,49 @@ def _register_latency(sub: Any) -> None:
         default=BLOCK_MS,
         help=f"the devices' period, audio.block_ms (default {BLOCK_MS}): the output device adds up to one",
     )
+    latency.add_argument(
+        "--speculate-after-ms",
+        type=_ms_list,
+        action="append",
+        metavar="MS[,MS...]",
+        help="also measure with vad.speculate_after_ms = each of these, side by side with speculation off",
+    )
+    latency.add_argument(
+        "--end-silence-ms", type=_at_least_1, metavar="MS", help="vad.end_silence_ms (default: the daemon's, 700)"
+    )
     latency.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
     latency.set_defaults(func=_run_latency)
+
+
+def _register_speculation(sub: Any) -> None:
+    spec = sub.add_parser(
+        "speculation",
+        help="speculative turn end on questions with a pause: LLM requests wasted, wrong answers, cut-offs",
+        description="``moss-voice bench speculation``: each stand-in question said with a pause in the middle.",
+    )
+    spec.add_argument("-n", type=_at_least_1, default=1, help="turns per question and pause (default 1)")
+    spec.add_argument(
+        "--pause-ms", type=_ms_list, action="append", metavar="MS[,MS...]", help="default 150,300,450,600"
+    )
+    spec.add_argument("--question", action="append", help="repeatable; default: every question of the grammar")
+    spec.add_argument("--speculate-after-ms", type=_at_least_1, default=250, help="vad.speculate_after_ms (250)")
+    spec.add_argument("--end-silence-ms", type=_at_least_1, default=700, help="vad.end_silence_ms (700)")
+    spec.add_argument(
+        "--end-silence-short-ms",
+        type=_at_least_1,
+        default=300,
+        help="vad.end_silence_short_ms of the cut-off pass (default 300)",
+    )
+    spec.add_argument("--no-cut-offs", action="store_true", help="skip the pass with vad.end_silence_short_ms")
+    spec.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
+    spec.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
+    spec.set_defaults(func=_run_speculation)
+
+
+def _run_speculation(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import speculation
+
+    return speculation.command(args)
 
 
 def _register_barge_in(sub: Any) -> None:
@@ -237,3 +279,14 @@ _at_least_20 = _checked(float, lambda v: v >= 20, "must be at least 20")
 _fraction = _checked(float, lambda v: 0 <= v <= 1, "must be between 0 and 1")
 _positive = _checked(float, lambda v: v > 0, "must be positive")
 _block_ms = _checked(int, lambda v: v > 0 and RATE * v % 1000 == 0, "must be a positive whole number of 16 kHz samples")
+
+
+def _ms_list(text: str) -> list[int]:
+    """An argparse type: ``250`` or ``200,250,300``, each a positive whole number of ms."""
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole milliseconds separated by commas, got {text!r}") from None
+    if not values or any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive milliseconds, got {text!r}")
+    return values

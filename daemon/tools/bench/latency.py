@@ -7,6 +7,12 @@ services set (end silence + ASR + time to first token + first clause + TTS first
 subtracted: the rest is moss-voice's overhead. The same turns through a sequential controller
 (whole transcript, whole answer, whole TTS, then play) give the ratio streaming saves. The
 stand-ins run in a process of their own (``stub_process``), as the services run on another machine.
+
+With ``--speculate-after-ms``, each turn is followed by one turn per speculation point
+(``vad.speculate_after_ms``) against the same stand-ins, so that the two are compared in one run:
+the limit becomes max(end silence, speculation point + the services), and "sooner by" is the
+difference of the medians. The end silence is the daemon's default (700 ms) unless
+``--end-silence-ms`` says otherwise.
 """
 
 from __future__ import annotations
@@ -16,9 +22,11 @@ import asyncio
 import contextlib
 import json
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +45,7 @@ from daemon.config import (
     VadSettings,
 )
 from daemon.logs import configure_logging
-from daemon.tools.bench.report import render_breakdown, render_png, render_table
+from daemon.tools.bench.report import render_breakdown, render_png, render_speculation, render_table
 from daemon.tools.bench.scenarios import (
     BLOCK_MS,
     DEFAULT_SCENARIOS,
@@ -48,6 +56,7 @@ from daemon.tools.bench.scenarios import (
     Scenario,
     first_clause,
     limit_for,
+    target_ms,
 )
 from daemon.tools.bench.sequential import run_sequential
 from daemon.tools.bench.stub_process import StubProcess, StubUrls
@@ -60,6 +69,7 @@ from daemon.tools.stubs.tokens import tokenize
 from hardware.wav_mic import WavMicrophone
 from hardware.wav_speaker import WavSpeaker
 from hardware.wavfile import write_wav
+from states.turn import report_fields
 
 log = structlog.get_logger()
 
@@ -77,13 +87,20 @@ def make_input(workdir: Path) -> tuple[Path, float]:
     return path, last_loud_s(samples, rate)
 
 
-def _settings(urls: StubUrls, scenario: Scenario, qwav: Path, out: Path, block_ms: int = BLOCK_MS) -> Settings:
+def _settings(
+    urls: StubUrls,
+    scenario: Scenario,
+    qwav: Path,
+    out: Path,
+    block_ms: int = BLOCK_MS,
+    speculate_after_ms: int | None = None,
+) -> Settings:
     return Settings(
         asr=AsrSettings(url=urls.asr),
         llm=LlmSettings(url=urls.llm),
         tts=TtsSettings(url=urls.tts),
         audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}", block_ms=block_ms),
-        vad=VadSettings(end_silence_ms=scenario.end_silence_ms),
+        vad=VadSettings(end_silence_ms=scenario.end_silence_ms, speculate_after_ms=speculate_after_ms),
         aec=AecSettings(engine="off"),  # WAV devices: no echo path
         earcons=EarconSettings(thinking="off"),  # the output's first sound after the question is the answer's
     )
@@ -97,7 +114,7 @@ def _reply(mic: WavMicrophone, speaker: WavSpeaker, out: Path, speech_end_s: flo
 
 async def streaming_turn(
     settings: Settings, out: Path, speech_end_s: float, window_s: float
-) -> tuple[Reply | None, dict[str, float | None]]:
+) -> tuple[Reply | None, dict[str, Any]]:
     """One fresh daemon run (``once``), stopped ``window_s`` after the reply started."""
     stop = asyncio.Event()
     app = App(settings, once=True)
@@ -128,7 +145,21 @@ async def streaming_turn(
     assert app.assistant is not None
     mic, speaker = app.assistant.mic, app.assistant.speaker
     assert isinstance(mic, WavMicrophone) and isinstance(speaker, WavSpeaker)
-    return _reply(mic, speaker, out, speech_end_s), _daemon_times(app, mic, speech_end_s)
+    return _reply(mic, speaker, out, speech_end_s), {
+        **_daemon_times(app, mic, speech_end_s),
+        **speculation_fields(app),
+    }
+
+
+def speculation_fields(app: App) -> dict[str, Any]:
+    """What ``turn_finished`` says of the last turn's speculations (None before parts A1+A2 report them)."""
+    if not app.turns:
+        return {}
+    fields = report_fields(app.turns[-1])
+    return {key: fields.get(key) for key in SPECULATION_FIELDS}
+
+
+SPECULATION_FIELDS = ("speculations", "speculation_played_first")
 
 
 def _daemon_times(app: App, mic: WavMicrophone, speech_end_s: float) -> dict[str, float | None]:
@@ -189,6 +220,55 @@ def _stats(values: Sequence[float | None]) -> dict[str, float | None]:
     }
 
 
+async def _timed_turn(
+    stubs: StubProcess,
+    settings: Settings,
+    out: Path,
+    speech_end_s: float,
+    window_s: float,
+    scenario: Scenario,
+    speculate_after_ms: int | None,
+) -> tuple[dict[str, Any], float]:
+    """One streaming turn: its figures against its own limit, and the stand-in TTS's own time for
+    the first sentence (espeak-ng, from its log). ``llm_requests``: chat requests the LLM
+    stand-in received during the turn (speculations included)."""
+    synthesized = len(await stubs.synth_log())
+    asked = len(await stubs.llm_requests())
+    reply, daemon_times = await streaming_turn(settings, out, speech_end_s, window_s)
+    synth_log = await stubs.synth_log()
+    synth = synth_log[synthesized][1] if len(synth_log) > synthesized else 0.0
+    limit = limit_for(scenario, tts_synth_s=synth)
+    limit_s = limit.with_speculation_s(speculate_after_ms)
+    turn = {
+        **_turn_figures(reply, speech_end_s, limit_s),
+        "limit_ms": round(limit_s * 1000, 1),
+        "target_ms": round(target_ms(limit, speculate_after_ms), 1),
+        "llm_requests": len(await stubs.llm_requests()) - asked,
+        "daemon": daemon_times,
+    }
+    return turn, synth
+
+
+def _summary(turns: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {
+        key: _stats([t.get(key) for t in turns])
+        for key in ("first_audio_ms", "first_sound_ms", "overhead_ms", "longest_gap_ms", "llm_requests")
+    }
+    summary["daemon"] = {
+        key: _stats([t["daemon"].get(key) for t in turns if isinstance(t.get("daemon"), dict)])
+        for key in (
+            "vad_decided_ms",
+            "asr_final_ms",
+            "llm_first_token_ms",
+            "tts_first_audio_ms",
+            "first_audio_ms",
+            "speculations",
+            *(name for name, _, _ in STEPS),
+        )
+    }
+    return summary
+
+
 async def measure_scenario(
     scenario: Scenario,
     n: int,
@@ -197,13 +277,17 @@ async def measure_scenario(
     sequential: bool = True,
     window_s: float = WINDOW_S,
     block_ms: int = BLOCK_MS,
+    speculate: Sequence[int] = (),
 ) -> dict[str, Any]:
+    """``n`` turns with speculation off and, side by side (turn by turn, against the same
+    stand-ins, after one warm-up turn, the order of the modes rotating), ``n`` with each of
+    ``speculate`` (``vad.speculate_after_ms``)."""
     qwav, speech_end_s = await asyncio.to_thread(make_input, workdir)
     clause, index = first_clause(scenario.answer)
-    limits: list[Limit] = []
     synths: list[float] = []
     turns: list[dict[str, Any]] = []
     seq_turns: list[dict[str, Any]] = []
+    spec_turns: dict[int, list[dict[str, Any]]] = {ms: [] for ms in speculate}
     async with StubProcess(
         asr=FunAsrBehaviour(transcript_override=QUESTION, final_delay_s=scenario.asr_final_delay_s),
         llm=demo_llm_behaviour(
@@ -214,25 +298,23 @@ async def measure_scenario(
         ),
         tts=PaddleSpeechBehaviour(first_chunk_delay_s=scenario.tts_first_chunk_s, realtime_factor=scenario.tts_rtf),
     ) as stubs:
+        if speculate:  # compared side by side: the stand-ins' first answers are slower, for nobody
+            out = workdir / f"{scenario.name}-warm-up.wav"
+            await streaming_turn(_settings(stubs.urls, scenario, qwav, out, block_ms), out, speech_end_s, window_s)
+        modes: list[int | None] = [None, *speculate]
         for i in range(n):
-            out = workdir / f"{scenario.name}-stream-{i}.wav"
-            synthesized = len(await stubs.synth_log())
-            reply, daemon_times = await streaming_turn(
-                _settings(stubs.urls, scenario, qwav, out, block_ms), out, speech_end_s, window_s
-            )
-            # The stand-in's own time for the first sentence of this answer (espeak-ng), from its log.
-            synth_log = await stubs.synth_log()
-            synth = synth_log[synthesized][1] if len(synth_log) > synthesized else 0.0
-            synths.append(synth)
-            limits.append(limit_for(scenario, tts_synth_s=synth))
-            turns.append(
-                {
-                    **_turn_figures(reply, speech_end_s, limits[-1].total_s),
-                    "limit_ms": round(limits[-1].total_s * 1000, 1),
-                    "daemon": daemon_times,
-                }
-            )
-            log.warning("bench_turn", scenario=scenario.name, mode="streaming", turn=i, **turns[-1])
+            shift = i % len(modes)  # each mode takes its turn at going first
+            for ms in modes[shift:] + modes[:shift]:
+                name = "stream" if ms is None else f"speculate{ms}"
+                out = workdir / f"{scenario.name}-{name}-{i}.wav"
+                settings = _settings(stubs.urls, scenario, qwav, out, block_ms, speculate_after_ms=ms)
+                turn, synth = await _timed_turn(stubs, settings, out, speech_end_s, window_s, scenario, ms)
+                if ms is None:
+                    synths.append(synth)
+                    turns.append(turn)
+                else:
+                    spec_turns[ms].append(turn)
+                log.warning("bench_turn", scenario=scenario.name, mode=name, turn=i, **turn)
             if sequential:
                 out = workdir / f"{scenario.name}-seq-{i}.wav"
                 reply = await sequential_turn(
@@ -240,21 +322,7 @@ async def measure_scenario(
                 )
                 seq_turns.append(_turn_figures(reply, speech_end_s, None))
                 log.warning("bench_turn", scenario=scenario.name, mode="sequential", turn=i, **seq_turns[-1])
-    summary: dict[str, Any] = {
-        key: _stats([t.get(key) for t in turns])
-        for key in ("first_audio_ms", "first_sound_ms", "overhead_ms", "longest_gap_ms")
-    }
-    summary["daemon"] = {
-        key: _stats([t["daemon"].get(key) for t in turns if isinstance(t.get("daemon"), dict)])
-        for key in (
-            "vad_decided_ms",
-            "asr_final_ms",
-            "llm_first_token_ms",
-            "tts_first_audio_ms",
-            "first_audio_ms",
-            *(name for name, _, _ in STEPS),
-        )
-    }
+    summary = _summary(turns)
     if sequential:
         summary["sequential_first_audio_ms"] = _stats([t.get("first_audio_ms") for t in seq_turns])
         s, f = summary["sequential_first_audio_ms"]["median"], summary["first_audio_ms"]["median"]
@@ -275,31 +343,85 @@ async def measure_scenario(
             "tts": round(limit.tts_s * 1000, 1),
             "total": round(limit.total_s * 1000, 1),
         },
+        "services_ms": round(limit.services_s * 1000, 1),
+        "target_ms": round(target_ms(limit, None), 1),
         "turns": turns,
         "sequential_turns": seq_turns,
         "summary": summary,
+        "speculation": {str(ms): _speculation_result(ms, limit, spec_turns[ms], summary) for ms in speculate},
     }
+
+
+def _speculation_result(
+    speculate_after_ms: int, limit: Limit, turns: list[dict[str, Any]], off: dict[str, Any]
+) -> dict[str, Any]:
+    """One speculation point's turns beside the same scenario's turns with speculation off."""
+    summary = _summary(turns)
+    on_median, off_median = summary["first_audio_ms"]["median"], off["first_audio_ms"]["median"]
+    return {
+        "speculate_after_ms": speculate_after_ms,
+        "limit_ms": round(limit.with_speculation_s(speculate_after_ms) * 1000, 1),
+        "target_ms": round(target_ms(limit, speculate_after_ms), 1),
+        "turns": turns,
+        "summary": summary,
+        "sooner_by_ms": None if on_median is None or off_median is None else round(off_median - on_median, 1),
+    }
+
+
+def speculation_points(args: argparse.Namespace) -> list[int]:
+    """``--speculate-after-ms`` (repeatable, each a comma list), sorted, each once."""
+    return sorted({ms for group in args.speculate_after_ms or () for ms in group})
+
+
+def chosen_scenarios(args: argparse.Namespace) -> list[Scenario]:
+    """``--scenario`` (default: DEFAULT_SCENARIOS) with ``--end-silence-ms`` applied."""
+    names = args.scenario or list(DEFAULT_SCENARIOS)
+    if args.end_silence_ms is None:
+        return [SCENARIOS[name] for name in names]
+    return [replace(SCENARIOS[name], end_silence_ms=args.end_silence_ms) for name in names]
+
+
+def speculation_problem(args: argparse.Namespace) -> str | None:
+    """Why the speculation points cannot be measured (one at or past the end silence), or None."""
+    for scenario in chosen_scenarios(args):
+        for ms in speculation_points(args):
+            if ms >= scenario.end_silence_ms:
+                return f"--speculate-after-ms {ms} is not shorter than the end silence ({scenario.end_silence_ms} ms)"
+    return None
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure what ``args`` asks for; the WAV files go to ``--keep`` or a temporary folder."""
-    names = args.scenario or list(DEFAULT_SCENARIOS)
-    results: dict[str, Any] = {"n": args.n, "window_s": args.window, "block_ms": args.block_ms, "scenarios": {}}
+    problem = speculation_problem(args)
+    if problem is not None:
+        raise ValueError(problem)
+    scenarios = chosen_scenarios(args)
+    speculate = speculation_points(args)
+    results: dict[str, Any] = {
+        "n": args.n,
+        "window_s": args.window,
+        "block_ms": args.block_ms,
+        "end_silence_ms": sorted({s.end_silence_ms for s in scenarios}),
+        "speculate_after_ms": speculate,
+        "warm_up_turns": 1 if speculate else 0,
+        "scenarios": {},
+    }
     with contextlib.ExitStack() as stack:
         if args.keep is not None:
             workdir = args.keep
         else:
             workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="moss-bench-")))
-        for name in names:
-            sdir = workdir / name
+        for scenario in scenarios:
+            sdir = workdir / scenario.name
             await asyncio.to_thread(sdir.mkdir, parents=True, exist_ok=True)
-            results["scenarios"][name] = await measure_scenario(
-                SCENARIOS[name],
+            results["scenarios"][scenario.name] = await measure_scenario(
+                scenario,
                 args.n,
                 sdir,
                 sequential=not args.no_sequential,
                 window_s=args.window,
                 block_ms=args.block_ms,
+                speculate=speculate,
             )
     return results
 
@@ -307,6 +429,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> str:
     """Write ``--json`` and ``--png``; return the text to print (the table and where things went)."""
     lines = [render_table(results), "", render_breakdown(results)]
+    if results.get("speculate_after_ms"):
+        lines += ["", render_speculation(results)]
     if args.json is not None:
         args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
         lines.append(f"raw figures: {args.json}")
@@ -319,6 +443,10 @@ def write_outputs(results: dict[str, Any], args: argparse.Namespace) -> str:
 def command(args: argparse.Namespace) -> int:
     """``moss-voice bench latency`` with its parsed options (``bench/cli.py``)."""
     configure_logging("warning", "console")
+    problem = speculation_problem(args)
+    if problem is not None:
+        print(f"moss-voice bench latency: {problem}", file=sys.stderr)
+        return 2
     results = asyncio.run(run(args))
     print(write_outputs(results, args))
     return 0

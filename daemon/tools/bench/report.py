@@ -223,3 +223,90 @@ def render_png(results: dict[str, Any], path: Path) -> str | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return None
+
+
+def _rows_text(rows: list[tuple[str, ...]]) -> list[str]:
+    """Aligned columns, a rule under the header: the first column left, the others right."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for k, row in enumerate(rows):
+        lines.append(
+            "  ".join(cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+        )
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return lines
+
+
+def _median(stats: dict[str, Any] | None) -> float | None:
+    return None if not stats else stats.get("median")
+
+
+def render_speculation(results: dict[str, Any]) -> str:
+    """Speculation off and on, side by side per scenario: first audio against its limit and
+    target, how much sooner than off, speculations and LLM requests per turn."""
+    from daemon.tools.bench.scenarios import MARGIN_SPECULATION_MS, MARGIN_TODAY_MS, SOONER_TARGET_MS
+
+    rows: list[tuple[str, ...]] = [
+        (
+            "scenario",
+            "speculate after",
+            "limit",
+            "target",
+            "first audio",
+            "over limit",
+            "sooner by",
+            "speculations/turn",
+            "LLM requests/turn",
+            "target met",
+        )
+    ]
+    checks: list[str] = []
+    for name, r in results["scenarios"].items():
+        modes: list[tuple[str, dict[str, Any]]] = [("off", r)]
+        modes += [(f"{ms} ms", spec) for ms, spec in r.get("speculation", {}).items()]
+        for label, m in modes:
+            s = m["summary"]
+            first = _median(s["first_audio_ms"])
+            limit = m["limit_ms"]["total"] if label == "off" else m["limit_ms"]
+            target = m["target_ms"]
+            rows.append(
+                (
+                    name if label == "off" else "",
+                    label,
+                    _ms(limit),
+                    _ms(target),
+                    _pair(s["first_audio_ms"]),
+                    _ms(_median(s["overhead_ms"])),
+                    "-" if label == "off" else _ms(m.get("sooner_by_ms")),
+                    _ms1(_median(s["daemon"].get("speculations"))),
+                    _ms1(_median(s.get("llm_requests"))),
+                    _met(None if first is None else first - target, 0.0, inclusive=True),
+                )
+            )
+            if label != "off" and r["services_ms"] >= r["limit_ms"]["end_silence"]:
+                sooner = m.get("sooner_by_ms")
+                checks.append(
+                    f"  {name}, speculate after {label}: services {_ms(r['services_ms'])} >= end silence "
+                    f"{_ms(r['limit_ms']['end_silence'])}, sooner by {_ms(sooner)} >= {SOONER_TARGET_MS:.0f}: "
+                    + ("not measured" if sooner is None else "met" if sooner >= SOONER_TARGET_MS else "NOT met")
+                )
+    end_silence = ", ".join(str(ms) for ms in results.get("end_silence_ms", [])) or "?"
+    lines = [
+        f"speculation off and on, side by side (vad.end_silence_ms = {end_silence}); end of speech -> first reply "
+        f"sample, median / p90 ms, n={results['n']}"
+    ]
+    lines += _rows_text(rows)
+    lines.append(
+        "limit: off = end silence + services; on = max(end silence, speculation point + services), services ="
+        " ASR final + LLM first token + first clause + TTS first chunk"
+    )
+    lines.append(
+        f"target: the limit + {MARGIN_TODAY_MS:.0f} ms off (today's), + {MARGIN_SPECULATION_MS:.0f} ms on"
+        " (issue 12); 'over limit' = first audio - limit; 'sooner by' = off's median first audio - this one's"
+    )
+    lines.append("speculations/turn: turn_finished's 'speculations' ('-': not reported); LLM requests at the stand-in")
+    if checks:
+        lines.append("targets (services slower than the end silence):")
+        lines.extend(checks)
+    return "\n".join(lines)

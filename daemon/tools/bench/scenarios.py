@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from daemon.config import AudioSettings
+from daemon.config import AudioSettings, VadSettings
 from daemon.tools.stubs.tokens import tokenize
 
 if TYPE_CHECKING:
@@ -60,7 +60,8 @@ class Scenario:
     tts_first_chunk_s: float
     tts_rtf: float
     answer_tokens: int = 150
-    end_silence_ms: int = 500
+    end_silence_ms: int = VadSettings().end_silence_ms
+    """The daemon's default (700 ms); ``bench latency --end-silence-ms`` measures another."""
 
     @property
     def answer(self) -> str:
@@ -82,6 +83,14 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "slow-llm", asr_final_delay_s=0.2, llm_ttft_s=1.0, llm_tokens_per_s=8, tts_first_chunk_s=0.15, tts_rtf=0.3
         ),
+        Scenario(  # the services together slower than the end silence: where speculation gains the most
+            "slow-services",
+            asr_final_delay_s=0.2,
+            llm_ttft_s=0.7,
+            llm_tokens_per_s=25,
+            tts_first_chunk_s=0.15,
+            tts_rtf=0.3,
+        ),
         Scenario(  # an LLM slower than speech: the answer has to wait for its clauses (gaps)
             "trickle", asr_final_delay_s=0.2, llm_ttft_s=0.35, llm_tokens_per_s=3, tts_first_chunk_s=0.15, tts_rtf=0.3
         ),
@@ -96,7 +105,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
     )
 }
-DEFAULT_SCENARIOS = ("fast", "typical", "slow-llm")
+DEFAULT_SCENARIOS = ("fast", "typical", "slow-services", "slow-llm")
 RATIO_SCENARIO = "typical"
 """150 tokens at 25 tokens/s: the scenario the sequential/streaming ratio is quoted for."""
 WINDOW_S = 8.0
@@ -132,7 +141,19 @@ class Limit:
 
     @property
     def total_s(self) -> float:
-        return self.end_silence_s + self.asr_s + self.ttft_s + self.first_clause_s + self.tts_s
+        return self.end_silence_s + self.services_s
+
+    @property
+    def services_s(self) -> float:
+        """What the services cost after the ASR is asked for its final: everything but the silence."""
+        return self.asr_s + self.ttft_s + self.first_clause_s + self.tts_s
+
+    def with_speculation_s(self, speculate_after_ms: int | None) -> float:
+        """The limit with a speculative turn end: the services start ``speculate_after_ms`` into
+        the silence, and the answer cannot play before the silence has lasted ``end_silence``."""
+        if speculate_after_ms is None:
+            return self.total_s
+        return max(self.end_silence_s, speculate_after_ms / 1000 + self.services_s)
 
 
 def limit_for(scenario: Scenario, *, tts_synth_s: float = 0.0) -> Limit:
@@ -148,3 +169,18 @@ def limit_for(scenario: Scenario, *, tts_synth_s: float = 0.0) -> Limit:
         first_clause_s=index * per_token,
         tts_s=scenario.tts_first_chunk_s + tts_synth_s,
     )
+
+
+MARGIN_TODAY_MS = 30.0
+"""Without speculation the issue quotes first audio at the limit + this (issue 12, "Targets")."""
+MARGIN_SPECULATION_MS = 60.0
+"""With speculation the target is the speculative limit + this, at the median."""
+SOONER_TARGET_MS = 400.0
+"""With services slower than the end silence, speculation must be at least this much sooner."""
+
+
+def target_ms(limit: Limit, speculate_after_ms: int | None) -> float:
+    """The first-audio target at the median: today's limit + 30 ms with speculation off, the
+    speculative limit + 60 ms with it on."""
+    margin = MARGIN_TODAY_MS if speculate_after_ms is None else MARGIN_SPECULATION_MS
+    return limit.with_speculation_s(speculate_after_ms) * 1000 + margin

@@ -20,6 +20,7 @@ from typing import Any
 
 from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour
 from daemon.tools.stubs.openai import OpenAiBehaviour
+from daemon.tools.stubs.openai_behaviour import ReceivedRequest, content_text
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 
 START_TIMEOUT_S = 60.0
@@ -51,10 +52,19 @@ class StubUrls:
     """``POST /_stub/misbehave`` (daemon/tools/stubs/switch.py): another process flips a stand-in."""
 
 
+@dataclass(frozen=True)
+class LlmRequest:
+    """A chat request the LLM stand-in received: when (``time.monotonic()``) and its last user message."""
+
+    at: float
+    question: str
+
+
 class StubProcess:
     """``async with StubProcess(asr=..., llm=..., tts=...) as stubs``: ``stubs.urls``,
     ``await stubs.synth_log()`` (the TTS stand-in's ``(sentence, seconds)`` records so far) and
     ``await stubs.disconnect_times()`` (when the LLM and TTS stand-ins saw a client go away),
+    ``await stubs.llm_requests()`` (the chat requests the LLM stand-in received),
     ``await stubs.misbehave("llm", "cut")`` (None: behave again; see daemon/tools/stubs/switch.py)."""
 
     def __init__(
@@ -104,6 +114,11 @@ class StubProcess:
     async def synth_log(self) -> list[tuple[str, float]]:
         payload = await self._ask("synth_log")
         return [(str(sentence), float(seconds)) for sentence, seconds in payload]
+
+    async def llm_requests(self) -> list[LlmRequest]:
+        """Every chat request the LLM stand-in received so far, in order."""
+        payload = await self._ask("llm_requests")
+        return [LlmRequest(float(at), str(question)) for at, question in payload]
 
     async def disconnect_times(self) -> tuple[list[float], list[float]]:
         """When the LLM and the TTS stand-ins saw a client go away mid-stream, on ``time.monotonic()``."""
@@ -186,9 +201,28 @@ async def _serve(conn: Connection, b: StubBehaviours) -> None:
                     conn.send(("misbehave", switch.current()))
             elif command == "synth_log":
                 conn.send(("synth_log", list(tts_stub.synth_log)))
+            elif command == "llm_requests":
+                conn.send(
+                    (
+                        "llm_requests",
+                        [_chat_request(r) for r in llm_stub.requests if r.path.endswith("/chat/completions")],
+                    )
+                )
             elif command == "disconnect_times":
                 conn.send(("disconnect_times", (list(llm_stub.disconnect_times), list(tts_stub.disconnect_times))))
             elif command == "stop":
                 return
             else:
                 conn.send(("error", f"unknown command {command!r}"))
+
+
+def _chat_request(request: ReceivedRequest) -> tuple[float, str]:
+    """(arrival, last user message) of a request (plain values: they cross the pipe)."""
+    question = ""
+    body = request.body
+    if isinstance(body, dict) and isinstance(body.get("messages"), list):
+        for message in reversed(body["messages"]):
+            if isinstance(message, dict) and message.get("role") == "user":
+                question = content_text(message.get("content"))
+                break
+    return request.at, question

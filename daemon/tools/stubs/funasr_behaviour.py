@@ -69,6 +69,10 @@ class FunAsrBehaviour:
     final_delay_s: float = 0.0
     """Wait this long after the end marker before the final result (the offline pass of a busy
     server); benchmarks inject ASR latency with it. Not applied to ``script``."""
+    punctuate: bool = False
+    """End each offline (final) result with a full stop, or a question mark when it opens with a
+    question word, as a server with a punctuation model does (``punctuation.py``); online
+    partials stay bare."""
     busy_after_final_s: float = 0.0
     """After the final result, read nothing for this long (a classic Python server decoding the
     next request): a client's close frame waits that long for its answer."""

@@ -13,6 +13,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour, SessionAborted, StubSession
+from daemon.tools.stubs.punctuation import punctuate
 from daemon.tools.stubs.questions import SAMPLE_RATE, Recogniser
 
 log = structlog.get_logger()
@@ -248,24 +249,25 @@ class Utterance:
 
     async def _flush_reply(self, text: str, *, wants_ack: bool) -> None:
         flavour, online = self.b.flavour, self.mode == "online"
+        final = punctuate(text) if self.b.punctuate else text  # what the offline results say
         if flavour == "cpp-2pass":
             if online:
                 await self._send(self._result("2pass-online", self._rest_of(text), is_final=True))
             elif text:
-                await self._send(self._result("2pass-offline", text, is_final=True))
+                await self._send(self._result("2pass-offline", final, is_final=True))
             else:
                 await self._send(self._result(None, "", is_final=True))  # no mode when empty
         elif flavour == "cpp-offline":
-            await self._send(self._result("offline", text, is_final=False))  # always false
+            await self._send(self._result("offline", final, is_final=False))  # always false
         elif flavour == "python-classic":
             # The flush echoes is_speaking (false); empty text or online mode: no message at all.
             if text and not online and not self.b.silent_flush:
-                await self._send(self._result(self._offline_mode(), text, is_final=False))
+                await self._send(self._result(self._offline_mode(), final, is_final=False))
         else:  # python-2026
             if online:
                 await self._send(self._result("online", self._rest_of(text), is_final=True))
             elif text:
-                await self._send(self._result(self._offline_mode(), text, is_final=True, spk_name="unknown"))
+                await self._send(self._result(self._offline_mode(), final, is_final=True, spk_name="unknown"))
             if wants_ack:
                 await self._send(self._result(self.mode, None, is_final=True, is_end=True))
 

@@ -23,6 +23,19 @@ QUESTIONS = (
 """Sentences of questions.gram (a wake phrase may also precede any other question)."""
 WAKE_PHRASES = ("hello robot", "hey robot")
 """The wake phrases of questions.gram: alone, or before a question ("hey robot what time is it")."""
+PAUSED_SPLITS: dict[str, int] = {
+    "what is the weather like today": 3,
+    "turn on the kitchen light": 2,
+    "please move forward two meters": 2,
+    "what time is it": 1,
+    "tell me a joke": 2,
+    "who are you": 2,
+}
+"""The questions said with a pause in the middle: how many words come before it. The words
+before the pause alone are an ``<opening>`` of questions.gram, so the stand-in recognises them
+too (a speculative answer to them is a wrong answer to the whole question)."""
+LOUD = 300
+"""A sample louder than this (int16) is voice: the pause is measured between loud samples."""
 ESPEAK_VOICE = "en-us+klatt4"
 """The espeak-ng voice the grammar recognises exactly (the default en-us voice loses "is it")."""
 ESPEAK_SPEED = 175
@@ -99,4 +112,43 @@ def make_question_wav(
         check=True,
         timeout=30,
     )
+    return out
+
+
+def make_paused_question_wav(
+    text: str,
+    path: str | os.PathLike[str],
+    pause_ms: int,
+    *,
+    split: int | None = None,
+    voice: str = ESPEAK_VOICE,
+    speed: int = ESPEAK_SPEED,
+) -> Path:
+    """Speak ``text`` with exactly ``pause_ms`` of silence between its first ``split`` words
+    (default: ``PAUSED_SPLITS``) and the rest, from the last loud sample of the first part to
+    the first loud sample of the second. The stand-in recognises the whole as ``text``."""
+    import numpy as np  # numpy is a dependency of the daemon; imported only for this
+
+    words = text.split()
+    k = PAUSED_SPLITS.get(text, len(words) // 2) if split is None else split
+    if not 0 < k < len(words):
+        raise ValueError(f"cannot pause {text!r} after {k} words: it has {len(words)}")
+    if pause_ms < 0:
+        raise ValueError(f"pause_ms must be >= 0, got {pause_ms}")
+    out = Path(path)
+    parts = []
+    for i, part in enumerate((" ".join(words[:k]), " ".join(words[k:]))):
+        wav = make_question_wav(part, out.with_name(f"{out.stem}.part{i}.wav"), voice=voice, speed=speed)
+        parts.append(np.frombuffer(read_wav_pcm(wav), dtype="<i2"))
+        wav.unlink()
+    first, second = parts
+    first_end = int(np.flatnonzero(np.abs(first.astype(np.int32)) > LOUD)[-1]) + 1
+    second_start = int(np.flatnonzero(np.abs(second.astype(np.int32)) > LOUD)[0])
+    pause = np.zeros(SAMPLE_RATE * pause_ms // 1000, dtype="<i2")
+    samples = np.concatenate([first[:first_end], pause, second[second_start:]])
+    with wave.open(str(out), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(samples.astype("<i2").tobytes())
     return out
