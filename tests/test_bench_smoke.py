@@ -105,7 +105,6 @@ def test_speculation_is_measured_side_by_side_with_it_off(smoke_run: SmokeRun) -
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs parts A1+A2: speculation, and turn_finished's speculations")
 def test_the_speculative_turn_reports_one_speculation_played(smoke_run: SmokeRun) -> None:
     (on,) = smoke_run.results["scenarios"]["smoke"]["speculation"].values()
     (turn,) = on["turns"]

@@ -171,19 +171,19 @@ async def test_a_cut_off_is_seen_when_the_pause_outlasts_the_end_silence() -> No
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs parts A1+A2: a speculation at the pause, dropped when the user goes on")
 def test_the_speculation_at_the_pause_is_dropped_and_the_whole_question_answered(
     bench_run: tuple[dict[str, Any], str],
 ) -> None:
     wasted = only_turn(bench_run[0], "wasted")
     assert wasted["speculations"] >= 2 and wasted["dropped"] >= 1  # one at the pause, one at the end
-    assert wasted["llm_requests"] >= 2 and wasted["llm_questions"][0] == "tell me."
+    # the opening alone (the stand-in's grammar may hear "tell me" or "tell me a")
+    opening = wasted["llm_questions"][0]
+    assert wasted["llm_requests"] >= 2 and opening.startswith("tell me") and "joke" not in opening
     assert wasted["llm_streams_closed"] >= 1  # the dropped one's generation was stopped
     assert wasted["right_answer"] and wasted["speculation_played_first"] is False
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="needs part A1: vad.end_silence_short_ms")
 def test_the_short_silence_cuts_a_user_off_at_a_450_ms_pause(bench_run: tuple[dict[str, Any], str]) -> None:
     cut = only_turn(bench_run[0], "cut_offs")
-    assert not cut["whole_question"] and cut["transcript"] == "tell me."
+    assert not cut["whole_question"] and cut["transcript"].startswith("tell me") and "joke" not in cut["transcript"]
