@@ -136,7 +136,7 @@ async def listen_for_utterance(
                         speech_ms=round((times.speech_end - (times.speech_start or times.speech_end)) * 1000),
                         voiced_ms=round(voiced_frames * frame_ms),
                     )
-                    transcript = await session.finish()
+                    transcript = await session.finish(trailing_silence_ms=endpointer.silence_ms)
                     times.asr_final = clock()
                     voiced_ms = round(voiced_frames * frame_ms)
                     # A server that stayed silent failed, however short the speech; one that

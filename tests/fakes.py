@@ -103,12 +103,14 @@ class FakeAsrSession:
     audio: bytearray = field(default_factory=bytearray)
     closed: bool = False
     finished: bool = False
+    trailing_silence_ms: float | None = None
 
     async def send_audio(self, pcm: bytes) -> None:
         self.audio += pcm
 
-    async def finish(self) -> Transcript:
+    async def finish(self, *, trailing_silence_ms: float | None = None) -> Transcript:
         self.finished = True
+        self.trailing_silence_ms = trailing_silence_ms
         if isinstance(self.text, Exception):
             raise self.text
         return Transcript(self.text)
