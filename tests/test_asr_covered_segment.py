@@ -161,3 +161,15 @@ async def test_listening_tells_the_session_how_much_silence_ends_the_audio() -> 
     silence = asr.sessions[0].trailing_silence_ms
     assert silence is not None and 300 <= silence < 320  # the end silence, in whole 20 ms frames
     assert time.monotonic() - started < TIMEOUT
+
+
+async def test_the_asr_end_benchmark_takes_the_covered_segment() -> None:
+    from daemon.__main__ import build_parser
+    from daemon.tools.bench import asr_end
+
+    args = build_parser().parse_args(["bench", "asr-end", "-n", "1", "--end-silence-ms", "500"])
+    results = await asr_end.run(args)
+    assert len(results["turns"]) == 1
+    request = results["median_end_to_llm_request_ms"]
+    assert request is not None and request < 1000 * FINAL_TIMEOUT_S / 5  # not the 2 s quiet timeout
+    assert "end of speech decided -> LLM request" in asr_end.render(results)

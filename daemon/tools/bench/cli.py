@@ -38,6 +38,7 @@ def register(subparsers: Any) -> None:
     asr_wake.set_defaults(func=_run_asr_wake)
     _register_faults(sub)
     _register_soak(sub)
+    _register_asr_end(sub)
 
 
 def _register_vad(sub: Any) -> None:
@@ -141,6 +142,23 @@ def _register_faults(sub: Any) -> None:
     faults.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
     faults.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
     faults.set_defaults(func=_run_faults)
+
+
+def _register_asr_end(sub: Any) -> None:
+    asr_end = sub.add_parser(
+        "asr-end", help="end of speech -> LLM request against a classic FunASR server silent after the end marker"
+    )
+    asr_end.add_argument("-n", type=_at_least_1, default=5, help="turns (default 5)")
+    asr_end.add_argument("--end-silence-ms", type=_at_least_1, default=700, help="vad.end_silence_ms (default 700)")
+    asr_end.add_argument("--final-timeout-s", type=_positive, default=2.0, help="asr.final_timeout_s (default 2)")
+    asr_end.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
+    asr_end.set_defaults(func=_run_asr_end)
+
+
+def _run_asr_end(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import asr_end
+
+    return asr_end.command(args)
 
 
 def _run_faults(args: argparse.Namespace) -> int:
