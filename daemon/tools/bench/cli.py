@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon.tools.bench.scenarios import BLOCK_MS, DEFAULT_SCENARIOS, SCENARIOS, WINDOW_S
+from daemon.tools.bench.scenarios import BLOCK_MS, DEFAULT_SCENARIOS, MIC_BLOCK_MS, SCENARIOS, WINDOW_S
 
 RATE = 16000
 HOTWORD_CORPUS = Path(tempfile.gettempdir()) / "moss-voice-hotword-corpus"
@@ -92,6 +92,13 @@ def _register_latency(sub: Any) -> None:
         type=_block_ms,
         default=BLOCK_MS,
         help=f"the devices' period, audio.block_ms (default {BLOCK_MS}): the output device adds up to one",
+    )
+    latency.add_argument(
+        "--mic-block-ms",
+        type=int,
+        choices=(5, 10, 20, 30, 40, 50, 60, 80, 100),
+        default=MIC_BLOCK_MS,
+        help=f"the microphone's period, audio.mic_block_ms (default {MIC_BLOCK_MS}): the VAD decides up to one late",
     )
     latency.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
     latency.set_defaults(func=_run_latency)

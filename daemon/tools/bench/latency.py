@@ -41,6 +41,7 @@ from daemon.tools.bench.report import render_breakdown, render_png, render_table
 from daemon.tools.bench.scenarios import (
     BLOCK_MS,
     DEFAULT_SCENARIOS,
+    MIC_BLOCK_MS,
     QUESTION,
     SCENARIOS,
     WINDOW_S,
@@ -77,12 +78,19 @@ def make_input(workdir: Path) -> tuple[Path, float]:
     return path, last_loud_s(samples, rate)
 
 
-def _settings(urls: StubUrls, scenario: Scenario, qwav: Path, out: Path, block_ms: int = BLOCK_MS) -> Settings:
+def _settings(
+    urls: StubUrls,
+    scenario: Scenario,
+    qwav: Path,
+    out: Path,
+    block_ms: int = BLOCK_MS,
+    mic_block_ms: int = MIC_BLOCK_MS,
+) -> Settings:
     return Settings(
         asr=AsrSettings(url=urls.asr),
         llm=LlmSettings(url=urls.llm),
         tts=TtsSettings(url=urls.tts),
-        audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}", block_ms=block_ms),
+        audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}", block_ms=block_ms, mic_block_ms=mic_block_ms),
         vad=VadSettings(end_silence_ms=scenario.end_silence_ms),
         aec=AecSettings(engine="off"),  # WAV devices: no echo path
         earcons=EarconSettings(thinking="off"),  # the output's first sound after the question is the answer's
@@ -197,6 +205,7 @@ async def measure_scenario(
     sequential: bool = True,
     window_s: float = WINDOW_S,
     block_ms: int = BLOCK_MS,
+    mic_block_ms: int = MIC_BLOCK_MS,
 ) -> dict[str, Any]:
     qwav, speech_end_s = await asyncio.to_thread(make_input, workdir)
     clause, index = first_clause(scenario.answer)
@@ -218,7 +227,7 @@ async def measure_scenario(
             out = workdir / f"{scenario.name}-stream-{i}.wav"
             synthesized = len(await stubs.synth_log())
             reply, daemon_times = await streaming_turn(
-                _settings(stubs.urls, scenario, qwav, out, block_ms), out, speech_end_s, window_s
+                _settings(stubs.urls, scenario, qwav, out, block_ms, mic_block_ms), out, speech_end_s, window_s
             )
             # The stand-in's own time for the first sentence of this answer (espeak-ng), from its log.
             synth_log = await stubs.synth_log()
@@ -236,7 +245,7 @@ async def measure_scenario(
             if sequential:
                 out = workdir / f"{scenario.name}-seq-{i}.wav"
                 reply = await sequential_turn(
-                    _settings(stubs.urls, scenario, qwav, out, block_ms), qwav, out, speech_end_s
+                    _settings(stubs.urls, scenario, qwav, out, block_ms, mic_block_ms), qwav, out, speech_end_s
                 )
                 seq_turns.append(_turn_figures(reply, speech_end_s, None))
                 log.warning("bench_turn", scenario=scenario.name, mode="sequential", turn=i, **seq_turns[-1])
@@ -284,7 +293,13 @@ async def measure_scenario(
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure what ``args`` asks for; the WAV files go to ``--keep`` or a temporary folder."""
     names = args.scenario or list(DEFAULT_SCENARIOS)
-    results: dict[str, Any] = {"n": args.n, "window_s": args.window, "block_ms": args.block_ms, "scenarios": {}}
+    results: dict[str, Any] = {
+        "n": args.n,
+        "window_s": args.window,
+        "block_ms": args.block_ms,
+        "mic_block_ms": args.mic_block_ms,
+        "scenarios": {},
+    }
     with contextlib.ExitStack() as stack:
         if args.keep is not None:
             workdir = args.keep
@@ -300,6 +315,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 sequential=not args.no_sequential,
                 window_s=args.window,
                 block_ms=args.block_ms,
+                mic_block_ms=args.mic_block_ms,
             )
     return results
 
