@@ -36,6 +36,7 @@ COMMANDS = (
     ("bench", "asr-wake"),
     ("bench", "faults"),
     ("bench", "soak"),
+    ("bench", "asr-end"),
     ("doctor",),
 )
 

@@ -69,13 +69,23 @@ LEAD_IN_S = 0.5
 TURN_TIMEOUT_S = 90.0
 
 
-def make_input(workdir: Path) -> tuple[Path, float]:
-    """The question after LEAD_IN_S of silence; returns the path and where the speech ends (s)."""
+def make_input(workdir: Path, lead_in_s: float = LEAD_IN_S, name: str = "question") -> tuple[Path, float]:
+    """The question after ``lead_in_s`` of silence; returns the path and where the speech ends (s)."""
     raw = make_question_wav(QUESTION, workdir / "question-raw.wav")
     pcm, rate = read_pcm(raw)
-    samples = np.concatenate([np.zeros(int(LEAD_IN_S * rate), dtype="<i2"), pcm])
-    path = write_wav(workdir / "question.wav", samples, rate)
+    samples = np.concatenate([np.zeros(int(lead_in_s * rate), dtype="<i2"), pcm])
+    path = write_wav(workdir / f"{name}.wav", samples, rate)
     return path, last_loud_s(samples, rate)
+
+
+def lead_in_s(turn: int, n: int, block_ms: int) -> float:
+    """Turn ``turn`` of ``n`` starts the question a further ``turn / n`` of a speaker period late.
+
+    Where the end of speech falls within the devices' periods decides how long the VAD waits for
+    the block that completes the silence and the first audio for the speaker's next period; a
+    user's speech ends anywhere. With one fixed input every turn would land on the same spot, and
+    the medians would say more about that spot than about the periods."""
+    return LEAD_IN_S + turn / n * block_ms / 1000
 
 
 def _settings(
@@ -207,7 +217,6 @@ async def measure_scenario(
     block_ms: int = BLOCK_MS,
     mic_block_ms: int = MIC_BLOCK_MS,
 ) -> dict[str, Any]:
-    qwav, speech_end_s = await asyncio.to_thread(make_input, workdir)
     clause, index = first_clause(scenario.answer)
     limits: list[Limit] = []
     synths: list[float] = []
@@ -224,6 +233,8 @@ async def measure_scenario(
         tts=PaddleSpeechBehaviour(first_chunk_delay_s=scenario.tts_first_chunk_s, realtime_factor=scenario.tts_rtf),
     ) as stubs:
         for i in range(n):
+            lead_in = lead_in_s(i, n, block_ms)
+            qwav, speech_end_s = await asyncio.to_thread(make_input, workdir, lead_in, f"question-{i}")
             out = workdir / f"{scenario.name}-stream-{i}.wav"
             synthesized = len(await stubs.synth_log())
             reply, daemon_times = await streaming_turn(
