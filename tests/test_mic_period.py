@@ -64,3 +64,10 @@ async def test_pyaudio_devices_take_their_own_periods(pulse: PulseServer) -> Non
     assert abs(float(np.median(np.diff(starts))) - 0.01) < 0.001
     assert abs((starts[-1] - starts[0]) - 0.01 * (len(starts) - 1)) < 0.01
     assert isinstance(card, PyAudioSpeaker) and card.block_ms == 20  # the speaker keeps audio.block_ms
+
+
+def test_the_latency_benchmark_spreads_the_end_of_speech_over_one_speaker_period() -> None:
+    from daemon.tools.bench.latency import LEAD_IN_S, lead_in_s
+
+    offsets = [lead_in_s(i, 5, 20) - LEAD_IN_S for i in range(5)]
+    assert offsets == pytest.approx([0.0, 0.004, 0.008, 0.012, 0.016])
