@@ -213,10 +213,12 @@ class Utterance:
         """An incremental online result, as the streaming model would give it."""
         if self.mode == "offline" or self.b.flavour == "cpp-offline" or self.b.misbehave == "mute":
             return
+        if self._server_vad_on() and not self.segment_voiced:
+            return  # silence since the last segment: the streaming model has nothing new to say
         if self.b.transcript_override is not None:
             said = self.b.transcript_override
-            if self._server_vad_on():  # the open segment's words, while it has a voice
-                said = self._segment_override() if self.segment_voiced else ""
+            if self._server_vad_on():  # the open segment's words
+                said = self._segment_override()
             tokens = _tokens(said)
             spaced = " " in said.strip()
             new = tokens[: len(self.online_tokens) + 1]
