@@ -263,7 +263,12 @@ class AudioSettings(Checked):
     output_rate: int | None = setting(None, ge=8000, le=192000)
     """Sample rate of the output; default: the TTS server's rate (asked of the server)."""
     block_ms: int = setting(20, one_of=(10, 20, 30, 40, 50, 60, 80, 100))
-    """Size of one device block."""
+    """Size of one speaker block (the microphone's is ``mic_block_ms``)."""
+    mic_block_ms: int = setting(10, one_of=(5, 10, 20, 30, 40, 50, 60, 80, 100))
+    """The microphone's own period, apart from the speaker's (``block_ms``): the end of speech is
+    decided when the block that completes the silence arrives, so a shorter capture period decides
+    it sooner. An input callback that comes late loses nothing (the device buffers), unlike an
+    output callback, which underruns (a click); so the microphone can run shorter than the speaker."""
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ async def open_devices(
     mic: Microphone
     if in_kind == "room":
         assert isinstance(speaker, TappedSpeaker)
-        mic = RoomMicrophone(in_target, speaker=speaker, acoustics=RoomAcoustics(), block_ms=audio.block_ms)
+        mic = RoomMicrophone(in_target, speaker=speaker, acoustics=RoomAcoustics(), block_ms=audio.mic_block_ms)
     else:
         mic = new_microphone(audio)
     await mic.open()  # type: ignore[attr-defined]
@@ -88,8 +88,8 @@ async def open_devices(
 def new_microphone(audio: AudioSettings) -> Microphone:
     kind, _, target = audio.input.partition(":")
     if kind == "pyaudio":
-        return PyAudioMicrophone(target, block_ms=audio.block_ms)
-    return WavMicrophone(target, block_ms=audio.block_ms, loop=kind == "wavloop")
+        return PyAudioMicrophone(target, block_ms=audio.mic_block_ms)
+    return WavMicrophone(target, block_ms=audio.mic_block_ms, loop=kind == "wavloop")
 
 
 async def reopen_microphone(audio: AudioSettings) -> Microphone:

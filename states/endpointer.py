@@ -264,6 +264,12 @@ class Endpointer:
         return self._in_speech
 
     @property
+    def silence_ms(self) -> float:
+        """Silence after the voice at the end of the frames pushed so far (its hangover
+        included), in ms: where the voice ended in the utterance's audio."""
+        return self._silence / (self.frame_bytes / 2) * self.frame_ms
+
+    @property
     def done(self) -> bool:
         """True after SpeechEnded or NoSpeech, until ``reset()``."""
         return self._done

@@ -141,7 +141,7 @@ async def listen_for_utterance(
                 elif isinstance(event, SpeechPaused):
                     if utterance is not None and speculation is not None:
                         log.debug("speech_paused", silence_ms=event.silence_ms)
-                        utterance.pause()
+                        utterance.pause(trailing_silence_ms=endpointer.silence_ms)
                 elif isinstance(event, SpeechResumed):
                     if utterance is not None and speculation is not None:
                         await utterance.resume()
@@ -156,7 +156,7 @@ async def listen_for_utterance(
                         speech_ms=round((times.speech_end - (times.speech_start or times.speech_end)) * 1000),
                         voiced_ms=round(voiced_frames * frame_ms),
                     )
-                    transcript = await utterance.end()
+                    transcript = await utterance.end(trailing_silence_ms=endpointer.silence_ms)
                     times.asr_final = clock()
                     voiced_ms = round(voiced_frames * frame_ms)
                     # A server that stayed silent failed, however short the speech; one that

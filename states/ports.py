@@ -95,8 +95,10 @@ class AsrSession(Protocol):
         unpaced, and the pacing of live audio sent after it starts afresh."""
         ...
 
-    async def finish(self) -> Transcript:
-        """Send end-of-speech and return the final transcript."""
+    async def finish(self, *, trailing_silence_ms: float | None = None) -> Transcript:
+        """Send end-of-speech and return the final transcript. ``trailing_silence_ms``: the
+        audio sent ends with at least this much silence after the voice (None: unknown); a
+        client may use it to see that the server already recognised all the voice."""
         ...
 
     async def aclose(self) -> None: ...

@@ -94,16 +94,19 @@ class UtteranceAsr:
         if self._finishing is None:
             await self._session.send_audio(pcm)
 
-    def pause(self) -> None:
-        """The user is quiet: finish the session in the background (once per pause)."""
+    def pause(self, *, trailing_silence_ms: float | None = None) -> None:
+        """The user is quiet: finish the session in the background (once per pause).
+        ``trailing_silence_ms``: as for ``AsrSession.finish``."""
         assert self._speculation is not None, "pause() without a Speculation"
         if self._finishing is not None:
             return
         self._paused_at = self._clock()
-        self._finishing = asyncio.create_task(self._speculate(self._speculation), name="asr-speculate")
+        self._finishing = asyncio.create_task(
+            self._speculate(self._speculation, trailing_silence_ms), name="asr-speculate"
+        )
 
-    async def _speculate(self, speculation: Speculation) -> Transcript:
-        transcript = await self._session.finish()
+    async def _speculate(self, speculation: Speculation, trailing_silence_ms: float | None) -> Transcript:
+        transcript = await self._session.finish(trailing_silence_ms=trailing_silence_ms)
         now = self._clock()
         log.info("speculation_asr", ms=round((now - (self._paused_at or now)) * 1000), text=transcript.text)
         # Cancelled by resume() if the voice came back first; after the end there is nothing to prepare.
@@ -131,12 +134,13 @@ class UtteranceAsr:
         self._session = await self._asr.open_session()
         await self._session.send_audio(bytes(self._kept), at_once=True)
 
-    async def end(self) -> Transcript:
-        """The transcript of the whole utterance; an error of the speculative finish is raised here."""
+    async def end(self, *, trailing_silence_ms: float | None = None) -> Transcript:
+        """The transcript of the whole utterance; an error of the speculative finish is raised here.
+        ``trailing_silence_ms``: as for ``AsrSession.finish`` (used when no speculative pass is out)."""
         self._ending = True
         task, self._finishing = self._finishing, None
         if task is None:
-            self._returned = await self._session.finish()
+            self._returned = await self._session.finish(trailing_silence_ms=trailing_silence_ms)
             return self._returned
         try:
             self._returned = await task

@@ -107,16 +107,18 @@ class FakeAsrSession:
     """What came with ``at_once=True``, one item per call (also in ``audio``, in order)."""
     gate: asyncio.Event | None = None
     """When set, ``finish`` waits for it (a slow server)."""
+    trailing_silence_ms: float | None = None
 
     async def send_audio(self, pcm: bytes, *, at_once: bool = False) -> None:
         self.audio += pcm
         if at_once:
             self.at_once.append(pcm)
 
-    async def finish(self) -> Transcript:
+    async def finish(self, *, trailing_silence_ms: float | None = None) -> Transcript:
         self.finished = True
         if self.gate is not None:
             await self.gate.wait()
+        self.trailing_silence_ms = trailing_silence_ms
         if isinstance(self.text, Exception):
             raise self.text
         return Transcript(self.text)

@@ -37,6 +37,7 @@ COMMANDS = (
     ("bench", "faults"),
     ("bench", "soak"),
     ("bench", "speculation"),
+    ("bench", "asr-end"),
     ("doctor",),
 )
 

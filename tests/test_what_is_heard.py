@@ -397,9 +397,9 @@ class GatedAsr(FakeAsr):
         if len(self.sessions) == 2:
             release, finish = self.release, session.finish
 
-            async def gated_finish() -> Transcript:
+            async def gated_finish(*, trailing_silence_ms: float | None = None) -> Transcript:
                 await release.wait()
-                return await finish()
+                return await finish(trailing_silence_ms=trailing_silence_ms)
 
             session.finish = gated_finish  # type: ignore[method-assign]
         return session

@@ -15,8 +15,10 @@ is a wait that ran out) whose message names the URL.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -57,6 +59,21 @@ CLOSE_TIMEOUT_S = 2.0
 """How long our close frame waits for the server's (the C++ server answers at once)."""
 SEND_SLACK_S = 5.0
 """Extra time allowed, beyond the audio's own duration, for the sender to hand over all audio."""
+SEGMENT_AFTER_VOICE_S = 0.15
+"""A segment result counts as covering the voice only when it came at least this long after the
+voice's last sample left. A server VAD closes a segment only after hearing silence after the
+voice (a few hundred milliseconds for FunASR's), and the audio goes at real time, so the segment
+that holds the voice's end cannot come sooner; an earlier segment's result that a busy server
+delivers late, while the last words are still on their way, usually does. A server whose VAD
+closes segments sooner than this only loses the shortcut (the client waits as before)."""
+COVERED_GRACE_S = 0.05
+"""How long the client still listens after the end marker once the server's last offline
+segment already covers all the voice (docs/protocols.md "FunASR: when is the utterance final"):
+only for a result that was already on its way when the end marker left, such as an online delta
+that shows the server heard more. It cannot wait for a flush that decodes more speech (that takes
+an offline pass: a hundred milliseconds or more), and it does not have to: the rule only applies
+when no speech came after the segment. 50 ms is several round trips on a LAN and keeps end marker
+-> LLM request under the 100 ms target."""
 
 
 def _hard_cap_s(settings: AsrSettings) -> float:
@@ -219,6 +236,18 @@ class FunAsrSession:
         self._pending = bytearray()
         self._frames: asyncio.Queue[tuple[bytes, bool] | None] = asyncio.Queue()
         """(frame, paced) in order; None after the last: the end marker."""
+        self._queued_bytes = 0
+        """Audio bytes handed to the session so far (``send_audio`` and the tail at ``finish``)."""
+        self._sent_bytes: list[int] = []
+        self._sent_at: list[float] = []
+        """After each audio frame went out: the bytes sent so far, and the loop time."""
+        self._voice_end_byte: int | None = None
+        """Where the voice ended in the audio (``finish(trailing_silence_ms=...)``); None: unknown."""
+        self._last_segment_at: float | None = None
+        """Loop time of the last offline (segment) result."""
+        self.covered = False
+        """The transcript was taken from a segment that covered all the voice, without waiting
+        for the server's answer to the end marker."""
         self._error: AsrError | None = None
         self._wake = asyncio.Event()
         self._final = False
@@ -247,14 +276,21 @@ class FunAsrSession:
         if self._closed or self._end_queued:
             raise AsrError(f"ASR session with {self._url} is already finished")
         self._pending += pcm
+        self._queued_bytes += len(pcm)
         size = self._frame_bytes
         whole = len(self._pending) - len(self._pending) % size
         for start in range(0, whole, size):
             self._frames.put_nowait((bytes(self._pending[start : start + size]), not at_once))
         del self._pending[:whole]
 
-    async def finish(self) -> Transcript:
-        """Send what is left and the end marker; return the final transcript; close the socket."""
+    async def finish(self, *, trailing_silence_ms: float | None = None) -> Transcript:
+        """Send what is left and the end marker; return the final transcript; close the socket.
+
+        ``trailing_silence_ms``: the audio sent ends with at least this much silence after the
+        voice (None: unknown). A classic Python server stays silent after the end marker when its
+        own VAD has already closed the segment; knowing where the voice ended lets the client see
+        that the segment covered it, and not wait out ``final_timeout_s`` (docs/protocols.md
+        "FunASR: when is the utterance final")."""
         if self._transcript is not None:
             return self._transcript
         if self._error is not None:
@@ -264,9 +300,13 @@ class FunAsrSession:
             raise AsrError(f"ASR session with {self._url} is closed")
         try:
             tail = bytes(self._pending[: len(self._pending) - len(self._pending) % 2])
+            self._queued_bytes -= len(self._pending) % 2  # an odd byte is never sent
             self._pending.clear()
             if tail:
                 self._frames.put_nowait((tail, True))
+            if trailing_silence_ms is not None:
+                silent = int(trailing_silence_ms * BYTES_PER_SECOND / 1000) // 2 * 2
+                self._voice_end_byte = max(0, self._queued_bytes - silent)
             self._frames.put_nowait(None)
             self._end_queued = True
             backlog_s = self._frames.qsize() * self._frame_s
@@ -278,8 +318,9 @@ class FunAsrSession:
             text = self._assembler.text
             end_clock = self._end_sent_clock if self._end_sent_clock is not None else self._clock()
             ms = round((self._clock() - end_clock) * 1000)
-            log.info("asr_final", url=self._url, text=text, ms=ms, explicit=self._final)
-            self._transcript = Transcript(text, answered=self._final or self._quiet_is_protocol())
+            log.info("asr_final", url=self._url, text=text, ms=ms, explicit=self._final, covered=self.covered)
+            answered = self._final or self.covered or self._quiet_is_protocol()
+            self._transcript = Transcript(text, answered=answered)
             return self._transcript
         finally:
             await self.aclose()
@@ -316,7 +357,9 @@ class FunAsrSession:
         hard_deadline = self._end_sent_at + _hard_cap_s(settings)
         while not self._final:
             seen = self._last_result_at
-            quiet_deadline = max(self._end_sent_at, seen) + settings.final_timeout_s
+            self.covered = self._segment_covers_voice()
+            quiet = COVERED_GRACE_S if self.covered else settings.final_timeout_s
+            quiet_deadline = max(self._end_sent_at, seen) + quiet
 
             def final_or_new_result(seen: float = seen) -> bool:
                 return self._final or self._last_result_at != seen
@@ -325,6 +368,10 @@ class FunAsrSession:
             if not progressed:
                 break
         if self._final:
+            self.covered = False
+            return
+        if self.covered:
+            log.info("asr_segment_covered", url=self._url, flavour=settings.flavour, segments=self._assembler.segments)
             return
         # The safety net of docs/protocols.md "FunASR: when is the utterance final": the flush can be
         # silent, so the text is what came. In online mode the classic server never answers the end
@@ -338,6 +385,24 @@ class FunAsrSession:
             reason="hard_cap" if self._loop.time() >= hard_deadline else "quiet_timeout",
             waited_s=round(waited, 2),
         )
+
+    def _segment_covers_voice(self) -> bool:
+        """The last result closed a server VAD segment after all the voiced audio had been sent,
+        and nothing with words came after it: that segment ends after the voice, so the
+        transcript is complete even if the server says nothing more (the classic server's flush
+        is silent then). A segment closed before the voice ended (a pause mid-sentence) does not
+        count: the speech after it still needs the flush."""
+        if self._settings.flavour != "python-classic" or self._settings.mode == "online":
+            return False
+        voice_end, segment_at = self._voice_end_byte, self._last_segment_at
+        if voice_end is None or segment_at is None or not self._assembler.segment_closed:
+            return False
+        # The first frame that took the byte count past the voice's end carried its last sample.
+        i = bisect.bisect_left(self._sent_bytes, voice_end)
+        if voice_end > 0 and i == len(self._sent_bytes):
+            return False  # the voice has not all left yet
+        voice_sent_at = self._sent_at[i] if voice_end > 0 else -math.inf
+        return segment_at >= voice_sent_at + SEGMENT_AFTER_VOICE_S
 
     def _quiet_is_protocol(self) -> bool:
         """In online mode the classic server never answers the end marker: a quiet period is its
@@ -387,6 +452,8 @@ class FunAsrSession:
                     paced += 1
                 await self._ws.send(frame)
                 self.frames_sent += 1
+                self._sent_bytes.append((self._sent_bytes[-1] if self._sent_bytes else 0) + len(frame))
+                self._sent_at.append(self._loop.time())
             await self._ws.send(json.dumps(END_MARKER))
             self._end_sent_at = self._loop.time()
             self._end_sent_clock = self._clock()
@@ -402,10 +469,13 @@ class FunAsrSession:
             async for raw in self._ws:
                 self._last_result_at = self._loop.time()
                 msg = self._parse(raw)
+                segments = self._assembler.segments
                 try:
                     final = self._assembler.feed(msg, after_end_marker=self._end_sent_at is not None)
                 except AsrError as exc:
                     raise AsrError(f"ASR server {self._url}: {exc}") from exc
+                if self._assembler.segments != segments:
+                    self._last_segment_at = self._last_result_at
                 self._wake.set()
                 if final:
                     self._final = True

@@ -82,6 +82,12 @@ class TranscriptAssembler:
         self._online = ""
         self.messages = 0
         """How many results were fed (including empty ones)."""
+        self.segments = 0
+        """How many offline results (closed server VAD segments, or the flush) were fed."""
+        self.segment_closed = False
+        """The last result that said anything about the audio closed a segment: an offline
+        result, with no online delta with text after it (docs/protocols.md "FunASR: when is the
+        utterance final", the covered segment)."""
 
     @property
     def text(self) -> str:
@@ -119,6 +125,11 @@ class TranscriptAssembler:
                 self._committed = join_segments(self._committed, text)
                 self._online = ""
             # any other mode: a label we do not know; its text cannot be placed, so it is ignored
+        if mode in OFFLINE_MODES:
+            self.segments += 1
+            self.segment_closed = True
+        elif mode in ONLINE_MODES and text.strip():
+            self.segment_closed = False  # the server heard more words after the segment
 
         if not after_end_marker:
             return False

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon.tools.bench.scenarios import BLOCK_MS, DEFAULT_SCENARIOS, SCENARIOS, WINDOW_S
+from daemon.tools.bench.scenarios import BLOCK_MS, DEFAULT_SCENARIOS, MIC_BLOCK_MS, SCENARIOS, WINDOW_S
 
 RATE = 16000
 HOTWORD_CORPUS = Path(tempfile.gettempdir()) / "moss-voice-hotword-corpus"
@@ -39,6 +39,7 @@ def register(subparsers: Any) -> None:
     asr_wake.set_defaults(func=_run_asr_wake)
     _register_faults(sub)
     _register_soak(sub)
+    _register_asr_end(sub)
 
 
 def _register_vad(sub: Any) -> None:
@@ -102,6 +103,13 @@ def _register_latency(sub: Any) -> None:
     )
     latency.add_argument(
         "--end-silence-ms", type=_at_least_1, metavar="MS", help="vad.end_silence_ms (default: the daemon's, 700)"
+    )
+    latency.add_argument(
+        "--mic-block-ms",
+        type=int,
+        choices=(5, 10, 20, 30, 40, 50, 60, 80, 100),
+        default=MIC_BLOCK_MS,
+        help=f"the microphone's period, audio.mic_block_ms (default {MIC_BLOCK_MS}): the VAD decides up to one late",
     )
     latency.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
     latency.set_defaults(func=_run_latency)
@@ -183,6 +191,23 @@ def _register_faults(sub: Any) -> None:
     faults.add_argument("--keep", type=Path, metavar="DIR", help="keep the WAV files here")
     faults.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
     faults.set_defaults(func=_run_faults)
+
+
+def _register_asr_end(sub: Any) -> None:
+    asr_end = sub.add_parser(
+        "asr-end", help="end of speech -> LLM request against a classic FunASR server silent after the end marker"
+    )
+    asr_end.add_argument("-n", type=_at_least_1, default=5, help="turns (default 5)")
+    asr_end.add_argument("--end-silence-ms", type=_at_least_1, default=700, help="vad.end_silence_ms (default 700)")
+    asr_end.add_argument("--final-timeout-s", type=_positive, default=2.0, help="asr.final_timeout_s (default 2)")
+    asr_end.add_argument("--json", type=Path, metavar="PATH", help="write the raw figures here")
+    asr_end.set_defaults(func=_run_asr_end)
+
+
+def _run_asr_end(args: argparse.Namespace) -> int:
+    from daemon.tools.bench import asr_end
+
+    return asr_end.command(args)
 
 
 def _run_faults(args: argparse.Namespace) -> int:

@@ -49,6 +49,7 @@ from daemon.tools.bench.report import render_breakdown, render_png, render_specu
 from daemon.tools.bench.scenarios import (
     BLOCK_MS,
     DEFAULT_SCENARIOS,
+    MIC_BLOCK_MS,
     QUESTION,
     SCENARIOS,
     WINDOW_S,
@@ -78,13 +79,23 @@ LEAD_IN_S = 0.5
 TURN_TIMEOUT_S = 90.0
 
 
-def make_input(workdir: Path) -> tuple[Path, float]:
-    """The question after LEAD_IN_S of silence; returns the path and where the speech ends (s)."""
+def make_input(workdir: Path, lead_in_s: float = LEAD_IN_S, name: str = "question") -> tuple[Path, float]:
+    """The question after ``lead_in_s`` of silence; returns the path and where the speech ends (s)."""
     raw = make_question_wav(QUESTION, workdir / "question-raw.wav")
     pcm, rate = read_pcm(raw)
-    samples = np.concatenate([np.zeros(int(LEAD_IN_S * rate), dtype="<i2"), pcm])
-    path = write_wav(workdir / "question.wav", samples, rate)
+    samples = np.concatenate([np.zeros(int(lead_in_s * rate), dtype="<i2"), pcm])
+    path = write_wav(workdir / f"{name}.wav", samples, rate)
     return path, last_loud_s(samples, rate)
+
+
+def lead_in_s(turn: int, n: int, block_ms: int) -> float:
+    """Turn ``turn`` of ``n`` starts the question a further ``turn / n`` of a speaker period late.
+
+    Where the end of speech falls within the devices' periods decides how long the VAD waits for
+    the block that completes the silence and the first audio for the speaker's next period; a
+    user's speech ends anywhere. With one fixed input every turn would land on the same spot, and
+    the medians would say more about that spot than about the periods."""
+    return LEAD_IN_S + turn / n * block_ms / 1000
 
 
 def _settings(
@@ -94,12 +105,13 @@ def _settings(
     out: Path,
     block_ms: int = BLOCK_MS,
     speculate_after_ms: int | None = None,
+    mic_block_ms: int = MIC_BLOCK_MS,
 ) -> Settings:
     return Settings(
         asr=AsrSettings(url=urls.asr),
         llm=LlmSettings(url=urls.llm),
         tts=TtsSettings(url=urls.tts),
-        audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}", block_ms=block_ms),
+        audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}", block_ms=block_ms, mic_block_ms=mic_block_ms),
         vad=VadSettings(end_silence_ms=scenario.end_silence_ms, speculate_after_ms=speculate_after_ms),
         aec=AecSettings(engine="off"),  # WAV devices: no echo path
         earcons=EarconSettings(thinking="off"),  # the output's first sound after the question is the answer's
@@ -277,12 +289,12 @@ async def measure_scenario(
     sequential: bool = True,
     window_s: float = WINDOW_S,
     block_ms: int = BLOCK_MS,
+    mic_block_ms: int = MIC_BLOCK_MS,
     speculate: Sequence[int] = (),
 ) -> dict[str, Any]:
     """``n`` turns with speculation off and, side by side (turn by turn, against the same
     stand-ins, after one warm-up turn, the order of the modes rotating), ``n`` with each of
     ``speculate`` (``vad.speculate_after_ms``)."""
-    qwav, speech_end_s = await asyncio.to_thread(make_input, workdir)
     clause, index = first_clause(scenario.answer)
     synths: list[float] = []
     turns: list[dict[str, Any]] = []
@@ -299,15 +311,25 @@ async def measure_scenario(
         tts=PaddleSpeechBehaviour(first_chunk_delay_s=scenario.tts_first_chunk_s, realtime_factor=scenario.tts_rtf),
     ) as stubs:
         if speculate:  # compared side by side: the stand-ins' first answers are slower, for nobody
+            qwav, speech_end_s = await asyncio.to_thread(make_input, workdir)
             out = workdir / f"{scenario.name}-warm-up.wav"
-            await streaming_turn(_settings(stubs.urls, scenario, qwav, out, block_ms), out, speech_end_s, window_s)
+            await streaming_turn(
+                _settings(stubs.urls, scenario, qwav, out, block_ms, mic_block_ms=mic_block_ms),
+                out,
+                speech_end_s,
+                window_s,
+            )
         modes: list[int | None] = [None, *speculate]
         for i in range(n):
+            lead_in = lead_in_s(i, n, block_ms)
+            qwav, speech_end_s = await asyncio.to_thread(make_input, workdir, lead_in, f"question-{i}")
             shift = i % len(modes)  # each mode takes its turn at going first
             for ms in modes[shift:] + modes[:shift]:
                 name = "stream" if ms is None else f"speculate{ms}"
                 out = workdir / f"{scenario.name}-{name}-{i}.wav"
-                settings = _settings(stubs.urls, scenario, qwav, out, block_ms, speculate_after_ms=ms)
+                settings = _settings(
+                    stubs.urls, scenario, qwav, out, block_ms, speculate_after_ms=ms, mic_block_ms=mic_block_ms
+                )
                 turn, synth = await _timed_turn(stubs, settings, out, speech_end_s, window_s, scenario, ms)
                 if ms is None:
                     synths.append(synth)
@@ -318,7 +340,10 @@ async def measure_scenario(
             if sequential:
                 out = workdir / f"{scenario.name}-seq-{i}.wav"
                 reply = await sequential_turn(
-                    _settings(stubs.urls, scenario, qwav, out, block_ms), qwav, out, speech_end_s
+                    _settings(stubs.urls, scenario, qwav, out, block_ms, mic_block_ms=mic_block_ms),
+                    qwav,
+                    out,
+                    speech_end_s,
                 )
                 seq_turns.append(_turn_figures(reply, speech_end_s, None))
                 log.warning("bench_turn", scenario=scenario.name, mode="sequential", turn=i, **seq_turns[-1])
@@ -404,6 +429,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "end_silence_ms": sorted({s.end_silence_ms for s in scenarios}),
         "speculate_after_ms": speculate,
         "warm_up_turns": 1 if speculate else 0,
+        "mic_block_ms": args.mic_block_ms,
         "scenarios": {},
     }
     with contextlib.ExitStack() as stack:
@@ -422,6 +448,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 window_s=args.window,
                 block_ms=args.block_ms,
                 speculate=speculate,
+                mic_block_ms=args.mic_block_ms,
             )
     return results
 

@@ -111,6 +111,7 @@ RATIO_SCENARIO = "typical"
 WINDOW_S = 8.0
 """A streaming turn is stopped this long after its first reply sample (gaps are looked for in it)."""
 BLOCK_MS = AudioSettings().block_ms
+MIC_BLOCK_MS = AudioSettings().mic_block_ms
 """The devices' period by default: the daemon's own default."""
 
 

@@ -43,7 +43,7 @@ async def run_sequential(settings: Settings, question_wav: Path, output_wav: Pat
         llm = OpenAiCompatibleLlm(settings.llm, llm_http)
         tts = make_tts(settings.tts, tts_http)
         rate = await tts.sample_rate()
-        mic = WavMicrophone(question_wav, block_ms=settings.audio.block_ms)
+        mic = WavMicrophone(question_wav, block_ms=settings.audio.mic_block_ms)
         speaker = WavSpeaker(output_wav, sample_rate=rate, block_ms=settings.audio.block_ms)
         await mic.open()
         await speaker.open()

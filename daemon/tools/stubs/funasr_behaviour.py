@@ -64,6 +64,16 @@ class FunAsrBehaviour:
     close_code: int | None = None
     silent_flush: bool = False
     """python-classic: answer the end marker with nothing, as when the VAD had already closed the segment."""
+    server_vad_end_ms: int | None = None
+    """python-classic in 2pass or offline mode: the server's own VAD. Once this much quiet audio
+    follows loud audio, the segment is closed: its ``2pass-offline`` result goes out at once, with
+    ``is_final`` true (the echoed ``is_speaking``), and the audio after it is a new segment. The
+    flush then decodes only the audio since the last segment, and says nothing at all when no
+    voice came after it (the classic server before its autumn 2024 fix). None: no server VAD,
+    the whole utterance is one segment decoded at the flush."""
+    segment_texts: tuple[str, ...] = ()
+    """With ``server_vad_end_ms`` and ``transcript_override``: what each segment says, in order
+    (the one the flush decodes included). Empty: the first segment says the whole override."""
     extra_fields: dict[str, Any] = field(default_factory=dict)
     """Merged into every automatic result (e.g. timestamp as a string or an int, spk_name, slice_type)."""
     final_delay_s: float = 0.0
@@ -93,6 +103,8 @@ class FunAsrBehaviour:
             raise ValueError(f"unknown misbehaviour {self.misbehave!r}; expected one of {', '.join(MISBEHAVIOURS)}")
         if self.partial_every_frames < 1:
             raise ValueError("partial_every_frames must be >= 1")
+        if self.server_vad_end_ms is not None and self.server_vad_end_ms <= 0:
+            raise ValueError("server_vad_end_ms must be > 0")
 
 
 @dataclass
@@ -112,6 +124,8 @@ class StubSession:
     """Every message sent, as given (dicts for JSON results)."""
     recognised: str | None = None
     """The full text the stub decided on at the end marker."""
+    segments: list[str] = field(default_factory=list)
+    """What each segment closed by the server VAD said (``server_vad_end_ms``), in order."""
     client_close_code: int | None = None
     """The code of the client's close frame; None if it dropped TCP without one."""
     done: asyncio.Event = field(default_factory=asyncio.Event)

@@ -8,6 +8,7 @@ import contextlib
 import json
 from typing import Any
 
+import numpy as np
 import structlog
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -19,6 +20,8 @@ from daemon.tools.stubs.questions import SAMPLE_RATE, Recogniser
 log = structlog.get_logger()
 
 PCM_CPP_ERROR = "ERROR. Real-time transcription service ONLY SUPPORT PCM stream."
+SERVER_VAD_RMS = 300.0
+"""The server VAD's idea of voice: a frame louder than this (int16 RMS, about -40 dBFS)."""
 
 
 def _tokens(text: str) -> list[str]:
@@ -48,6 +51,10 @@ class Utterance:
         self.online_tokens: list[str] = []  # what the partials have said so far
         self.ended = False
         self.flood: asyncio.Task[None] | None = None
+        # The server VAD (behaviour.server_vad_end_ms): the open segment.
+        self.segment_start = 0  # its first byte in pcm
+        self.segment_voiced = False  # loud audio heard in it
+        self.segment_quiet_ms = 0.0  # quiet audio since its last loud frame
 
     async def run(self) -> None:
         try:
@@ -150,16 +157,71 @@ class Utterance:
         if self.b.misbehave == "flood" and count == self.b.misbehave_after_frames:
             self.flood = asyncio.create_task(self._flood(), name="funasr-stub-flood")
         await self._script(lambda step: step.after_frames == count)
+        if self._server_vad_on():
+            await self._server_vad(frame)
         if self.b.script is None and count % self.b.partial_every_frames == 0:
             await self._partial()
+
+    # -- the server VAD (python-classic) ---------------------------------------------------
+
+    def _server_vad_on(self) -> bool:
+        b = self.b
+        return (
+            b.server_vad_end_ms is not None
+            and b.flavour == "python-classic"
+            and self.mode != "online"
+            and b.script is None
+            and b.misbehave is None
+        )
+
+    async def _server_vad(self, frame: bytes) -> None:
+        """Close the segment once ``server_vad_end_ms`` of quiet audio follows its voice."""
+        assert self.b.server_vad_end_ms is not None
+        samples = np.frombuffer(frame[: len(frame) // 2 * 2], dtype="<i2")
+        if not len(samples):
+            return
+        if float(np.sqrt(np.mean(np.square(samples, dtype=np.float64)))) > SERVER_VAD_RMS:
+            self.segment_voiced, self.segment_quiet_ms = True, 0.0
+            return
+        if not self.segment_voiced:
+            return
+        self.segment_quiet_ms += len(samples) / SAMPLE_RATE * 1000
+        if self.segment_quiet_ms < self.b.server_vad_end_ms:
+            return
+        text = await self._segment_text()
+        self.session.segments.append(text)
+        self.segment_start, self.segment_voiced, self.segment_quiet_ms = len(self.pcm), False, 0.0
+        self.online_tokens, self.unfed = [], bytearray()
+        if text:  # is_final echoes is_speaking: true while the client streams
+            await self._send(self._result(self._offline_mode(), text, is_final=True))
+
+    def _segment_override(self) -> str:
+        """With ``transcript_override``: what the open segment says."""
+        b, index = self.b, len(self.session.segments)
+        assert b.transcript_override is not None
+        if b.segment_texts:
+            return b.segment_texts[index] if index < len(b.segment_texts) else ""
+        return b.transcript_override if index == 0 else ""
+
+    async def _segment_text(self) -> str:
+        """What the open segment says (from its first byte to the audio so far)."""
+        if self.b.transcript_override is not None:
+            return self._segment_override()
+        assert self.recogniser is not None
+        return await asyncio.to_thread(self.recogniser.recognise, bytes(self.pcm[self.segment_start :]))
 
     async def _partial(self) -> None:
         """An incremental online result, as the streaming model would give it."""
         if self.mode == "offline" or self.b.flavour == "cpp-offline" or self.b.misbehave == "mute":
             return
+        if self._server_vad_on() and not self.segment_voiced:
+            return  # silence since the last segment: the streaming model has nothing new to say
         if self.b.transcript_override is not None:
-            tokens = _tokens(self.b.transcript_override)
-            spaced = " " in self.b.transcript_override.strip()
+            said = self.b.transcript_override
+            if self._server_vad_on():  # the open segment's words
+                said = self._segment_override()
+            tokens = _tokens(said)
+            spaced = " " in said.strip()
             new = tokens[: len(self.online_tokens) + 1]
         else:
             assert self.recogniser is not None
@@ -225,6 +287,8 @@ class Utterance:
                 await asyncio.sleep(b.final_delay_s)
             text = await self._final_text()
             self.session.recognised = text
+            if self.session.segments:
+                self.session.recognised = " ".join(t for t in self.session.segments if t)
             if b.misbehave == "error":
                 await self._error_reply()
             elif b.misbehave == "trickle":
@@ -242,6 +306,11 @@ class Utterance:
         asyncio.get_running_loop().call_later(seconds, _resume_reading, transport)
 
     async def _final_text(self) -> str:
+        if self._server_vad_on() and self.session.segments:
+            # Only the audio since the last segment is decoded: nothing when no voice came since.
+            tail = await self._segment_text() if self.segment_voiced else ""
+            self.session.segments.append(tail)
+            return tail
         if self.b.transcript_override is not None:
             return self.b.transcript_override
         assert self.recogniser is not None
