@@ -117,6 +117,8 @@ class BargeInEar:
             training.gate = DoubleTalkGate(frame_s=self.frame_bytes / BYTES_PER_SECOND)
         self.gate = training.gate
         self._vad_frames = Framer(vad.frame_bytes)
+        self._near_frames = Framer(vad.frame_bytes)
+        """The microphone before the canceller, in the same frames (the gate compares them)."""
 
     @property
     def pending_bytes(self) -> int:
@@ -136,9 +138,9 @@ class BargeInEar:
             self.gate.observe(far, clean)
             learning = self._learn(far)
         out = []
-        for frame in self._vad_frames.push(clean):
+        for frame, raw in zip(self._vad_frames.push(clean), self._near_frames.push(near), strict=True):
             vad = self.vad.is_speech(frame)
-            louder = self.gate.user_louder(frame)
+            louder = self.gate.user_louder(frame, raw)
             speech = vad and (not learning or (self.settings.aec_double_talk and louder))
             out.append(Heard(frame, speech, vad, louder, learning))
         return out

@@ -9,11 +9,13 @@ ratio*, the canceller's output over that far-end level as measured on the robot'
 frame is the user's only when it is ``margin_db`` louder than that.
 
 The ratio starts at ``prior_db`` (the echo path is assumed no louder than that relative to the
-reference) and follows the canceller as it converges: it rises at once to any frame within the
-margin (that is echo, by this rule), falls by at most ``release_db_per_s`` (a quiet moment must
-not make the next loud syllable look like a user), and rises only slowly (``creep_db_per_s``)
-towards frames above the margin, which may be a user who must stay heard, or echo the rule has
-not seen yet (a new part of the room's response), which must not pass for long.
+reference) and follows the canceller as it converges: it is the largest measured over the last
+``memory_s`` of the robot's speech, and rises no faster than ``creep_db_per_s`` (a user's
+syllable grows a few dB a frame, and each step would otherwise be taken for echo by the next).
+The canceller's success also varies from one syllable to the next, by 10 dB and more while it
+converges, which no estimate from the past can follow; so a frame must also have passed the
+canceller mostly untouched, as a user's voice does (``removed_db``). A frame found louder keeps
+the gate open for ``hold_ms``: the quieter syllables of the same user stay the user's.
 
 Pure arithmetic on int16 frames: no clock, no I/O.
 """
@@ -39,11 +41,15 @@ class DoubleTalkSettings:
     prior_db: float = 6.0
     """The residual echo ratio before anything was measured: echo up to this much louder than the
     reference (+6 dB: a speaker right beside the microphone) is learnt from its first frame."""
-    memory_s: float = 0.5
+    memory_s: float = 0.3
     """The ratio is the largest measured on the echo over this much of the robot's speech."""
     creep_db_per_s: float = 20.0
     """How fast the ratio may rise: echo louder than measured so far is learnt this fast."""
-    hold_ms: float = 64.0
+    removed_db: float = 4.0
+    """A frame from which the canceller removed more than this (microphone over output) is mostly
+    echo whatever its level: a user's voice passes the canceller untouched. This holds when the
+    canceller's success varies from one syllable to the next, where the ratio cannot follow."""
+    hold_ms: float = 100.0
     """A frame found louder keeps the gate open this long: a user's quieter syllables between
     loud ones stay the user's."""
     tail_ms: float = 300.0
@@ -51,7 +57,14 @@ class DoubleTalkSettings:
     and the direct path)."""
 
     def __post_init__(self) -> None:
-        values = (self.margin_db, self.memory_s, self.creep_db_per_s, self.hold_ms, self.tail_ms)
+        values = (
+            self.margin_db,
+            self.memory_s,
+            self.creep_db_per_s,
+            self.removed_db,
+            self.hold_ms,
+            self.tail_ms,
+        )
         if not all(math.isfinite(v) and v >= 0 for v in values) or not math.isfinite(self.prior_db):
             raise ValueError(f"double-talk settings must be finite and >= 0 (prior_db any finite): {self}")
 
@@ -70,16 +83,17 @@ class DoubleTalkGate:
         if not (frame_s > 0 and math.isfinite(frame_s)):
             raise ValueError(f"frame_s must be a positive duration, got {frame_s}")
         self.settings = s = settings or DoubleTalkSettings()
-        self._frame_s = frame_s
+        self._hold = math.ceil(s.hold_ms / 1000 / frame_s - 1e-9)
         self._far: deque[float] = deque(maxlen=max(1, math.ceil(s.tail_ms / 1000 / frame_s)))
         memory = max(1, math.ceil(s.memory_s / frame_s))
         self._ratios: deque[float] = deque([10 ** (s.prior_db / 20)] * memory, maxlen=memory)
         self._margin = 10 ** (s.margin_db / 20)
         self._creep = 10 ** (s.creep_db_per_s * frame_s / 20)
+        self._removed = 10 ** (-s.removed_db / 20)
         self.ratio = self._ratios[0]
         """The residual echo ratio now: the canceller's output over the far-end level, on echo."""
-        self._open_until = -1.0
-        self._now = 0.0
+        self._frames = 0
+        self._open_until = -1
 
     @property
     def far_level(self) -> float:
@@ -94,7 +108,7 @@ class DoubleTalkGate:
 
     def observe(self, far: bytes, clean: bytes) -> None:
         """One canceller frame: its far end (the reference) and its output."""
-        self._now += self._frame_s
+        self._frames += 1
         self._far.append(rms(far))
         level = self.far_level
         if level < FAR_ACTIVE_RMS:
@@ -105,11 +119,13 @@ class DoubleTalkGate:
         self._ratios.append(measured)
         self.ratio = max(self._ratios)
 
-    def user_louder(self, clean: bytes) -> bool:
+    def user_louder(self, clean: bytes, near: bytes | None = None) -> bool:
         """Is this stretch of cleaned microphone (ending at the newest frame observed) the user's:
-        clearly louder than the echo could be? Always true while the speaker is quiet."""
+        clearly louder than the echo could be, and (given the microphone before the canceller,
+        ``near``) not mostly removed by it? Always true while the speaker is quiet."""
         expected = self.expected_echo
-        if expected == 0.0 or rms(clean) > self._margin * expected:
-            self._open_until = self._now + self.settings.hold_ms / 1000
+        level = rms(clean)
+        if expected == 0.0 or (level > self._margin * expected and (near is None or level > self._removed * rms(near))):
+            self._open_until = self._frames + self._hold
             return True
-        return self._now <= self._open_until
+        return self._frames <= self._open_until

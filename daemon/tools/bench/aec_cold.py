@@ -27,6 +27,7 @@ from hardware.aec import SpeexEchoCanceller
 from hardware.room import RoomAcoustics
 from hardware.vad import make_vad
 from states.barge_in import BargeInEar, BargeInSettings, EchoTraining, Heard
+from states.double_talk import DoubleTalkGate, DoubleTalkSettings
 
 RATE = 16000
 LOUD = 300
@@ -63,12 +64,19 @@ class ColdStart:
 
 
 def listen(
-    mic: np.ndarray, far: np.ndarray, settings: BargeInSettings, *, frame_ms: int = 10, filter_ms: int = 256
+    mic: np.ndarray,
+    far: np.ndarray,
+    settings: BargeInSettings,
+    *,
+    gate: DoubleTalkSettings | None = None,
+    frame_ms: int = 10,
+    filter_ms: int = 256,
 ) -> tuple[list[Heard], float]:
     """Every VAD frame of ``mic`` as a fresh barge-in ear judges it, and the VAD frame length (s)."""
     aec = SpeexEchoCanceller(frame_ms=frame_ms, filter_ms=filter_ms)
     vad = make_vad("silero")
-    ear = BargeInEar(vad=vad, aec=aec, settings=settings, training=EchoTraining())
+    training = EchoTraining(gate=DoubleTalkGate(frame_s=frame_ms / 1000, settings=gate))
+    ear = BargeInEar(vad=vad, aec=aec, settings=settings, training=training)
     near_b, far_b = mic.astype("<i2").tobytes(), far.astype("<i2").tobytes()
     fb = aec.frame_bytes
     heard: list[Heard] = []
@@ -105,7 +113,13 @@ def first_loud(x: np.ndarray) -> float:
 
 
 def cut_in(
-    far: np.ndarray, near: np.ndarray, at_s: float, gain: float, room: RoomAcoustics, settings: BargeInSettings
+    far: np.ndarray,
+    near: np.ndarray,
+    at_s: float,
+    gain: float,
+    room: RoomAcoustics,
+    settings: BargeInSettings,
+    gate: DoubleTalkSettings | None = None,
 ) -> CutIn:
     robot_on = first_loud(far)
     onset = robot_on + at_s
@@ -115,7 +129,7 @@ def cut_in(
     near_track[start : start + len(near)] = gain * near
     far_part = np.zeros(length)
     far_part[: min(length, len(far))] = far[:length]
-    heard, frame_s = listen(room.render(far_part, near_track, seed=3), far_part.astype("<i2"), settings)
+    heard, frame_s = listen(room.render(far_part, near_track, seed=3), far_part.astype("<i2"), settings, gate=gate)
     heard_ms: dict[str, float | None] = {}
     duck_ms: dict[str, float | None] = {}
     for rule in CUT_IN_RULES:
@@ -134,15 +148,16 @@ def measure_cold_start(
     settings: BargeInSettings | None = None,
     cut_in_at_s: Sequence[float] = CUT_IN_AT_S,
     cut_in_gains: Sequence[float] = CUT_IN_GAINS,
+    gate: DoubleTalkSettings | None = None,
 ) -> ColdStart:
     """False triggers over all of ``far`` fed back from a cold canceller, and the cut-ins."""
     room = acoustics or RoomAcoustics()
     s = settings or BargeInSettings()
-    heard, frame_s = listen(room.render(far, seed=1), far, s)
+    heard, frame_s = listen(room.render(far, seed=1), far, s, gate=gate)
     trained = next((i for i, h in enumerate(heard) if not h.learning), None)
     triggers = {rule: [a for a, _ in runs(verdicts(heard, rule), frame_s, s.min_speech_ms)] for rule in RULES}
     ducks = {rule: len(runs(verdicts(heard, rule), frame_s, s.duck_after_ms)) for rule in RULES}
-    cuts = tuple(cut_in(far, near, at, gain, room, s) for gain in cut_in_gains for at in cut_in_at_s)
+    cuts = tuple(cut_in(far, near, at, gain, room, s, gate) for gain in cut_in_gains for at in cut_in_at_s)
     return ColdStart(
         seconds=len(far) / RATE,
         settings=s,
