@@ -80,6 +80,12 @@ class EchoTraining:
         return self.far_s >= settings.aec_warmup_s
 
 
+LEARNING_PRE_ROLL_BYTES = 2 * 16 * 64
+"""64 ms: the pre-roll of an interruption heard while the canceller learns. The listening
+pre-roll (300 ms) would hand the ASR that much of a cold canceller's residue of the robot's
+voice before the user's first word, and the stand-in's recogniser took it for other words."""
+
+
 @dataclass(frozen=True)
 class Heard:
     """One VAD frame of cleaned microphone and how the barge-in watch judged it."""
@@ -119,6 +125,8 @@ class BargeInEar:
         self._vad_frames = Framer(vad.frame_bytes)
         self._near_frames = Framer(vad.frame_bytes)
         """The microphone before the canceller, in the same frames (the gate compares them)."""
+        self.learning = False
+        """The canceller was still learning at the last frame heard."""
 
     @property
     def pending_bytes(self) -> int:
@@ -137,6 +145,7 @@ class BargeInEar:
             clean = self.aec.process(near, far)
             self.gate.observe(far, clean)
             learning = self._learn(far)
+        self.learning = learning
         out = []
         for frame, raw in zip(self._vad_frames.push(clean), self._near_frames.push(near), strict=True):
             vad = self.vad.is_speech(frame)
@@ -268,8 +277,12 @@ async def _watch(
                         suspect.confirm()
                         now = clock()
                         onset = end - settings.min_speech_ms / 1000
-                        log.info("barge_in_detected", confirmed_ms=round((now - onset) * 1000))
-                        return Interruption(audio=event.audio, onset=onset, detected=now)
+                        audio = event.audio
+                        if ear.learning:  # the pre-roll is mostly the robot's voice: keep little of it
+                            keep = endpointer.start_frames * endpointer.frame_bytes + LEARNING_PRE_ROLL_BYTES
+                            audio = audio[-keep:]
+                        log.info("barge_in_detected", confirmed_ms=round((now - onset) * 1000), learning=ear.learning)
+                        return Interruption(audio=audio, onset=onset, detected=now)
 
 
 def _squash(text: str) -> str:
