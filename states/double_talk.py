@@ -124,8 +124,10 @@ class DoubleTalkGate:
         clearly louder than the echo could be, and (given the microphone before the canceller,
         ``near``) not mostly removed by it? Always true while the speaker is quiet."""
         expected = self.expected_echo
+        if expected == 0.0:
+            return True  # no hold from here: the robot's first syllable may follow at once
         level = rms(clean)
-        if expected == 0.0 or (level > self._margin * expected and (near is None or level > self._removed * rms(near))):
+        if level > self._margin * expected and (near is None or level > self._removed * rms(near)):
             self._open_until = self._frames + self._hold
             return True
         return self._frames <= self._open_until

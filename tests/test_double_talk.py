@@ -159,3 +159,12 @@ def test_a_frame_the_canceller_mostly_removed_is_echo_however_loud() -> None:
     loud = (np.full(512, 1500, dtype="<i2")).tobytes()  # 11 dB above the expected echo (400)
     assert not gate.user_louder(loud, (np.full(512, 3000, dtype="<i2")).tobytes())  # 6 dB removed: echo
     assert gate.user_louder(loud, (np.full(512, 1800, dtype="<i2")).tobytes())  # 1.6 dB removed: a user
+
+
+def test_silence_before_the_robot_speaks_does_not_hold_the_gate_open() -> None:
+    gate = DoubleTalkGate(frame_s=0.01, settings=DoubleTalkSettings(hold_ms=100.0))
+    quiet, loud = bytes(2 * FRAME), (np.full(FRAME, 4000, dtype="<i2")).tobytes()
+    gate.observe(quiet, quiet)
+    assert gate.user_louder(bytes(1024))  # nothing played: anything may be the user
+    gate.observe(loud, (np.full(FRAME, 2000, dtype="<i2")).tobytes())  # the robot's first syllable
+    assert not gate.user_louder((np.full(512, 2000, dtype="<i2")).tobytes())  # is its echo, at once

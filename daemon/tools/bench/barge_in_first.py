@@ -64,6 +64,9 @@ class Start:
     """End of the answer audio that was playing at the onset; None: none was."""
     heard: bool
     """The interruption was answered as the next question."""
+    false_pauses: int = 0
+    """Times the answer's audio stopped between its first sound and the cut-in: the robot's own
+    voice taken for a user (the target is 0)."""
     outcomes: tuple[str, ...] = ()
     """Each turn's outcome and transcript, for the record."""
 
@@ -156,7 +159,8 @@ def _finish(spans: Sequence[tuple[float, float]], user: Path, heard: bool) -> St
     onset = first_loud_s(pcm, RATE, q_end + 0.2)
     onset = onset if onset is not None else float("inf")
     stopped = next((b for a, b in spans if a <= onset < b), None)
-    return Start(answer_at_s=answer, onset_s=onset, stopped_s=stopped, heard=heard)
+    false_pauses = 0 if answer is None else sum(1 for _, b in spans if answer < b <= onset)
+    return Start(answer_at_s=answer, onset_s=onset, stopped_s=stopped, heard=heard, false_pauses=false_pauses)
 
 
 async def measure_first_answer(n: int, workdir: Path) -> dict[str, list[Start]]:
@@ -194,6 +198,8 @@ def report_first_answer(results: dict[str, list[Start]]) -> str:
             )
             lines.append("    each: " + " ".join(f"{r:.0f}" for r in reactions))
         lines.append(f"    the interruption answered as the next question: {heard} of {len(starts)}")
+        false = sum(s.false_pauses for s in starts)
+        lines.append(f"    the answer stopped by the robot's own voice before the cut-in: {false} times")
     return "\n".join(lines)
 
 
@@ -206,6 +212,7 @@ def first_answer_json(results: dict[str, list[Start]]) -> dict[str, Any]:
                 "into_answer_s": s.into_answer_s,
                 "reaction_ms": s.reaction_ms,
                 "heard": s.heard,
+                "false_pauses": s.false_pauses,
                 "turns": list(s.outcomes),
             }
             for s in starts
