@@ -84,7 +84,7 @@ def _pcm(path: Path) -> np.ndarray:
         return np.frombuffer(src.readframes(src.getnframes()), dtype="<i2")
 
 
-def _user_wav(workdir: Path, cut_in_at_s: float | None) -> tuple[Path, float]:
+def user_wav(workdir: Path, cut_in_at_s: float | None) -> tuple[Path, float]:
     """The user's side of the room, and the onset (first loud sample) of the cut-in."""
     q = _pcm(make_question_wav(QUESTION, workdir / "q.wav"))
     parts = [np.zeros(int(LEAD_S * RATE), dtype="<i2"), q]
@@ -131,7 +131,7 @@ async def _one_start(stubs: StubProcess, user: Path, out: Path, *, double_talk: 
     spans = [(a / wav.sample_rate, b / wav.sample_rate) for a, b in wav.played_audio_spans]
     heard = len(turns) >= 2 and turns[1].transcript == CUT_IN
     outcomes = tuple(f"{t.outcome}: {t.transcript!r}" for t in turns)
-    return dataclasses.replace(_finish(spans, user, heard), outcomes=outcomes)
+    return dataclasses.replace(start_from_timelines(spans, user, heard), outcomes=outcomes)
 
 
 def _answer_start(spans: Sequence[tuple[float, float]], user: Path) -> float | None:
@@ -152,7 +152,7 @@ def _question_end(pcm: np.ndarray) -> float:
     return (first + gap) * window / RATE
 
 
-def _finish(spans: Sequence[tuple[float, float]], user: Path, heard: bool) -> Start:
+def start_from_timelines(spans: Sequence[tuple[float, float]], user: Path, heard: bool) -> Start:
     answer = _answer_start(spans, user)
     pcm = _pcm(user)
     q_end = _question_end(pcm)
@@ -166,11 +166,11 @@ def _finish(spans: Sequence[tuple[float, float]], user: Path, heard: bool) -> St
 async def measure_first_answer(n: int, workdir: Path) -> dict[str, list[Start]]:
     """``n`` fresh starts per rule, each cut into ``CUT_IN_S`` into its first answer."""
     async with StubProcess(llm=demo_llm_behaviour(default_answer=ANSWER, tokens_per_s=30.0), tts=TTS) as stubs:
-        calibration, _ = _user_wav(workdir, None)
+        calibration, _ = user_wav(workdir, None)
         probe = await _one_start(stubs, calibration, workdir / "calibration.wav", double_talk=True, limit_s=12.0)
         if probe.answer_at_s is None:
             raise RuntimeError("bench barge-in: the calibration start gave no answer")
-        user, _ = _user_wav(workdir, probe.answer_at_s + CUT_IN_S)
+        user, _ = user_wav(workdir, probe.answer_at_s + CUT_IN_S)
         results: dict[str, list[Start]] = {name: [] for name in RULES}
         for i in range(n):
             for name, double_talk in RULES.items():
