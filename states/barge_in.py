@@ -280,7 +280,9 @@ async def _watch(
                         now = clock()
                         onset = end - settings.min_speech_ms / 1000
                         audio = event.audio
-                        if ear.learning:  # the pre-roll is mostly the robot's voice: keep little of it
+                        # While the canceller learns and the robot was just speaking, the pre-roll
+                        # is mostly the residue of its voice: keep little of it.
+                        if ear.learning and ear.gate.expected_echo > 0:
                             keep = endpointer.start_frames * endpointer.frame_bytes + LEARNING_PRE_ROLL_BYTES
                             audio = audio[-keep:]
                         log.info("barge_in_detected", confirmed_ms=round((now - onset) * 1000), learning=ear.learning)
