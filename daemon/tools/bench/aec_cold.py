@@ -121,6 +121,8 @@ def cut_in(
     settings: BargeInSettings,
     gate: DoubleTalkSettings | None = None,
 ) -> CutIn:
+    """A user (``near`` times ``gain``) starting ``at_s`` after the robot's first loud sample, over
+    its echo, through a fresh ear: when each rule pauses the answer and confirms the interruption."""
     robot_on = first_loud(far)
     onset = robot_on + at_s
     start = int((onset - first_loud(near)) * RATE)
