@@ -40,7 +40,7 @@ class DoubleTalkSettings:
     """The user must be this much louder than the expected echo."""
     prior_db: float = 6.0
     """The residual echo ratio before anything was measured: echo up to this much louder than the
-    reference (+6 dB: a speaker right beside the microphone) is learnt from its first frame."""
+    reference (+6 dB: a speaker right beside the microphone) is expected from the first frame on."""
     memory_s: float = 0.3
     """The ratio is the largest measured on the echo over this much of the robot's speech."""
     creep_db_per_s: float = 20.0
