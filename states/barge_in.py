@@ -14,9 +14,9 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import structlog
 
+from states.double_talk import FAR_ACTIVE_RMS, DoubleTalkGate, rms
 from states.endpointer import Endpointer, EndpointerSettings, Framer, SpeechStarted
 from states.mic_feed import BYTES_PER_SECOND, MicFeed
 from states.ports import EchoCanceller, EchoReferenceSource, Vad
@@ -52,7 +52,11 @@ class BargeInSettings(Checked):
     """Utterances made only of these do not count as an interruption (pause mode resumes)."""
     aec_warmup_s: float = setting(6.0, ge=0)
     """The echo canceller learns the room from the robot's own speech: until it has heard this
-    much of it (once per daemon start), its residue can pass for a user, so barge-in waits."""
+    much of it (once per daemon start), its residue can pass for a user, so an interruption must
+    be clearly louder than the echo to be expected (``aec_double_talk``), or is not heard at all."""
+    aec_double_talk: bool = True
+    """While the canceller learns, hear the user when clearly louder than the expected echo
+    (states/double_talk.py). False: barge-in waits out the warm-up (deaf to the first answers)."""
 
 
 def barge_in_endpointer(listening: EndpointerSettings, settings: BargeInSettings) -> EndpointerSettings:
@@ -69,13 +73,103 @@ class EchoTraining:
     """How much robot speech the echo canceller has learned from (kept for the daemon's life)."""
 
     far_s: float = 0.0
+    gate: DoubleTalkGate | None = None
+    """What the double-talk rule learnt of the echo (made by the first watch)."""
 
     def ready(self, settings: BargeInSettings) -> bool:
         return self.far_s >= settings.aec_warmup_s
 
 
-FAR_ACTIVE_RMS = 100.0
-"""A far-end frame quieter than this (int16 RMS, about -50 dBFS) teaches the canceller nothing."""
+LEARNING_PRE_ROLL_BYTES = 2 * 16 * 64
+"""64 ms: the pre-roll of an interruption heard while the canceller learns. The listening
+pre-roll (300 ms) would hand the ASR that much of a cold canceller's residue of the robot's
+voice before the user's first word, and the stand-in's recogniser took it for other words."""
+
+
+@dataclass(frozen=True)
+class Heard:
+    """One VAD frame of cleaned microphone and how the barge-in watch judged it."""
+
+    frame: bytes
+    speech: bool
+    """The verdict: speech that may be the user."""
+    vad: bool
+    louder: bool
+    """Clearly louder than the echo to be expected (the double-talk gate; judged only while
+    the canceller learns)."""
+    learning: bool
+    """The canceller was still learning (the gate decided, or nothing was heard)."""
+
+
+class BargeInEar:
+    """The microphone as the barge-in watch hears it: one canceller frame in, the VAD frames it
+    completes out, each with its verdict (speech that may be the user).
+
+    While the canceller learns (``training`` not ready), a frame is speech only if the VAD says so
+    and the double-talk gate finds it clearly louder than the echo to be expected; with
+    ``aec_double_talk`` off, nothing is speech until then (the old deaf start).
+    """
+
+    def __init__(
+        self,
+        *,
+        vad: Vad,
+        aec: EchoCanceller | None,
+        settings: BargeInSettings,
+        training: EchoTraining,
+    ) -> None:
+        self.vad, self.aec, self.settings, self.training = vad, aec, settings, training
+        self.frame_bytes = aec.frame_bytes if aec is not None else vad.frame_bytes
+        if training.gate is None:
+            training.gate = DoubleTalkGate(frame_s=self.frame_bytes / BYTES_PER_SECOND)
+        self.gate = training.gate
+        self._vad_frames = Framer(vad.frame_bytes)
+        self._near_frames = Framer(vad.frame_bytes)
+        """The microphone before the canceller, in the same frames (the gate compares them)."""
+        self.learning = False
+        """The canceller was still learning at the last frame heard."""
+
+    @property
+    def pending_bytes(self) -> int:
+        """Cleaned audio waiting for the rest of its VAD frame."""
+        return self._vad_frames.pending_bytes
+
+    def hear(self, near: bytes, far: bytes) -> list[tuple[bytes, bool]]:
+        """``near``: one canceller frame of microphone; ``far``: what the speaker played, aligned."""
+        return [(h.frame, h.speech) for h in self.hear_detailed(near, far)]
+
+    def hear_detailed(self, near: bytes, far: bytes) -> list[Heard]:
+        """``hear`` with each part of the verdict (for ``bench aec``)."""
+        clean = near
+        learning = False
+        if self.aec is not None:
+            clean = self.aec.process(near, far)
+            learning = self._learn(far)
+            if learning:  # 3 ms of CPU per second of audio, spared once the canceller has learnt
+                self.gate.observe(far, clean)
+        self.learning = learning
+        out = []
+        for frame, raw in zip(self._vad_frames.push(clean), self._near_frames.push(near), strict=True):
+            vad = self.vad.is_speech(frame)
+            louder = learning and self.gate.user_louder(frame, raw)
+            speech = vad and (not learning or (self.settings.aec_double_talk and louder))
+            out.append(Heard(frame, speech, vad, louder, learning))
+        return out
+
+    def _learn(self, far: bytes) -> bool:
+        """Count the robot speech the canceller heard; True while it is still learning."""
+        training, settings = self.training, self.settings
+        if training.ready(settings):
+            return False
+        if rms(far) >= FAR_ACTIVE_RMS:
+            training.far_s += len(far) / BYTES_PER_SECOND
+            if training.ready(settings):
+                log.info("aec_trained", far_s=round(training.far_s, 1), ratio_db=round(_db(self.gate.ratio), 1))
+        return True
+
+
+def _db(ratio: float) -> float:
+    return 20 * math.log10(ratio) if ratio > 0 else -math.inf
 
 
 @dataclass(frozen=True)
@@ -101,22 +195,20 @@ async def watch_for_barge_in(
 ) -> Interruption:
     """Return when the user has been speaking for ``min_speech_ms``. Runs until cancelled otherwise.
 
-    With an echo canceller that has not yet learned the room (``training``), the microphone is
-    still put through it, so that it learns, but nothing counts as an interruption yet.
+    With an echo canceller that has not yet learned the room (``training``), speech counts only
+    when clearly louder than the echo to be expected (:class:`BargeInEar`).
     ``on_suspect(True)`` is called after ``duck_after_ms`` of speech, ``on_suspect(False)`` if it
     then stops short of an interruption (or the watch ends without one).
     """
     training = training if training is not None else EchoTraining()
     vad.reset()  # the echo canceller is not reset: it keeps what it learned of the room
+    ear = BargeInEar(vad=vad, aec=aec, settings=settings, training=training)
     endpointer = Endpointer(barge_in_endpointer(listening, settings), vad.frame_bytes)
-    aec_frames = Framer(aec.frame_bytes if aec is not None else vad.frame_bytes)
-    vad_frames = Framer(vad.frame_bytes)
     frame_s = vad.frame_bytes / BYTES_PER_SECOND
     duck_frames = math.ceil(settings.duck_after_ms / 1000 / frame_s - 1e-9) if settings.duck_after_ms > 0 else 0
     suspect = Suspicion(on_suspect, duck_frames, clock)
     try:
-        return await _watch(feed, vad, aec, reference, settings, clock, training, endpointer, aec_frames,
-                            vad_frames, suspect)  # fmt: skip
+        return await _watch(feed, reference, settings, clock, ear, endpointer, suspect)
     finally:
         suspect.clear()
 
@@ -158,17 +250,14 @@ class Suspicion:
 
 async def _watch(
     feed: MicFeed,
-    vad: Vad,
-    aec: EchoCanceller | None,
     reference: EchoReferenceSource | None,
     settings: BargeInSettings,
     clock: Callable[[], float],
-    training: EchoTraining,
+    ear: BargeInEar,
     endpointer: Endpointer,
-    aec_frames: Framer,
-    vad_frames: Framer,
     suspect: Suspicion,
 ) -> Interruption:
+    aec_frames = Framer(ear.frame_bytes)
     vad_start: float | None = None
     while True:
         block = await feed.read_block()
@@ -176,22 +265,13 @@ async def _watch(
         start = block.start_time - aec_frames.pending_bytes / BYTES_PER_SECOND
         for near in aec_frames.push(block.pcm):
             end = start + len(near) / BYTES_PER_SECOND
-            clean = near
-            learning = False
-            if aec is not None:
-                far = reference.far_for(start, len(near)) if reference is not None else bytes(len(near))
-                clean = aec.process(near, far)
-                if not training.ready(settings):
-                    learning = True
-                    if _rms(far) >= FAR_ACTIVE_RMS:
-                        training.far_s += len(far) / BYTES_PER_SECOND
-                        if training.ready(settings):
-                            log.info("aec_trained", far_s=round(training.far_s, 1))
+            far = bytes(len(near))
+            if ear.aec is not None and reference is not None:
+                far = reference.far_for(start, len(near))
             if vad_start is None:
-                vad_start = start - vad_frames.pending_bytes / BYTES_PER_SECOND
+                vad_start = start - ear.pending_bytes / BYTES_PER_SECOND
             start = end
-            for frame in vad_frames.push(clean):
-                speech = not learning and vad.is_speech(frame)
+            for frame, speech in ear.hear(near, far):
                 suspect.frame(speech, vad_start)
                 vad_start += len(frame) / BYTES_PER_SECOND
                 for event in endpointer.push(frame, speech):
@@ -199,13 +279,14 @@ async def _watch(
                         suspect.confirm()
                         now = clock()
                         onset = end - settings.min_speech_ms / 1000
-                        log.info("barge_in_detected", confirmed_ms=round((now - onset) * 1000))
-                        return Interruption(audio=event.audio, onset=onset, detected=now)
-
-
-def _rms(pcm: bytes) -> float:
-    samples = np.frombuffer(pcm, dtype="<i2").astype(np.float32)
-    return float(np.sqrt(np.mean(samples * samples))) if len(samples) else 0.0
+                        audio = event.audio
+                        # While the canceller learns and the robot was just speaking, the pre-roll
+                        # is mostly the residue of its voice: keep little of it.
+                        if ear.learning and ear.gate.expected_echo > 0:
+                            keep = endpointer.start_frames * endpointer.frame_bytes + LEARNING_PRE_ROLL_BYTES
+                            audio = audio[-keep:]
+                        log.info("barge_in_detected", confirmed_ms=round((now - onset) * 1000), learning=ear.learning)
+                        return Interruption(audio=audio, onset=onset, detected=now)
 
 
 def _squash(text: str) -> str:

@@ -12,10 +12,12 @@ import numpy as np
 import pytest
 
 from daemon.tools.bench.aec import count_triggers, erle_db
+from daemon.tools.bench.aec_cold import runs, verdicts
 from daemon.tools.bench.vad import synth_speech
 from hardware.aec import ENGINES, NullEchoCanceller, SpeexEchoCanceller, make_echo_canceller
 from hardware.room import RoomAcoustics
 from hardware.wavfile import load_wav_16k_mono
+from states.barge_in import Heard
 from states.echo_reference import EchoReference
 
 RATE = 16000
@@ -210,3 +212,19 @@ def test_trigger_counting_needs_150_ms_runs() -> None:
     frame_s = 0.032
     verdicts = [True] * 4 + [False] + [True] * 5 + [False] * 3 + [True] * 10
     assert count_triggers(verdicts, frame_s) == [pytest.approx(5 * frame_s), pytest.approx(13 * frame_s)]
+
+
+def test_cold_start_rules_and_runs() -> None:
+    frame = b""
+    heard = [
+        Heard(frame, speech=False, vad=True, louder=False, learning=True),  # residue, kept out by the gate
+        Heard(frame, speech=True, vad=True, louder=True, learning=True),  # a user during the warm-up
+        Heard(frame, speech=True, vad=True, louder=False, learning=False),  # after it, the VAD alone
+    ]
+    assert verdicts(heard, "deaf") == [False, False, True]
+    assert verdicts(heard, "gate") == [False, True, True]
+    assert verdicts(heard, "vad") == [True, True, True]
+    with pytest.raises(ValueError, match="unknown rule"):
+        verdicts(heard, "other")
+    # runs of True lasting 64 ms (two 32 ms frames): start, and confirmed at the 64 ms point
+    assert runs([False, True, True, True, False, True], 0.032, 64) == [(0.032, 0.096)]

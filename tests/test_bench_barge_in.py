@@ -19,6 +19,13 @@ from daemon.tools.bench.barge_in import (
     report,
     to_json,
 )
+from daemon.tools.bench.barge_in_first import (
+    Start,
+    first_answer_json,
+    report_first_answer,
+    start_from_timelines,
+    user_wav,
+)
 
 
 @pytest.mark.slow
@@ -80,3 +87,24 @@ def test_an_answer_with_nothing_left_to_close_has_no_figure_and_says_so() -> Non
     assert "interruption_real 1, resume_deadline 1" in text
     raw = to_json(session)
     assert raw["summary"]["tts_closed"] == {"count": 0, "of": 2, "median_ms": None, "worst_ms": None, "best_ms": None}
+
+
+def test_first_answer_figures_come_from_the_timelines(tmp_path: Path) -> None:
+    user, onset = user_wav(tmp_path, cut_in_at_s=3.0)
+    assert onset == pytest.approx(3.0, abs=0.01)  # the cut-in's first loud sample where it was asked for
+    # the listening earcon, the answer from 2.0 s, a pause the robot's own voice caused, the stop
+    spans = [(0.0, 0.2), (2.0, 2.5), (2.6, onset + 0.09), (5.0, 6.0)]
+    start = start_from_timelines(spans, user, heard=True)
+    assert start.answer_at_s == 2.0
+    assert start.into_answer_s == pytest.approx(1.0, abs=0.01)
+    assert start.reaction_ms == pytest.approx(90, abs=1)
+    assert start.false_pauses == 1
+    deaf = Start(answer_at_s=2.0, onset_s=3.0, stopped_s=7.1, heard=False)
+    text = report_first_answer({"deaf warm-up (before)": [deaf], "double-talk gate (now)": [start]})
+    assert "deaf warm-up (before): 1 starts, cut in 1.00-1.00 s into the answer" in text
+    assert "median 4100 ms" in text and "under 150 ms: 0 of 1" in text
+    assert "median 90 ms" in text and "under 150 ms: 1 of 1" in text
+    assert "answered as the next question: 1 of 1" in text
+    assert "stopped by the robot's own voice before the cut-in: 1 times" in text
+    raw = json.loads(json.dumps(first_answer_json({"now": [start]})))
+    assert raw["now"][0]["false_pauses"] == 1 and raw["now"][0]["heard"] is True

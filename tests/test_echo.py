@@ -96,3 +96,16 @@ async def test_a_user_speaking_over_the_echo_still_cuts_in(tmp_path: Path) -> No
     assert first.outcome == "interrupted"
     assert len([e for e in logs if e["event"] == "barge_in_detected"]) == 1
     assert second.transcript == "tell me a joke"
+
+
+async def test_a_user_cutting_into_the_first_answer_after_start_is_heard(tmp_path: Path) -> None:
+    # a fresh daemon, its canceller untrained: the answer starts about 2.5 s in, the user cuts in
+    # about 1 s into it, long before the canceller has heard barge_in.aec_warmup_s (6 s) of it
+    turns, logs = await _run(tmp_path, _session(tmp_path, cut_in_at=3.5), turns_wanted=2)
+    first, second = turns
+    assert first.outcome == "interrupted"
+    assert first.reply and first.reply != LONG_ANSWER  # cut while it was being heard
+    (detected,) = [e for e in logs if e["event"] == "barge_in_detected"]
+    assert detected["learning"] is True  # heard during the warm-up, by the double-talk rule
+    assert not [e for e in logs if e["event"] == "aec_trained"]
+    assert second.transcript == "tell me a joke"

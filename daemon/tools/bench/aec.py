@@ -20,6 +20,9 @@ end is espeak-ng speech, sentences with short pauses, repeated to the length ask
   The other figures use ``--reference-delay-ms`` (default 0: the far end as it was played, leading
   the echo by 40 ms).
 * CPU per second of audio (process time; one core).
+* Barge-in from a cold start (``aec_cold.py``): false triggers on the robot's own voice over the
+  whole run from a fresh canceller, the first seconds included, and a user cutting into the
+  first speech, with the deaf warm-up of old and with the double-talk gate, side by side.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 import structlog
 
 from daemon.logs import configure_logging
+from daemon.tools.bench.aec_cold import format_cold_start, measure_cold_start
 from daemon.tools.bench.vad import synth_speech
 from hardware.aec import NullEchoCanceller, SpeexEchoCanceller
 from hardware.errors import HardwareError
@@ -324,10 +328,11 @@ def command(args: argparse.Namespace) -> int:
             filter_ms=args.filter_ms,
             reference_delay_ms=args.reference_delay_ms,
         )
+        cold = measure_cold_start(far, near, acoustics=acoustics)
     except (HardwareError, subprocess.CalledProcessError, ValueError) as exc:
         sys.stderr.write(f"aec_eval: {exc}\n")
         return 1
-    sys.stdout.write(format_report(report) + "\n")
+    sys.stdout.write(format_report(report) + "\n\n" + format_cold_start(cold) + "\n")
     return 0
 
 

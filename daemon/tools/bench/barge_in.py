@@ -13,6 +13,10 @@ interruption:
   clock for both processes. A stream that
   had already ended before the decision has nothing to close: that interruption has no figure
   for it, and the report says how many had an open stream.
+
+Then the case "first answer after start" (``--first-answer N``, ``barge_in_first.py``): N fresh
+daemons in a simulated room, each cut into about 1 s into its first answer, with the deaf warm-up
+of old and with the double-talk gate.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from daemon.config import (
     VadSettings,
 )
 from daemon.logs import configure_logging
+from daemon.tools.bench.barge_in_first import first_answer_json, measure_first_answer, report_first_answer
 from daemon.tools.bench.stub_process import StubProcess
 from daemon.tools.bench.timeline import first_loud_s
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
@@ -296,9 +301,18 @@ def to_json(session: Session) -> dict[str, Any]:
 def command(args: argparse.Namespace) -> int:
     """``moss-voice bench barge-in`` with its parsed options (``bench/cli.py``)."""
     configure_logging("warning", "console")
+    first_n = getattr(args, "first_answer", 0)
     with tempfile.TemporaryDirectory(prefix="moss-bench-") as tmp:
         session = asyncio.run(measure(args.n, args.mode, Path(tmp), tts_protocol=args.tts_protocol))
-    print(report(session))
+        print(report(session))
+        first = None
+        if first_n:
+            (Path(tmp) / "first").mkdir()
+            first = asyncio.run(measure_first_answer(first_n, Path(tmp) / "first"))
+            print(report_first_answer(first))
     if args.json:
-        Path(args.json).write_text(json.dumps(to_json(session), indent=2) + "\n")
+        raw = to_json(session)
+        if first is not None:
+            raw["first_answer"] = first_answer_json(first)
+        Path(args.json).write_text(json.dumps(raw, indent=2) + "\n")
     return 0

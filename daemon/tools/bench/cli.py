@@ -151,6 +151,13 @@ def _register_barge_in(sub: Any) -> None:
     barge.add_argument("-n", type=_at_least_1, default=20, help="interruptions (default 20)")
     barge.add_argument("--mode", choices=("pause", "cancel"), default="pause")
     barge.add_argument("--tts-protocol", choices=("http", "websocket"), default="http")
+    barge.add_argument(
+        "--first-answer",
+        type=int,
+        default=10,
+        metavar="N",
+        help="then N fresh starts cut into about 1 s into their first answer, old rule and new (default 10; 0: skip)",
+    )
     barge.add_argument("--json", type=Path, metavar="PATH", help="also write the raw figures here")
     barge.set_defaults(func=_run_barge_in)
 
