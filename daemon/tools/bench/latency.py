@@ -4,9 +4,12 @@ For each scenario (service latencies injected into the stand-ins), ``n`` fresh d
 a WAV microphone and a WAV speaker: the latency is read off the two timelines, from the last loud
 sample of the question in the input to the first reply sample in the output. The limit the
 services set (end silence + ASR + time to first token + first clause + TTS first chunk) is
-subtracted: the rest is moss-voice's overhead. The same turns through a sequential controller
-(whole transcript, whole answer, whole TTS, then play) give the ratio streaming saves. The
-stand-ins run in a process of their own (``stub_process``), as the services run on another machine.
+subtracted: the rest is the overhead. After each turn, bare clients make the daemon's requests to
+the same stand-ins (``calibration``): what they take beyond the configured delays is the
+stand-ins' own handling, and the overhead without it (``overhead_own_ms``) is moss-voice's. The
+same turns through a sequential controller (whole transcript, whole answer, whole TTS, then play)
+give the ratio streaming saves. The stand-ins run in a process of their own (``stub_process``),
+as the services run on another machine.
 
 With ``--speculate-after-ms``, each turn is followed by one turn per speculation point
 (``vad.speculate_after_ms``) against the same stand-ins, so that the two are compared in one run:
@@ -45,6 +48,7 @@ from daemon.config import (
     VadSettings,
 )
 from daemon.logs import configure_logging
+from daemon.tools.bench.calibration import Configured, calibrate, handling_medians, own_overhead_ms
 from daemon.tools.bench.report import render_breakdown, render_png, render_speculation, render_table
 from daemon.tools.bench.scenarios import (
     BLOCK_MS,
@@ -264,7 +268,14 @@ async def _timed_turn(
 def _summary(turns: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {
         key: _stats([t.get(key) for t in turns])
-        for key in ("first_audio_ms", "first_sound_ms", "overhead_ms", "longest_gap_ms", "llm_requests")
+        for key in (
+            "first_audio_ms",
+            "first_sound_ms",
+            "overhead_ms",
+            "overhead_own_ms",
+            "longest_gap_ms",
+            "llm_requests",
+        )
     }
     summary["daemon"] = {
         key: _stats([t["daemon"].get(key) for t in turns if isinstance(t.get("daemon"), dict)])
@@ -300,16 +311,8 @@ async def measure_scenario(
     turns: list[dict[str, Any]] = []
     seq_turns: list[dict[str, Any]] = []
     spec_turns: dict[int, list[dict[str, Any]]] = {ms: [] for ms in speculate}
-    async with StubProcess(
-        asr=FunAsrBehaviour(transcript_override=QUESTION, final_delay_s=scenario.asr_final_delay_s),
-        llm=demo_llm_behaviour(
-            answers={},
-            default_answer=scenario.answer,
-            first_token_delay_s=scenario.llm_ttft_s,
-            tokens_per_s=scenario.llm_tokens_per_s,
-        ),
-        tts=PaddleSpeechBehaviour(first_chunk_delay_s=scenario.tts_first_chunk_s, realtime_factor=scenario.tts_rtf),
-    ) as stubs:
+    rounds: list[dict[str, float]] = []
+    async with scenario_stubs(scenario) as stubs:
         if speculate:  # compared side by side: the stand-ins' first answers are slower, for nobody
             qwav, speech_end_s = await asyncio.to_thread(make_input, workdir)
             out = workdir / f"{scenario.name}-warm-up.wav"
@@ -347,6 +350,11 @@ async def measure_scenario(
                 )
                 seq_turns.append(_turn_figures(reply, speech_end_s, None))
                 log.warning("bench_turn", scenario=scenario.name, mode="sequential", turn=i, **seq_turns[-1])
+            rounds.append(await calibration_round(stubs, scenario, qwav))
+            log.warning("bench_calibration", scenario=scenario.name, turn=i, **rounds[-1])
+    stand_ins = handling_medians(rounds)
+    for turn in turns:
+        turn["overhead_own_ms"] = own_overhead_ms(turn["first_audio_ms"], turn["limit_ms"], stand_ins["total"])
     summary = _summary(turns)
     if sequential:
         summary["sequential_first_audio_ms"] = _stats([t.get("first_audio_ms") for t in seq_turns])
@@ -369,12 +377,47 @@ async def measure_scenario(
             "total": round(limit.total_s * 1000, 1),
         },
         "services_ms": round(limit.services_s * 1000, 1),
+        "stand_ins_ms": stand_ins,  # their own handling per hop (median), beyond the configured delays
+        "calibration_rounds": rounds,
         "target_ms": round(target_ms(limit, None), 1),
         "turns": turns,
         "sequential_turns": seq_turns,
         "summary": summary,
         "speculation": {str(ms): _speculation_result(ms, limit, spec_turns[ms], summary) for ms in speculate},
     }
+
+
+def scenario_stubs(scenario: Scenario) -> StubProcess:
+    """The stand-ins with ``scenario``'s delays, in a process of their own."""
+    return StubProcess(
+        asr=FunAsrBehaviour(transcript_override=QUESTION, final_delay_s=scenario.asr_final_delay_s),
+        llm=demo_llm_behaviour(
+            answers={},
+            default_answer=scenario.answer,
+            first_token_delay_s=scenario.llm_ttft_s,
+            tokens_per_s=scenario.llm_tokens_per_s,
+        ),
+        tts=PaddleSpeechBehaviour(first_chunk_delay_s=scenario.tts_first_chunk_s, realtime_factor=scenario.tts_rtf),
+    )
+
+
+async def calibration_round(stubs: StubProcess, scenario: Scenario, qwav: Path) -> dict[str, float]:
+    """The stand-ins' own handling per hop, ms (``calibration.HOPS``), for the requests the daemon
+    makes in ``scenario``: the question's audio, the chat request, the first clause."""
+    clause, index = first_clause(scenario.answer)
+    limit = limit_for(scenario)
+    pcm, _ = await asyncio.to_thread(read_pcm, qwav)
+    return await calibrate(
+        AsrSettings(url=stubs.urls.asr),
+        LlmSettings(url=stubs.urls.llm),
+        TtsSettings(url=stubs.urls.tts),
+        configured=Configured(asr_s=limit.asr_s, llm_s=limit.ttft_s + limit.first_clause_s, tts_s=limit.tts_s),
+        pcm=pcm.astype("<i2").tobytes(),
+        question=QUESTION,
+        clause=clause,
+        token_index=index,
+        synth_log=stubs.synth_log,
+    )
 
 
 def _speculation_result(
