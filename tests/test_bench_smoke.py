@@ -83,6 +83,19 @@ def test_one_smoke_turn_gives_plausible_figures(smoke_run: SmokeRun) -> None:
 
 
 @pytest.mark.slow
+def test_the_stand_ins_own_handling_is_measured_and_left_out_of_the_own_overhead(smoke_run: SmokeRun) -> None:
+    smoke = smoke_run.results["scenarios"]["smoke"]
+    (calibration,) = smoke["calibration_rounds"]  # one round per turn
+    assert set(calibration) == {"asr", "llm", "tts"} and all(ms > 0 for ms in calibration.values())
+    stand_ins = smoke["stand_ins_ms"]
+    assert stand_ins["total"] == pytest.approx(sum(calibration.values()), abs=0.2)
+    (turn,) = smoke["turns"]
+    assert turn["overhead_own_ms"] == pytest.approx(turn["overhead_ms"] - stand_ins["total"], abs=0.2)
+    assert smoke["summary"]["overhead_own_ms"]["median"] == turn["overhead_own_ms"]
+    assert "own overhead median" in smoke_run.printed and "of it stand-ins" in smoke_run.printed
+
+
+@pytest.mark.slow
 def test_speculation_is_measured_side_by_side_with_it_off(smoke_run: SmokeRun) -> None:
     smoke = smoke_run.results["scenarios"]["smoke"]
     assert smoke_run.results["speculate_after_ms"] == [250] and smoke_run.results["end_silence_ms"] == [700]

@@ -20,6 +20,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 from websockets.asyncio.client import connect
@@ -173,3 +174,12 @@ def own_overhead_ms(first_audio_ms: float | None, limit_ms: float, stand_ins_ms:
     if first_audio_ms is None or stand_ins_ms is None:
         return None
     return round(first_audio_ms - limit_ms - stand_ins_ms, 1)
+
+
+def apply_calibration(turns: Sequence[dict[str, Any]], rounds: Sequence[dict[str, float]]) -> dict[str, float | None]:
+    """Set each turn's ``overhead_own_ms`` (from its ``first_audio_ms`` and ``limit_ms``) against
+    the rounds' medians, which it returns (``handling_medians``)."""
+    medians = handling_medians(rounds)
+    for turn in turns:
+        turn["overhead_own_ms"] = own_overhead_ms(turn.get("first_audio_ms"), turn["limit_ms"], medians["total"])
+    return medians

@@ -48,7 +48,7 @@ from daemon.config import (
     VadSettings,
 )
 from daemon.logs import configure_logging
-from daemon.tools.bench.calibration import Configured, calibrate, handling_medians, own_overhead_ms
+from daemon.tools.bench.calibration import Configured, apply_calibration, calibrate
 from daemon.tools.bench.report import render_breakdown, render_png, render_speculation, render_table
 from daemon.tools.bench.scenarios import (
     BLOCK_MS,
@@ -352,9 +352,7 @@ async def measure_scenario(
                 log.warning("bench_turn", scenario=scenario.name, mode="sequential", turn=i, **seq_turns[-1])
             rounds.append(await calibration_round(stubs, scenario, qwav))
             log.warning("bench_calibration", scenario=scenario.name, turn=i, **rounds[-1])
-    stand_ins = handling_medians(rounds)
-    for turn in turns:
-        turn["overhead_own_ms"] = own_overhead_ms(turn["first_audio_ms"], turn["limit_ms"], stand_ins["total"])
+    stand_ins = apply_calibration(turns, rounds)
     summary = _summary(turns)
     if sequential:
         summary["sequential_first_audio_ms"] = _stats([t.get("first_audio_ms") for t in seq_turns])
