@@ -12,6 +12,7 @@ STAGE_LABELS = {
     "ttft": "LLM first token",
     "first_clause": "LLM first clause",
     "tts": "TTS first chunk",
+    "stand_ins": "stand-ins' own handling",
     "overhead": "moss-voice overhead",
     "device": "output device's period (audio.block_ms)",
 }
@@ -219,15 +220,18 @@ def render_png(results: dict[str, Any], path: Path) -> str | None:
     names = list(results["scenarios"])
     fig, ax = plt.subplots(figsize=(2.2 * len(names) + 3, 5))
     bottoms = [0.0] * len(names)
-    for stage in (*STAGES, "overhead", "device"):
+    for stage in (*STAGES, "stand_ins", "overhead", "device"):
         heights = []
         for name in names:
             r = results["scenarios"][name]
             device = overhead_parts(r).get("output device") or 0.0
+            stand_ins = stand_ins_ms(r) or 0.0
             if stage == "device":
                 value = device
+            elif stage == "stand_ins":
+                value = stand_ins
             elif stage == "overhead":
-                value = (r["summary"]["overhead_ms"]["median"] or 0.0) - device
+                value = (r["summary"]["overhead_ms"]["median"] or 0.0) - stand_ins - device
             else:
                 value = r["limit_ms"][stage]
             heights.append(max(value or 0.0, 0.0))
