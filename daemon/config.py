@@ -290,6 +290,10 @@ class VadSettings(EndpointerSettings):
     """The ``[vad]`` table: when an utterance starts and ends (the endpointer's settings, inherited
     with their defaults and ranges) and the VAD engine that tells speech from silence."""
 
+    speculate_after_ms: int | None = setting(250, ge=0)
+    """The speculative turn end, on by default in the daemon (``EndpointerSettings`` has it off):
+    the answer is prepared after 250 ms of silence and plays at ``end_silence_ms``; 0: off.
+    BENCHMARKS.md "Speculative turn end" has the figures that chose 250."""
     engine: str = setting("silero", one_of=("silero", "webrtc"))
     """silero | webrtc. silero rejects steady noise (motors, fans); webrtc takes it for speech."""
     silero_threshold: float = setting(0.5, gt=0, lt=1)

@@ -69,13 +69,14 @@ class EndpointerSettings(Checked):
     end_silence_ms: int = setting(700, gt=0)
     """Consecutive non-speech that ends the utterance. Shorter cuts people off at a comma;
     longer adds directly to the reply latency."""
-    speculate_after_ms: int | None = setting(None, gt=0)
+    speculate_after_ms: int | None = setting(None, ge=0)
     """Speculative turn end: after this much silence the ASR is finished and the answer is
     prepared (LLM and TTS) but not played; it plays the moment the silence reaches
-    ``end_silence_ms``, and is dropped if the user speaks again first. None: off."""
-    end_silence_short_ms: int | None = setting(None, gt=0)
+    ``end_silence_ms``, and is dropped if the user speaks again first. None or 0: off (0 is
+    how the TOML file says it, and becomes None). The daemon's default is on (``VadSettings``)."""
+    end_silence_short_ms: int | None = setting(None, ge=0)
     """With speculation: a transcript that ends a sentence (。？！.?!) ends the utterance after
-    this much silence instead of ``end_silence_ms``. None: off."""
+    this much silence instead of ``end_silence_ms``. None or 0: off."""
     pre_roll_ms: int = setting(300, ge=0)
     """Audio kept from before the speech onset and sent first, so the VAD's late reaction
     does not cut off the first syllable (plosives and fricatives read as non-speech)."""
@@ -95,8 +96,15 @@ class EndpointerSettings(Checked):
         found = list(problems(self))
         for key in ("speculate_after_ms", "end_silence_short_ms"):
             value = getattr(self, key)
-            if isinstance(value, int) and value >= self.end_silence_ms and not any(k == key for k, _ in found):
-                found.append((key, f"must be less than end_silence_ms ({self.end_silence_ms}), got {value}"))
+            if value == 0:
+                object.__setattr__(self, key, None)  # off, as the file can say it (TOML has no null)
+            elif (
+                isinstance(value, int)
+                and value >= self.end_silence_ms
+                and not any(k in (key, "end_silence_ms") for k, _ in found)
+            ):
+                why = f"must be less than end_silence_ms ({self.end_silence_ms}), got {value}; 0 turns it off"
+                found.append((key, why))
         if found:
             raise SettingsError(found)
 
