@@ -60,9 +60,10 @@ TRANSITIONS: list[dict[str, Any]] = [
      "after": ["start_speculation"]},
     {"trigger": "speculation_void", "source": LISTENING, "dest": None, "after": ["drop_speculation"]},
     # the utterance ended as the held answer guessed: it is kept (released over the cancelling,
-    # adopted again) and plays at once; any other transcript drops it (cancel_state_tasks)
+    # adopted again) and plays at once; any other transcript drops it (cancel_state_tasks). The
+    # state_changed line comes first here: playing releases the clauses already spoken (reply_clause)
     {"trigger": "heard", "source": LISTENING, "dest": THINKING, "conditions": ["speculation_matches"],
-     "before": ["keep_speculation", "cancel_state_tasks"], "after": ["play_speculation", LOG]},
+     "before": ["keep_speculation", "cancel_state_tasks"], "after": [LOG, "play_speculation"]},
     {"trigger": "heard", "source": LISTENING, "dest": THINKING,
      "before": ["cancel_state_tasks"], "after": ["start_answer", LOG]},
     {"trigger": "heard", "source": HELD, "dest": THINKING,

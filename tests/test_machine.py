@@ -230,7 +230,8 @@ async def test_a_pause_starts_a_speculative_answer_only_when_it_may() -> None:
 async def test_a_commit_that_matches_the_speculation_keeps_its_task_and_plays_it() -> None:
     model, _ = await fire(LISTENING, "heard", speculation_matches=True)
     assert model.state is THINKING
-    assert model.calls == ["keep_speculation", "cancel_state_tasks", "play_speculation", "log_state_changed"]
+    # the state change is logged before playing releases the clauses already spoken (reply_clause)
+    assert model.calls == ["keep_speculation", "cancel_state_tasks", "log_state_changed", "play_speculation"]
 
 
 async def test_a_commit_that_does_not_match_cancels_the_speculation_and_answers_anew() -> None:

@@ -173,6 +173,11 @@ async def test_a_committed_speculation_plays_its_held_audio_at_once_and_nothing_
         ("idle", "listening"), ("listening", "thinking"), ("thinking", "speaking"), ("speaking", "idle")]  # fmt: skip
     assert [fields["text"] for name, fields in rig.events.emitted if name == "reply_clause"] == [
         "It is noon.", "Time for lunch!"]  # fmt: skip
+    # as for any answer: the robot is thinking before it says anything (the events tell a story)
+    story = [
+        (name, fields.get("dst")) for name, fields in rig.events.emitted if name in ("state_changed", "reply_clause")
+    ]
+    assert story.index(("state_changed", "thinking")) < story.index(("reply_clause", None))
     assert turn.speculations == 1 and turn.speculation_played_first is True
     (finished,) = entries(logs, "turn_finished")
     assert finished["speculations"] == 1 and finished["speculation_played_first"] is True
