@@ -23,20 +23,12 @@ from typing import Any
 
 import structlog
 
-from daemon.config import (
-    AecSettings,
-    AsrSettings,
-    AudioSettings,
-    EarconSettings,
-    LlmSettings,
-    Settings,
-    TtsSettings,
-    VadSettings,
-)
+from daemon.config import Settings, VadSettings
 from daemon.logs import configure_logging
 from daemon.tools.bench.latency import make_input, streaming_turn
 from daemon.tools.bench.scenarios import QUESTION
 from daemon.tools.bench.stub_process import StubProcess, StubUrls
+from daemon.tools.bench.wav_daemon import wav_daemon_settings
 from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.tools.stubs.runner import demo_llm_behaviour
@@ -50,15 +42,10 @@ TARGET_MS = 100.0
 
 
 def _settings(urls: StubUrls, qwav: Path, out: Path, end_silence_ms: int, final_timeout_s: float) -> Settings:
-    return Settings(
-        asr=AsrSettings(url=urls.asr, flavour="python-classic", final_timeout_s=final_timeout_s),
-        llm=LlmSettings(url=urls.llm),
-        tts=TtsSettings(url=urls.tts),
-        audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}"),
-        vad=VadSettings(end_silence_ms=end_silence_ms),
-        aec=AecSettings(engine="off"),
-        earcons=EarconSettings(thinking="off"),
-    )
+    # no speculation: the end marker leaves at the end of speech, the moment this measures from
+    vad = VadSettings(end_silence_ms=end_silence_ms, speculate_after_ms=0)
+    asr = {"flavour": "python-classic", "final_timeout_s": final_timeout_s}
+    return wav_daemon_settings(urls, qwav, out, vad=vad, asr=asr)
 
 
 def _median(values: list[float]) -> float | None:

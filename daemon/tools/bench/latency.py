@@ -37,16 +37,7 @@ import numpy as np
 import structlog
 
 from daemon.app import App
-from daemon.config import (
-    AecSettings,
-    AsrSettings,
-    AudioSettings,
-    EarconSettings,
-    LlmSettings,
-    Settings,
-    TtsSettings,
-    VadSettings,
-)
+from daemon.config import AsrSettings, LlmSettings, Settings, TtsSettings, VadSettings
 from daemon.logs import configure_logging
 from daemon.tools.bench.calibration import Configured, apply_calibration, calibrate
 from daemon.tools.bench.report import render_breakdown, render_png, render_speculation, render_table
@@ -66,6 +57,7 @@ from daemon.tools.bench.scenarios import (
 from daemon.tools.bench.sequential import run_sequential
 from daemon.tools.bench.stub_process import StubProcess, StubUrls
 from daemon.tools.bench.timeline import Reply, last_loud_s, read_pcm, reply_after
+from daemon.tools.bench.wav_daemon import wav_daemon_settings
 from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
 from daemon.tools.stubs.questions import make_question_wav
@@ -111,14 +103,12 @@ def _settings(
     speculate_after_ms: int | None = None,
     mic_block_ms: int = MIC_BLOCK_MS,
 ) -> Settings:
-    return Settings(
-        asr=AsrSettings(url=urls.asr),
-        llm=LlmSettings(url=urls.llm),
-        tts=TtsSettings(url=urls.tts),
-        audio=AudioSettings(input=f"wav:{qwav}", output=f"wav:{out}", block_ms=block_ms, mic_block_ms=mic_block_ms),
+    return wav_daemon_settings(
+        urls,
+        qwav,
+        out,
         vad=VadSettings(end_silence_ms=scenario.end_silence_ms, speculate_after_ms=speculate_after_ms),
-        aec=AecSettings(engine="off"),  # WAV devices: no echo path
-        earcons=EarconSettings(thinking="off"),  # the output's first sound after the question is the answer's
+        audio={"block_ms": block_ms, "mic_block_ms": mic_block_ms},
     )
 
 

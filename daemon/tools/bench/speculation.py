@@ -34,19 +34,11 @@ import numpy as np
 import structlog
 
 from daemon.app import App
-from daemon.config import (
-    AecSettings,
-    AsrSettings,
-    AudioSettings,
-    EarconSettings,
-    LlmSettings,
-    Settings,
-    TtsSettings,
-    VadSettings,
-)
+from daemon.config import Settings, VadSettings
 from daemon.logs import configure_logging
 from daemon.tools.bench.stub_process import StubProcess, StubUrls
 from daemon.tools.bench.timeline import read_pcm
+from daemon.tools.bench.wav_daemon import wav_daemon_settings
 from daemon.tools.stubs.answers import ANSWERS, DEFAULT_ANSWER
 from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour
 from daemon.tools.stubs.openai import OpenAiBehaviour
@@ -112,19 +104,12 @@ def make_input(question: str, pause_ms: int, workdir: Path) -> Path:
 
 
 def bench_settings(urls: StubUrls, p: Pass, mic: Path, out: Path) -> Settings:
-    return Settings(
-        asr=AsrSettings(url=urls.asr),
-        llm=LlmSettings(url=urls.llm),
-        tts=TtsSettings(url=urls.tts),
-        audio=AudioSettings(input=f"wav:{mic}", output=f"wav:{out}"),
-        vad=VadSettings(
-            end_silence_ms=p.end_silence_ms,
-            speculate_after_ms=p.speculate_after_ms,
-            end_silence_short_ms=p.end_silence_short_ms,
-        ),
-        aec=AecSettings(engine="off"),  # WAV devices: no echo path
-        earcons=EarconSettings(thinking="off"),
+    vad = VadSettings(
+        end_silence_ms=p.end_silence_ms,
+        speculate_after_ms=p.speculate_after_ms,
+        end_silence_short_ms=p.end_silence_short_ms,
     )
+    return wav_daemon_settings(urls, mic, out, vad=vad)
 
 
 async def paused_turn(stubs: StubProcess, settings: Settings, question: str) -> dict[str, Any]:
