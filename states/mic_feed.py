@@ -86,6 +86,11 @@ class MicFeed:
         while self._blocks and self._bytes - len(self._blocks[0].pcm) >= keep:
             self._bytes -= len(self._blocks.popleft().pcm)
 
+    @property
+    def queued_blocks(self) -> int:
+        """Blocks heard and not yet read: the next ``read_block`` returns without suspending."""
+        return len(self._blocks)
+
     async def read_block(self) -> Block:
         """The next block; raises the device's error if it failed since the last read."""
         self.start()
