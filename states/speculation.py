@@ -47,6 +47,8 @@ class HeldSpeaker:
         self._target: Speaker | None = None
         self._base = 0
         self._opened = asyncio.Event()
+        self._written = asyncio.Event()
+        """Some of the answer has reached the target (what ``wait_audible`` asks it about)."""
         self._order = asyncio.Lock()
         self._deferred: list[Callable[[], None]] = []
 
@@ -95,6 +97,7 @@ class HeldSpeaker:
         assert self._target is not None
         while self._held:
             await self._target.write(self._held[0])
+            self._written.set()
             self._held_bytes -= len(self._held.popleft())
 
     async def write(self, pcm: bytes) -> None:
@@ -105,6 +108,7 @@ class HeldSpeaker:
         async with self._order:
             await self._write_held()
             await self._target.write(pcm)
+            self._written.set()
 
     async def drain(self) -> None:
         if self._target is None and self._on_complete is not None:
@@ -130,7 +134,10 @@ class HeldSpeaker:
             self._target.resume()
 
     async def wait_audible(self) -> float:
+        # Only once the answer's audio is in the target: asked before, a speaker that has played
+        # something since it was last idle (the listening earcon) answers with that sound's time.
         await self._opened.wait()
+        await self._written.wait()
         assert self._target is not None
         return await self._target.wait_audible()
 

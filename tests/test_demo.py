@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 import wave
 from pathlib import Path
@@ -31,6 +32,9 @@ async def test_demo_answers_the_spoken_question_into_a_wav(tmp_path: Path) -> No
     assert "state_changed" not in text  # the developers' log went to demo.log
     assert '"event": "state_changed"' in (tmp_path / "demo.log").read_text(encoding="utf-8")
     assert "end of speech -> first reply sample played" in text
+    # the answer was prepared during the pause; it still began after the question, not at the earcon
+    began = int(re.search(r"done: the answer began (-?\d+) ms after the question ended", text).group(1))  # type: ignore[union-attr]
+    assert 0 <= began < 2000
     with wave.open(str(tmp_path / "reply.wav"), "rb") as w:
         samples = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
         rate = w.getframerate()
