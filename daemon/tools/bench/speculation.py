@@ -43,9 +43,9 @@ from daemon.tools.stubs.answers import ANSWERS, DEFAULT_ANSWER
 from daemon.tools.stubs.funasr_behaviour import FunAsrBehaviour
 from daemon.tools.stubs.openai import OpenAiBehaviour
 from daemon.tools.stubs.paddlespeech import PaddleSpeechBehaviour
-from daemon.tools.stubs.punctuation import FINAL_MARKS
 from daemon.tools.stubs.questions import PAUSED_SPLITS, make_paused_question_wav
 from hardware.wavfile import write_wav
+from states.listen import ends_sentence
 from states.turn import report_fields
 
 log = structlog.get_logger()
@@ -138,7 +138,7 @@ async def paused_turn(stubs: StubProcess, settings: Settings, question: str) -> 
         "outcome": fields.get("outcome"),
         "transcript": transcript,
         "whole_question": words(transcript) == words(question),
-        "ends_marked": bool(transcript.strip()) and transcript.rstrip()[-1] in FINAL_MARKS,
+        "ends_marked": ends_sentence(transcript),
         "reply": reply,
         "expected_reply": expected,
         "right_answer": bool(reply) and words(reply) == words(expected),

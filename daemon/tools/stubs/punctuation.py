@@ -5,6 +5,9 @@ mark (``vad.end_silence_short_ms``) can be measured on the stand-ins' mid-senten
 
 from __future__ import annotations
 
+from states.cjk import is_cjk
+from states.listen import ends_sentence
+
 ENGLISH_QUESTION_WORDS = frozenset(
     {
         "what", "who", "whom", "whose", "where", "when", "why", "how", "which",
@@ -13,20 +16,15 @@ ENGLISH_QUESTION_WORDS = frozenset(
     }
 )  # fmt: skip
 CHINESE_QUESTION_WORDS = ("什么", "为什么", "怎么", "怎样", "哪", "谁", "几", "多少", "是不是", "能不能", "可不可以")
-FINAL_MARKS = "。？！.?!"
-
-
-def _is_cjk(ch: str) -> bool:
-    return "\u3400" <= ch <= "\u9fff"
 
 
 def punctuate(text: str) -> str:
     """``text`` with the mark a punctuation model would end the segment with (unchanged when
     empty or already ending with a final mark). CJK text gets 。/？, other text ./?."""
     body = text.rstrip()
-    if not body or body[-1] in FINAL_MARKS:
+    if not body or ends_sentence(body):
         return text
-    if any(_is_cjk(ch) for ch in body):
+    if any(is_cjk(ch) for ch in body):
         question = body.lstrip().startswith(CHINESE_QUESTION_WORDS)
         return body + ("？" if question else "。")
     first = body.split()[0].lower()
